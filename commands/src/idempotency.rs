@@ -1,0 +1,217 @@
+//! Idempotency keys (docs/idempotency.md). A key is claimed before the command runs, so racing
+//! retries wait for the first instead of running the command again; it is settled in the same
+//! transaction as the command's events (see `event_store::PgEventRepository::persist`).
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+
+use crate::error::{CommandError, Rejection};
+use crate::CommandContext;
+
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencySettings {
+    /// How long a claim holds before another request may take the key over (the first one is
+    /// presumed dead).
+    pub lease: Duration,
+    /// How long a retry waits for the first request to finish before answering 409.
+    pub wait: Duration,
+    pub poll_interval: Duration,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            wait: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What an earlier request with the same key left behind.
+#[derive(Debug)]
+pub(crate) enum Settled {
+    Committed {
+        aggregate_type: String,
+        aggregate_id: String,
+        first_sequence: u64,
+        last_sequence: u64,
+    },
+    Rejected(Rejection),
+}
+
+pub(crate) enum Claim {
+    /// This request owns the key and runs the command.
+    Owned,
+    /// An earlier request settled it: answer as it did.
+    Replay(Settled),
+}
+
+#[derive(Clone)]
+pub(crate) struct IdempotencyStore {
+    pool: PgPool,
+    settings: IdempotencySettings,
+}
+
+impl IdempotencyStore {
+    pub fn new(pool: PgPool, settings: IdempotencySettings) -> Self {
+        Self { pool, settings }
+    }
+
+    #[tracing::instrument(skip_all, fields(key), err)]
+    pub async fn claim(&self, ctx: &CommandContext, key: &str) -> Result<Claim, CommandError> {
+        let deadline = tokio::time::Instant::now() + self.settings.wait;
+        let lease_ms = self.settings.lease.as_millis() as f64;
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO idempotency_keys (tenant_id, user_id, idempotency_key, \
+                   request_fingerprint, state, locked_until) \
+                 VALUES ($1, $2, $3, $4, 'pending', now() + $5 * interval '1 millisecond') \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&ctx.tenant_id)
+            .bind(&ctx.user_id)
+            .bind(key)
+            .bind(&ctx.request_fingerprint)
+            .bind(lease_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(CommandError::from_sqlx)?;
+            if inserted.rows_affected() == 1 {
+                return Ok(Claim::Owned);
+            }
+            let row = sqlx::query(
+                "SELECT request_fingerprint, state, locked_until < now() AS expired, \
+                   aggregate_type, aggregate_id, first_sequence, last_sequence, response_body \
+                 FROM idempotency_keys \
+                 WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3",
+            )
+            .bind(&ctx.tenant_id)
+            .bind(&ctx.user_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(CommandError::from_sqlx)?;
+            // Released between our insert and select: claim again.
+            let Some(row) = row else { continue };
+            let fingerprint: String = row.get("request_fingerprint");
+            if fingerprint != ctx.request_fingerprint {
+                return Err(CommandError::IdempotencyKeyReused);
+            }
+            let state: String = row.get("state");
+            match state.as_str() {
+                "committed" => {
+                    let first: i64 = row.get("first_sequence");
+                    let last: i64 = row.get("last_sequence");
+                    return Ok(Claim::Replay(Settled::Committed {
+                        aggregate_type: row.get("aggregate_type"),
+                        aggregate_id: row.get("aggregate_id"),
+                        first_sequence: first as u64,
+                        last_sequence: last as u64,
+                    }));
+                }
+                "rejected" => {
+                    let body: serde_json::Value = row.get("response_body");
+                    let rejection = serde_json::from_value(body)
+                        .map_err(|e| CommandError::Internal(e.to_string()))?;
+                    return Ok(Claim::Replay(Settled::Rejected(rejection)));
+                }
+                _ => {}
+            }
+            let expired: bool = row.get("expired");
+            if expired && self.take_over(ctx, key, lease_ms).await? {
+                return Ok(Claim::Owned);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CommandError::IdempotencyKeyInProgress);
+            }
+            tokio::time::sleep(self.settings.poll_interval).await;
+        }
+    }
+
+    async fn take_over(
+        &self,
+        ctx: &CommandContext,
+        key: &str,
+        lease_ms: f64,
+    ) -> Result<bool, CommandError> {
+        let updated = sqlx::query(
+            "UPDATE idempotency_keys SET locked_until = now() + $4 * interval '1 millisecond' \
+             WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 \
+               AND state = 'pending' AND locked_until < now()",
+        )
+        .bind(&ctx.tenant_id)
+        .bind(&ctx.user_id)
+        .bind(key)
+        .bind(lease_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(CommandError::from_sqlx)?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// The command was refused: later retries get the same refusal.
+    pub async fn settle_rejected(
+        &self,
+        ctx: &CommandContext,
+        key: &str,
+        rejection: &Rejection,
+    ) -> Result<(), CommandError> {
+        let body = serde_json::to_value(rejection).map_err(|e| CommandError::Internal(e.to_string()))?;
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'rejected', response_body = $4, settled_at = now() \
+             WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+        )
+        .bind(&ctx.tenant_id)
+        .bind(&ctx.user_id)
+        .bind(key)
+        .bind(body)
+        .execute(&self.pool)
+        .await
+        .map_err(CommandError::from_sqlx)?;
+        Ok(())
+    }
+
+    /// The command was accepted but changed nothing (no events to settle the key with).
+    pub async fn settle_unchanged(
+        &self,
+        ctx: &CommandContext,
+        key: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        version: u64,
+    ) -> Result<(), CommandError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'committed', aggregate_type = $4, aggregate_id = $5, \
+               first_sequence = $6 + 1, last_sequence = $6, settled_at = now() \
+             WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+        )
+        .bind(&ctx.tenant_id)
+        .bind(&ctx.user_id)
+        .bind(key)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(version as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(CommandError::from_sqlx)?;
+        Ok(())
+    }
+
+    /// The command failed for a reason that is not the caller's: free the key for a retry.
+    pub async fn release(&self, ctx: &CommandContext, key: &str) {
+        let released = sqlx::query(
+            "DELETE FROM idempotency_keys \
+             WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+        )
+        .bind(&ctx.tenant_id)
+        .bind(&ctx.user_id)
+        .bind(key)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = released {
+            // The lease runs out on its own; a retry takes the key over then.
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+    }
+}

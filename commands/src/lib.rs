@@ -1,0 +1,20 @@
+//! The command side. [`CommandBus`] authorises a command, checks the tenant accepts commands,
+//! honours its idempotency key, runs it through the cqrs-es aggregate and stores the resulting
+//! events with their metadata. Errors keep domain rejections apart from infrastructure failures
+//! all the way up ([`CommandError`]).
+
+mod bus;
+mod clock;
+mod context;
+mod error;
+mod idempotency;
+mod local_engine;
+mod outcome;
+
+pub use bus::{AskQuestion, CommandBus};
+pub use clock::{Clock, SystemClock};
+pub use context::CommandContext;
+pub use error::{CommandError, Rejection};
+pub use idempotency::IdempotencySettings;
+pub use local_engine::LocalAnswerEngine;
+pub use outcome::{AnswerOutcome, AnswerStatus, CommandOutcome};

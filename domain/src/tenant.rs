@@ -1,0 +1,622 @@
+//! A tenant is one customer company: its name, its Kapa settings, feature flags and members.
+use std::collections::BTreeMap;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineContext;
+use crate::{domain_event, validate, DomainError, Role};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KapaSettings {
+    pub project_id: String,
+    pub integration_id: Option<String>,
+    /// Where the API key lives (`env://KAPA_KEY_ACME`, `vault://kv/acme/kapa`, ...); the key
+    /// itself is never stored in an event.
+    pub api_key_ref: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureFlag {
+    pub enabled: bool,
+    pub rollout_percentage: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub role: Role,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    #[default]
+    Unprovisioned,
+    Active,
+    Suspended,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TenantCommand {
+    Create {
+        name: String,
+        admin_user_id: String,
+    },
+    Rename {
+        name: String,
+    },
+    SetKapaSettings {
+        project_id: String,
+        integration_id: Option<String>,
+        api_key_ref: String,
+    },
+    SetFeatureFlag {
+        flag: String,
+        enabled: bool,
+        rollout_percentage: u8,
+    },
+    ClearFeatureFlag {
+        flag: String,
+    },
+    InviteMember {
+        user_id: String,
+        email: Option<String>,
+        role: Role,
+    },
+    ChangeMemberRole {
+        user_id: String,
+        role: Role,
+    },
+    RemoveMember {
+        user_id: String,
+    },
+    Suspend {
+        reason: String,
+    },
+    Reactivate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TenantEvent {
+    TenantCreated {
+        name: String,
+        created_by: String,
+    },
+    TenantRenamed {
+        name: String,
+    },
+    KapaSettingsSet {
+        project_id: String,
+        integration_id: Option<String>,
+        api_key_ref: String,
+    },
+    FeatureFlagSet {
+        flag: String,
+        enabled: bool,
+        rollout_percentage: u8,
+    },
+    FeatureFlagCleared {
+        flag: String,
+    },
+    MemberInvited {
+        user_id: String,
+        email: Option<String>,
+        role: Role,
+    },
+    MemberRoleChanged {
+        user_id: String,
+        from: Role,
+        to: Role,
+    },
+    MemberRemoved {
+        user_id: String,
+    },
+    TenantSuspended {
+        reason: String,
+    },
+    TenantReactivated {},
+}
+
+domain_event!(TenantEvent {
+    TenantCreated,
+    TenantRenamed,
+    KapaSettingsSet,
+    FeatureFlagSet,
+    FeatureFlagCleared,
+    MemberInvited,
+    MemberRoleChanged,
+    MemberRemoved,
+    TenantSuspended,
+    TenantReactivated,
+});
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub status: TenantStatus,
+    pub name: String,
+    pub kapa: Option<KapaSettings>,
+    pub feature_flags: BTreeMap<String, FeatureFlag>,
+    pub members: BTreeMap<String, Member>,
+}
+
+pub const MAX_TENANT_NAME_CHARS: usize = 200;
+/// Schemes an API key reference may use.
+pub const SECRET_REF_SCHEMES: [&str; 4] = ["env://", "vault://", "aws-sm://", "gcp-sm://"];
+
+impl Tenant {
+    /// The rule every other aggregate of the tenant obeys too: only an active tenant is commanded.
+    pub fn ensure_accepts_commands(&self) -> Result<(), DomainError> {
+        match self.status {
+            TenantStatus::Active => Ok(()),
+            TenantStatus::Unprovisioned => Err(DomainError::not_found(
+                "tenant_not_found",
+                "this tenant has not been created yet (POST /v1/tenant)",
+            )),
+            TenantStatus::Suspended => Err(DomainError::conflict(
+                "tenant_suspended",
+                "this tenant is suspended and accepts no commands",
+            )),
+        }
+    }
+
+    pub fn engine_context(&self) -> EngineContext {
+        match &self.kapa {
+            Some(k) => EngineContext {
+                project_id: Some(k.project_id.clone()),
+                integration_id: k.integration_id.clone(),
+                api_key_ref: Some(k.api_key_ref.clone()),
+            },
+            None => EngineContext::default(),
+        }
+    }
+
+    fn admin_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.role == Role::Admin)
+            .count()
+    }
+
+    fn member(&self, user_id: &str) -> Result<&Member, DomainError> {
+        self.members.get(user_id).ok_or_else(|| {
+            DomainError::not_found("member_not_found", format!("`{user_id}` is not a member"))
+        })
+    }
+
+    fn decide(&self, command: TenantCommand) -> Result<Vec<TenantEvent>, DomainError> {
+        if let TenantCommand::Create {
+            name,
+            admin_user_id,
+        } = command
+        {
+            if self.status != TenantStatus::Unprovisioned {
+                return Err(DomainError::conflict(
+                    "tenant_exists",
+                    "this tenant has already been created",
+                ));
+            }
+            let name = validate::text("name", "invalid_name", &name, MAX_TENANT_NAME_CHARS)?;
+            let admin = validate::identifier("admin user id", &admin_user_id)?;
+            return Ok(vec![
+                TenantEvent::TenantCreated {
+                    name,
+                    created_by: admin.clone(),
+                },
+                TenantEvent::MemberInvited {
+                    user_id: admin,
+                    email: None,
+                    role: Role::Admin,
+                },
+            ]);
+        }
+        if let TenantCommand::Reactivate = command {
+            return match self.status {
+                TenantStatus::Suspended => Ok(vec![TenantEvent::TenantReactivated {}]),
+                TenantStatus::Active => Err(DomainError::conflict(
+                    "tenant_not_suspended",
+                    "the tenant is not suspended",
+                )),
+                TenantStatus::Unprovisioned => self.ensure_accepts_commands().map(|_| vec![]),
+            };
+        }
+        self.ensure_accepts_commands()?;
+        let event = match command {
+            TenantCommand::Create { .. } | TenantCommand::Reactivate => unreachable!("handled above"),
+            TenantCommand::Rename { name } => TenantEvent::TenantRenamed {
+                name: validate::text("name", "invalid_name", &name, MAX_TENANT_NAME_CHARS)?,
+            },
+            TenantCommand::SetKapaSettings {
+                project_id,
+                integration_id,
+                api_key_ref,
+            } => {
+                let project_id = validate::identifier("project id", &project_id)?;
+                let integration_id = match integration_id.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(id) => Some(validate::identifier("integration id", id)?),
+                };
+                let api_key_ref = validate::text("api key reference", "invalid_secret_ref", &api_key_ref, 500)?;
+                let has_scheme = SECRET_REF_SCHEMES
+                    .iter()
+                    .any(|s| api_key_ref.starts_with(s) && api_key_ref.len() > s.len());
+                if !has_scheme {
+                    return Err(DomainError::invalid(
+                        "invalid_secret_ref",
+                        format!(
+                            "api_key_ref must reference a secret ({}), not contain the key",
+                            SECRET_REF_SCHEMES.join(", ")
+                        ),
+                    ));
+                }
+                TenantEvent::KapaSettingsSet {
+                    project_id,
+                    integration_id,
+                    api_key_ref,
+                }
+            }
+            TenantCommand::SetFeatureFlag {
+                flag,
+                enabled,
+                rollout_percentage,
+            } => {
+                if rollout_percentage > 100 {
+                    return Err(DomainError::invalid(
+                        "invalid_rollout",
+                        "rollout_percentage must be between 0 and 100",
+                    ));
+                }
+                TenantEvent::FeatureFlagSet {
+                    flag: flag_name(&flag)?,
+                    enabled,
+                    rollout_percentage,
+                }
+            }
+            TenantCommand::ClearFeatureFlag { flag } => {
+                let flag = flag_name(&flag)?;
+                if !self.feature_flags.contains_key(&flag) {
+                    return Err(DomainError::not_found(
+                        "feature_flag_not_found",
+                        format!("feature flag `{flag}` is not set"),
+                    ));
+                }
+                TenantEvent::FeatureFlagCleared { flag }
+            }
+            TenantCommand::InviteMember {
+                user_id,
+                email,
+                role,
+            } => {
+                let user_id = validate::identifier("user id", &user_id)?;
+                if self.members.contains_key(&user_id) {
+                    return Err(DomainError::conflict(
+                        "member_exists",
+                        format!("`{user_id}` is already a member"),
+                    ));
+                }
+                let email = validate::optional_text("email", "invalid_email", email.as_deref(), 320)?;
+                if let Some(e) = &email {
+                    if !e.contains('@') || e.contains(char::is_whitespace) {
+                        return Err(DomainError::invalid("invalid_email", "email is not an e-mail address"));
+                    }
+                }
+                TenantEvent::MemberInvited {
+                    user_id,
+                    email,
+                    role,
+                }
+            }
+            TenantCommand::ChangeMemberRole { user_id, role } => {
+                let member = self.member(&user_id)?;
+                if member.role == role {
+                    return Err(DomainError::conflict(
+                        "role_unchanged",
+                        format!("`{user_id}` already has the role {role}"),
+                    ));
+                }
+                if member.role == Role::Admin && self.admin_count() == 1 {
+                    return Err(DomainError::conflict(
+                        "last_admin",
+                        "the last admin of a tenant cannot be demoted",
+                    ));
+                }
+                TenantEvent::MemberRoleChanged {
+                    user_id,
+                    from: member.role,
+                    to: role,
+                }
+            }
+            TenantCommand::RemoveMember { user_id } => {
+                let member = self.member(&user_id)?;
+                if member.role == Role::Admin && self.admin_count() == 1 {
+                    return Err(DomainError::conflict(
+                        "last_admin",
+                        "the last admin of a tenant cannot be removed",
+                    ));
+                }
+                TenantEvent::MemberRemoved { user_id }
+            }
+            TenantCommand::Suspend { reason } => TenantEvent::TenantSuspended {
+                reason: validate::text("reason", "invalid_reason", &reason, 1000)?,
+            },
+        };
+        Ok(vec![event])
+    }
+}
+
+fn flag_name(flag: &str) -> Result<String, DomainError> {
+    let valid = !flag.is_empty()
+        && flag.len() <= 64
+        && flag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        && flag.as_bytes()[0].is_ascii_alphanumeric();
+    if valid {
+        Ok(flag.to_string())
+    } else {
+        Err(DomainError::invalid(
+            "invalid_feature_flag",
+            "a feature flag name is 1-64 characters of a-z, 0-9, `_`, `.` or `-`",
+        ))
+    }
+}
+
+impl Aggregate for Tenant {
+    const TYPE: &'static str = "tenant";
+    type Command = TenantCommand;
+    type Event = TenantEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            TenantEvent::TenantCreated { name, .. } => {
+                self.status = TenantStatus::Active;
+                self.name = name;
+            }
+            TenantEvent::TenantRenamed { name } => self.name = name,
+            TenantEvent::KapaSettingsSet {
+                project_id,
+                integration_id,
+                api_key_ref,
+            } => {
+                self.kapa = Some(KapaSettings {
+                    project_id,
+                    integration_id,
+                    api_key_ref,
+                })
+            }
+            TenantEvent::FeatureFlagSet {
+                flag,
+                enabled,
+                rollout_percentage,
+            } => {
+                self.feature_flags.insert(
+                    flag,
+                    FeatureFlag {
+                        enabled,
+                        rollout_percentage,
+                    },
+                );
+            }
+            TenantEvent::FeatureFlagCleared { flag } => {
+                self.feature_flags.remove(&flag);
+            }
+            TenantEvent::MemberInvited {
+                user_id,
+                email,
+                role,
+            } => {
+                self.members.insert(user_id, Member { role, email });
+            }
+            TenantEvent::MemberRoleChanged { user_id, to, .. } => {
+                if let Some(m) = self.members.get_mut(&user_id) {
+                    m.role = to;
+                }
+            }
+            TenantEvent::MemberRemoved { user_id } => {
+                self.members.remove(&user_id);
+            }
+            TenantEvent::TenantSuspended { .. } => self.status = TenantStatus::Suspended,
+            TenantEvent::TenantReactivated {} => self.status = TenantStatus::Active,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+
+    type Given = TestFramework<Tenant>;
+
+    fn created() -> Vec<TenantEvent> {
+        vec![
+            TenantEvent::TenantCreated {
+                name: "Acme".into(),
+                created_by: "alice".into(),
+            },
+            TenantEvent::MemberInvited {
+                user_id: "alice".into(),
+                email: None,
+                role: Role::Admin,
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn creating_a_tenant_makes_its_creator_admin() {
+        Given::with(())
+            .given_no_previous_events()
+            .when_async(TenantCommand::Create {
+                name: "  Acme ".into(),
+                admin_user_id: "alice".into(),
+            })
+            .await
+            .then_expect_events(created());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_is_created_once() {
+        let err = Given::with(())
+            .given(created())
+            .when_async(TenantCommand::Create {
+                name: "Acme".into(),
+                admin_user_id: "bob".into(),
+            })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(err.code, "tenant_exists");
+    }
+
+    #[tokio::test]
+    async fn the_last_admin_cannot_be_demoted_or_removed() {
+        let demote = Given::with(())
+            .given(created())
+            .when_async(TenantCommand::ChangeMemberRole {
+                user_id: "alice".into(),
+                role: Role::Viewer,
+            })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(demote.code, "last_admin");
+        let remove = Given::with(())
+            .given(created())
+            .when_async(TenantCommand::RemoveMember {
+                user_id: "alice".into(),
+            })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(remove.code, "last_admin");
+    }
+
+    #[tokio::test]
+    async fn an_admin_can_be_demoted_when_another_admin_remains() {
+        let mut given = created();
+        given.push(TenantEvent::MemberInvited {
+            user_id: "bob".into(),
+            email: Some("bob@acme.test".into()),
+            role: Role::Admin,
+        });
+        Given::with(())
+            .given(given)
+            .when_async(TenantCommand::ChangeMemberRole {
+                user_id: "alice".into(),
+                role: Role::Operator,
+            })
+            .await
+            .then_expect_events(vec![TenantEvent::MemberRoleChanged {
+                user_id: "alice".into(),
+                from: Role::Admin,
+                to: Role::Operator,
+            }]);
+    }
+
+    #[tokio::test]
+    async fn a_suspended_tenant_accepts_nothing_but_reactivation() {
+        let mut given = created();
+        given.push(TenantEvent::TenantSuspended {
+            reason: "unpaid".into(),
+        });
+        let err = Given::with(())
+            .given(given.clone())
+            .when_async(TenantCommand::Rename { name: "New".into() })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(err.code, "tenant_suspended");
+        Given::with(())
+            .given(given)
+            .when_async(TenantCommand::Reactivate)
+            .await
+            .then_expect_events(vec![TenantEvent::TenantReactivated {}]);
+    }
+
+    #[tokio::test]
+    async fn kapa_settings_take_a_secret_reference_never_a_key() {
+        let err = Given::with(())
+            .given(created())
+            .when_async(TenantCommand::SetKapaSettings {
+                project_id: "p-1".into(),
+                integration_id: None,
+                api_key_ref: "sk-live-abcdef".into(),
+            })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(err.code, "invalid_secret_ref");
+        Given::with(())
+            .given(created())
+            .when_async(TenantCommand::SetKapaSettings {
+                project_id: "p-1".into(),
+                integration_id: Some("web".into()),
+                api_key_ref: "env://KAPA_KEY_ACME".into(),
+            })
+            .await
+            .then_expect_events(vec![TenantEvent::KapaSettingsSet {
+                project_id: "p-1".into(),
+                integration_id: Some("web".into()),
+                api_key_ref: "env://KAPA_KEY_ACME".into(),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn feature_flags_are_set_validated_and_cleared() {
+        let err = Given::with(())
+            .given(created())
+            .when_async(TenantCommand::SetFeatureFlag {
+                flag: "beta".into(),
+                enabled: true,
+                rollout_percentage: 101,
+            })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(err.code, "invalid_rollout");
+        let mut given = created();
+        given.push(TenantEvent::FeatureFlagSet {
+            flag: "beta".into(),
+            enabled: true,
+            rollout_percentage: 50,
+        });
+        Given::with(())
+            .given(given)
+            .when_async(TenantCommand::ClearFeatureFlag { flag: "beta".into() })
+            .await
+            .then_expect_events(vec![TenantEvent::FeatureFlagCleared { flag: "beta".into() }]);
+        let missing = Given::with(())
+            .given(created())
+            .when_async(TenantCommand::ClearFeatureFlag { flag: "beta".into() })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(missing.code, "feature_flag_not_found");
+    }
+
+    #[tokio::test]
+    async fn commands_on_an_uncreated_tenant_are_not_found() {
+        let err = Given::with(())
+            .given_no_previous_events()
+            .when_async(TenantCommand::Rename { name: "X".into() })
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(err.code, "tenant_not_found");
+    }
+}

@@ -1,0 +1,238 @@
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use futures::TryStreamExt;
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::EventMetadata;
+
+/// A cqrs-es event repository on this project's `events` table. Event-sourced only: snapshots
+/// are not kept (aggregates here are short; add them when a measurement says so).
+#[derive(Clone)]
+pub struct PgEventRepository {
+    pool: PgPool,
+    stream_channel_size: usize,
+}
+
+const SELECT_EVENTS: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, payload, metadata FROM events";
+
+impl PgEventRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            stream_channel_size: 256,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn to_event(row: &PgRow) -> Result<SerializedEvent, PersistenceError> {
+        let sequence: i64 = row.try_get("sequence").map_err(unknown)?;
+        Ok(SerializedEvent {
+            aggregate_type: row.try_get("aggregate_type").map_err(unknown)?,
+            aggregate_id: row.try_get("aggregate_id").map_err(unknown)?,
+            sequence: usize::try_from(sequence).map_err(unknown)?,
+            event_type: row.try_get("event_type").map_err(unknown)?,
+            event_version: row.try_get("event_version").map_err(unknown)?,
+            payload: row.try_get("payload").map_err(unknown)?,
+            metadata: row.try_get("metadata").map_err(unknown)?,
+        })
+    }
+
+    async fn fetch(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
+             ORDER BY sequence"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(i64::try_from(after_sequence).map_err(unknown)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(from_sqlx)?;
+        rows.iter().map(Self::to_event).collect()
+    }
+
+    async fn insert(
+        tx: &mut Transaction<'_, Postgres>,
+        event: &SerializedEvent,
+        meta: &EventMetadata,
+    ) -> Result<(), PersistenceError> {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+               payload, metadata, event_id, tenant_id, recorded_at, actor_id, actor_role, \
+               correlation_id, causation_id, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10, now()), $11, $12, $13, $14, $15)",
+        )
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .bind(i64::try_from(event.sequence).map_err(unknown)?)
+        .bind(&event.event_type)
+        .bind(&event.event_version)
+        .bind(&event.payload)
+        .bind(&event.metadata)
+        .bind(Uuid::now_v7())
+        .bind(&meta.tenant_id)
+        .bind(meta.occurred_at)
+        .bind(&meta.user_id)
+        .bind(&meta.role)
+        .bind(&meta.correlation_id)
+        .bind(&meta.causation_id)
+        .bind(&meta.idempotency_key)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    /// Marks the command's idempotency key as settled by these events. Fails, rolling the events
+    /// back, when the key is no longer pending (another request took it over after our lease ran
+    /// out), so one key never stores two sets of events.
+    async fn settle_idempotency_key(
+        tx: &mut Transaction<'_, Postgres>,
+        meta: &EventMetadata,
+        key: &str,
+        events: &[SerializedEvent],
+    ) -> Result<(), PersistenceError> {
+        let (first, last) = (&events[0], &events[events.len() - 1]);
+        let settled = sqlx::query(
+            "UPDATE idempotency_keys SET state = 'committed', aggregate_type = $4, \
+               aggregate_id = $5, first_sequence = $6, last_sequence = $7, settled_at = now() \
+             WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+        )
+        .bind(&meta.tenant_id)
+        .bind(&meta.user_id)
+        .bind(key)
+        .bind(&first.aggregate_type)
+        .bind(&first.aggregate_id)
+        .bind(i64::try_from(first.sequence).map_err(unknown)?)
+        .bind(i64::try_from(last.sequence).map_err(unknown)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+        if settled.rows_affected() != 1 {
+            // Surfaces as a conflict: the other holder of the key answers for it.
+            return Err(PersistenceError::OptimisticLockError);
+        }
+        Ok(())
+    }
+
+    fn replay(&self, query: String, binds: Vec<String>) -> ReplayStream {
+        let (mut feed, stream) = ReplayStream::new(self.stream_channel_size);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let q = binds
+                .iter()
+                .fold(sqlx::query(&query), |q, value| q.bind(value));
+            let mut rows = q.fetch(&pool);
+            loop {
+                let item = match rows.try_next().await {
+                    Ok(Some(row)) => Self::to_event(&row),
+                    Ok(None) => return,
+                    Err(e) => Err(from_sqlx(e)),
+                };
+                let failed = item.is_err();
+                if feed.push(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        stream
+    }
+}
+
+impl PersistedEventRepository for PgEventRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.fetch(A::TYPE, aggregate_id, 0).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.fetch(A::TYPE, aggregate_id, last_sequence).await
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        Ok(None)
+    }
+
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, events = events.len()), err)]
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        _snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // One command's events share their metadata (cqrs-es copies it to each).
+        let meta = EventMetadata::from_value(&events[0].metadata)
+            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+        for event in events {
+            Self::insert(&mut tx, event, &meta).await?;
+        }
+        if let Some(key) = &meta.idempotency_key {
+            Self::settle_idempotency_key(&mut tx, &meta, key, events).await?;
+        }
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        Ok(self.replay(
+            format!("{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"),
+            vec![A::TYPE.to_string(), aggregate_id.to_string()],
+        ))
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        Ok(self.replay(
+            format!("{SELECT_EVENTS} WHERE aggregate_type = $1 ORDER BY position"),
+            vec![A::TYPE.to_string()],
+        ))
+    }
+}
+
+fn unknown<E: std::error::Error + Send + Sync + 'static>(e: E) -> PersistenceError {
+    PersistenceError::UnknownError(Box::new(e))
+}
+
+/// A duplicate (aggregate, sequence) is the optimistic-concurrency conflict; any other unique
+/// violation is a bug and must not masquerade as one (postgres-es maps every 23505 to a conflict).
+fn from_sqlx(err: sqlx::Error) -> PersistenceError {
+    match &err {
+        sqlx::Error::Database(db) if db.constraint() == Some("events_pkey") => {
+            PersistenceError::OptimisticLockError
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => PersistenceError::ConnectionError(Box::new(err)),
+        _ => PersistenceError::UnknownError(Box::new(err)),
+    }
+}
