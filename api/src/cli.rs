@@ -1,0 +1,86 @@
+//! The `answers` binary's subcommands.
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use domain::Role;
+
+use crate::auth::JwtKeys;
+use crate::{bench, openapi, startup, telemetry, Application, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "answers", version, about = "The AI answers platform backend")]
+pub struct Cli {
+    /// A TOML configuration file, read after the defaults and before `APP__*` variables.
+    #[arg(long, global = true, env = "APP_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Run the database migrations and exit.
+    Migrate,
+    /// Mint a development token signed with the configured secret.
+    Token {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "admin")]
+        role: Role,
+        #[arg(long, default_value = "dev-user")]
+        user: String,
+        /// Lifetime in seconds (default: auth.dev_token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Drive a freshly started service with concurrent clients and compare it with plain inserts.
+    Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let settings = Settings::load(self.config.as_deref())?;
+        match self.command.unwrap_or(Command::Serve) {
+            Command::Serve => {
+                telemetry::init(&settings.log);
+                let app = Application::build(settings).await?;
+                app.run_until_stopped().await?;
+            }
+            Command::Migrate => {
+                telemetry::init(&settings.log);
+                let pool = startup::connect(&settings.database).await?;
+                event_store::migrate(&pool)
+                    .await
+                    .context("could not run the database migrations")?;
+                tracing::info!("migrations applied");
+            }
+            Command::Token {
+                tenant,
+                role,
+                user,
+                ttl,
+            } => {
+                let keys = JwtKeys::new(&settings.auth);
+                let token = keys.mint(&user, &tenant, role, ttl.unwrap_or(settings.auth.dev_token_ttl_secs))?;
+                write_stdout(&format!("{token}\n"))?;
+            }
+            Command::Openapi => write_stdout(&openapi::document())?,
+            Command::Bench(args) => bench::run(settings, args).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Command output (a token, a document, a report) is the program's product, not a log line.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! Request and response bodies of the HTTP API. They mirror the domain's types but belong to the
+//! API: renaming a domain field must not silently change the public contract.
+use std::collections::BTreeMap;
+
+use domain::conversation::{DownvoteReason, Feedback, Reaction};
+use domain::knowledge_source::{KnowledgeSource, SourceKind, SourceStatus, SyncState};
+use domain::tenant::{Tenant, TenantStatus};
+use domain::Role;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+macro_rules! mirror_enum {
+    ($(#[$m:meta])* $dto:ident <=> $domain:ident { $($v:ident),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $dto { $($v),+ }
+        impl From<$dto> for $domain {
+            fn from(v: $dto) -> Self { match v { $($dto::$v => $domain::$v),+ } }
+        }
+        impl From<$domain> for $dto {
+            fn from(v: $domain) -> Self { match v { $($domain::$v => $dto::$v),+ } }
+        }
+    };
+}
+
+mirror_enum!(
+    /// A member's role: admin administers the tenant, operator asks and manages sources, viewer reads.
+    RoleDto <=> Role { Admin, Operator, Viewer }
+);
+mirror_enum!(ReactionDto <=> Reaction { Upvote, Downvote });
+mirror_enum!(
+    /// Why an answer was downvoted.
+    DownvoteReasonDto <=> DownvoteReason { Incorrect, Irrelevant, Unaddressed }
+);
+mirror_enum!(SourceKindDto <=> SourceKind { Website, Docs, Github, Zendesk, Confluence, Notion, Slack, File });
+mirror_enum!(TenantStatusDto <=> TenantStatus { Unprovisioned, Active, Suspended });
+mirror_enum!(SourceStatusDto <=> SourceStatus { NotAdded, Active, Removed });
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// 1-200 characters.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameTenantRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KapaSettingsRequest {
+    pub project_id: String,
+    pub integration_id: Option<String>,
+    /// A reference to the API key (`env://NAME`, `vault://path`, `aws-sm://...`, `gcp-sm://...`), never the key.
+    pub api_key_ref: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureFlagRequest {
+    pub enabled: bool,
+    /// 0-100; the share of the tenant's users who see the feature.
+    #[serde(default = "hundred")]
+    pub rollout_percentage: u8,
+}
+
+fn hundred() -> u8 {
+    100
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteMemberRequest {
+    pub user_id: String,
+    pub email: Option<String>,
+    pub role: RoleDto,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRoleRequest {
+    pub role: RoleDto,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendTenantRequest {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AskRequest {
+    /// 1-4000 characters.
+    pub question: String,
+    /// Where the question was asked (`web`, `slack`, `zendesk`...). Defaults to `api`.
+    pub channel: Option<String>,
+    /// The Kapa integration the question came through, if any.
+    pub integration_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    pub reaction: ReactionDto,
+    /// Only with a downvote.
+    #[serde(default)]
+    pub reasons: Vec<DownvoteReasonDto>,
+    /// Up to 2000 characters.
+    pub comment: Option<String>,
+}
+
+impl From<FeedbackRequest> for Feedback {
+    fn from(r: FeedbackRequest) -> Self {
+        Feedback {
+            reaction: r.reaction.into(),
+            reasons: r.reasons.into_iter().map(Into::into).collect(),
+            comment: r.comment,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateRequest {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddSourceRequest {
+    pub kind: SourceKindDto,
+    pub name: String,
+    /// A URL for websites and docs, `owner/repo` for GitHub, an account or space for the others.
+    pub location: String,
+    /// Connector settings (no credentials: reference secrets instead).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSourceRequest {
+    pub name: Option<String>,
+    pub location: Option<String>,
+    pub settings: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSyncRequest {
+    /// Chosen by the sync worker; names this run in the later complete or fail call.
+    pub sync_id: Uuid,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteSyncRequest {
+    pub sync_id: Uuid,
+    pub document_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailSyncRequest {
+    pub sync_id: Uuid,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KapaSettingsView {
+    pub project_id: String,
+    pub integration_id: Option<String>,
+    pub api_key_ref: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeatureFlagView {
+    pub enabled: bool,
+    pub rollout_percentage: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberView {
+    pub user_id: String,
+    pub email: Option<String>,
+    pub role: RoleDto,
+}
+
+/// The tenant as its events say it is now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    pub status: TenantStatusDto,
+    pub kapa: Option<KapaSettingsView>,
+    pub feature_flags: BTreeMap<String, FeatureFlagView>,
+    pub members: Vec<MemberView>,
+    pub version: u64,
+}
+
+impl TenantView {
+    pub fn new(id: String, t: Tenant, version: u64) -> Self {
+        Self {
+            id,
+            name: t.name,
+            status: t.status.into(),
+            kapa: t.kapa.map(|k| KapaSettingsView {
+                project_id: k.project_id,
+                integration_id: k.integration_id,
+                api_key_ref: k.api_key_ref,
+            }),
+            feature_flags: t
+                .feature_flags
+                .into_iter()
+                .map(|(k, f)| {
+                    (
+                        k,
+                        FeatureFlagView {
+                            enabled: f.enabled,
+                            rollout_percentage: f.rollout_percentage,
+                        },
+                    )
+                })
+                .collect(),
+            members: t
+                .members
+                .into_iter()
+                .map(|(user_id, m)| MemberView {
+                    user_id,
+                    email: m.email,
+                    role: m.role.into(),
+                })
+                .collect(),
+            version,
+        }
+    }
+}
+
+/// A knowledge source as its events say it is now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SourceView {
+    pub id: Uuid,
+    pub kind: Option<SourceKindDto>,
+    pub name: String,
+    pub location: String,
+    pub settings: BTreeMap<String, String>,
+    pub status: SourceStatusDto,
+    /// `idle`, `requested` or `running`.
+    pub sync_state: String,
+    pub running_sync_id: Option<Uuid>,
+    pub document_count: Option<u64>,
+    pub version: u64,
+}
+
+impl SourceView {
+    pub fn new(id: Uuid, s: KnowledgeSource, version: u64) -> Self {
+        let (sync_state, running_sync_id) = match s.sync {
+            SyncState::Idle => ("idle", None),
+            SyncState::Requested => ("requested", None),
+            SyncState::Running { sync_id } => ("running", Some(sync_id)),
+        };
+        Self {
+            id,
+            kind: s.kind.map(Into::into),
+            name: s.name,
+            location: s.location,
+            settings: s.settings,
+            status: s.status.into(),
+            sync_state: sync_state.to_string(),
+            running_sync_id,
+            document_count: s.document_count,
+            version,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthStatus {
+    pub status: String,
+}

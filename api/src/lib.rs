@@ -1,0 +1,16 @@
+//! The HTTP face of the platform and the `answers` binary.
+
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod dto;
+pub mod middleware;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use startup::Application;

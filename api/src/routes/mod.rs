@@ -1,0 +1,130 @@
+//! The HTTP routes. Handlers only translate: HTTP in, a command to the bus, HTTP out.
+use std::future::{ready, Ready};
+
+use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
+use commands::CommandContext;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::IntoResponses;
+
+use crate::auth::{Authenticated, Claims};
+use crate::middleware::CorrelationId;
+use crate::problem::{ApiError, Problem};
+
+pub mod conversations;
+pub mod docs;
+pub mod health;
+pub mod sources;
+pub mod tenant;
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The authenticated caller of a command, with the request's correlation id and idempotency key.
+pub struct Caller {
+    pub claims: Claims,
+    correlation_id: String,
+    idempotency_key: Option<String>,
+    request_line: String,
+}
+
+impl Caller {
+    /// The command context for this request. `body` is part of the request's fingerprint, so an
+    /// idempotency key reused for a different body is caught.
+    pub fn context<B: Serialize>(&self, body: &B) -> CommandContext {
+        let body = serde_json::to_string(body).unwrap_or_default();
+        let digest = Sha256::digest(format!("{}\n{}", self.request_line, body).as_bytes());
+        CommandContext {
+            tenant_id: self.claims.tenant_id.clone(),
+            user_id: self.claims.sub.clone(),
+            role: self.claims.role,
+            correlation_id: self.correlation_id.clone(),
+            causation_id: None,
+            idempotency_key: self.idempotency_key.clone(),
+            request_fingerprint: hex::encode(digest),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        ready(caller(req, payload))
+    }
+}
+
+fn caller(req: &HttpRequest, payload: &mut Payload) -> Result<Caller, ApiError> {
+    let Authenticated(claims) = Authenticated::from_request(req, payload).into_inner()?;
+    let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().ok().map(str::trim).filter(|k| {
+                !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            Some(
+                key.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1-255 visible ASCII characters",
+                    )
+                })?
+                .to_string(),
+            )
+        }
+    };
+    let correlation_id = req
+        .extensions()
+        .get::<CorrelationId>()
+        .map(|c| c.0.clone())
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    Ok(Caller {
+        claims,
+        correlation_id,
+        idempotency_key,
+        request_line: format!("{} {}", req.method(), req.path()),
+    })
+}
+
+/// The problems any command route may answer with.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum CommandProblems {
+    /// Malformed JSON, a bad path parameter or a bad Idempotency-Key.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// Missing, expired or invalid token.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// The caller's role may not send this command.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// The aggregate (or the tenant) does not exist.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The aggregate's state forbids the command, or another command changed it first.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// The body exceeds the size limit.
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// A field is invalid, or the Idempotency-Key was used for another request.
+    #[response(status = 422, content_type = "application/problem+json")]
+    Unprocessable(Problem),
+    /// The database is unreachable.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::live)
+        .service(health::ready)
+        .service(docs::openapi_json)
+        .service(docs::swagger_ui)
+        .service(
+            web::scope("/v1")
+                .configure(tenant::configure)
+                .configure(conversations::configure)
+                .configure(sources::configure),
+        );
+}

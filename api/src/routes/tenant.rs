@@ -1,0 +1,207 @@
+use actix_web::{delete, get, post, put, web, HttpResponse};
+use commands::{CommandBus, CommandOutcome};
+use domain::tenant::TenantCommand;
+
+use crate::auth::Authenticated;
+use crate::dto::*;
+use crate::problem::ApiError;
+use crate::routes::{Caller, CommandProblems};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(create)
+        .service(get_tenant)
+        .service(rename)
+        .service(set_kapa)
+        .service(set_flag)
+        .service(clear_flag)
+        .service(invite)
+        .service(change_role)
+        .service(remove_member)
+        .service(suspend)
+        .service(reactivate);
+}
+
+async fn send(
+    bus: &CommandBus,
+    caller: &Caller,
+    body: &impl serde::Serialize,
+    command: TenantCommand,
+) -> Result<CommandOutcome, ApiError> {
+    Ok(bus.tenant(&caller.context(body), command).await?)
+}
+
+/// Create the caller's tenant; the caller becomes its first admin.
+#[utoipa::path(post, path = "/v1/tenant", tag = "tenant", request_body = CreateTenantRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 201, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[post("/tenant")]
+pub async fn create(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    body: web::Json<CreateTenantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::Create {
+        name: body.name.clone(),
+        admin_user_id: caller.claims.sub.clone(),
+    };
+    let outcome = send(&bus, &caller, &*body, command).await?;
+    Ok(HttpResponse::Created().json(outcome))
+}
+
+/// The caller's tenant: settings, flags, members (any role).
+#[utoipa::path(get, path = "/v1/tenant", tag = "tenant",
+    responses((status = 200, body = TenantView), CommandProblems), security(("bearer" = [])))]
+#[get("/tenant")]
+pub async fn get_tenant(
+    bus: web::Data<CommandBus>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let tenant_id = auth.0.tenant_id;
+    let (tenant, version) = bus.tenant_state(&tenant_id).await?;
+    if version == 0 {
+        return Err(ApiError::not_found("tenant_not_found", "this tenant has not been created yet"));
+    }
+    Ok(HttpResponse::Ok().json(TenantView::new(tenant_id, tenant, version)))
+}
+
+#[utoipa::path(put, path = "/v1/tenant/name", tag = "tenant", request_body = RenameTenantRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[put("/tenant/name")]
+pub async fn rename(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    body: web::Json<RenameTenantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::Rename {
+        name: body.name.clone(),
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+/// Set the tenant's Kapa.ai project, integration and API key reference.
+#[utoipa::path(put, path = "/v1/tenant/kapa", tag = "tenant", request_body = KapaSettingsRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[put("/tenant/kapa")]
+pub async fn set_kapa(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    body: web::Json<KapaSettingsRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::SetKapaSettings {
+        project_id: body.project_id.clone(),
+        integration_id: body.integration_id.clone(),
+        api_key_ref: body.api_key_ref.clone(),
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+#[utoipa::path(put, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant", request_body = FeatureFlagRequest,
+    params(("flag" = String, Path, description = "1-64 characters of a-z, 0-9, _ . -"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[put("/tenant/feature-flags/{flag}")]
+pub async fn set_flag(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    flag: web::Path<String>,
+    body: web::Json<FeatureFlagRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::SetFeatureFlag {
+        flag: flag.into_inner(),
+        enabled: body.enabled,
+        rollout_percentage: body.rollout_percentage,
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant",
+    params(("flag" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[delete("/tenant/feature-flags/{flag}")]
+pub async fn clear_flag(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    flag: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::ClearFeatureFlag {
+        flag: flag.into_inner(),
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &(), command).await?))
+}
+
+#[utoipa::path(post, path = "/v1/tenant/members", tag = "tenant", request_body = InviteMemberRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[post("/tenant/members")]
+pub async fn invite(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    body: web::Json<InviteMemberRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::InviteMember {
+        user_id: body.user_id.clone(),
+        email: body.email.clone(),
+        role: body.role.into(),
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+#[utoipa::path(put, path = "/v1/tenant/members/{user_id}/role", tag = "tenant", request_body = ChangeRoleRequest,
+    params(("user_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[put("/tenant/members/{user_id}/role")]
+pub async fn change_role(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    user_id: web::Path<String>,
+    body: web::Json<ChangeRoleRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::ChangeMemberRole {
+        user_id: user_id.into_inner(),
+        role: body.role.into(),
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/tenant/members/{user_id}", tag = "tenant",
+    params(("user_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[delete("/tenant/members/{user_id}")]
+pub async fn remove_member(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    user_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::RemoveMember {
+        user_id: user_id.into_inner(),
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &(), command).await?))
+}
+
+#[utoipa::path(post, path = "/v1/tenant/suspend", tag = "tenant", request_body = SuspendTenantRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[post("/tenant/suspend")]
+pub async fn suspend(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    body: web::Json<SuspendTenantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::Suspend {
+        reason: body.reason.clone(),
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+#[utoipa::path(post, path = "/v1/tenant/reactivate", tag = "tenant",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[post("/tenant/reactivate")]
+pub async fn reactivate(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &(), TenantCommand::Reactivate).await?))
+}

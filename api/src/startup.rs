@@ -1,0 +1,141 @@
+//! Start-up: connect, migrate, wire the command side, bind. Tests run exactly this on port 0.
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{middleware::from_fn, web, App, HttpServer};
+use anyhow::Context;
+use commands::{CommandBus, LocalAnswerEngine, SystemClock};
+use domain::engine::AnswerEngine;
+use secrecy::ExposeSecret;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+
+use crate::auth::JwtKeys;
+use crate::config::{DatabaseSettings, Settings, DEV_JWT_SECRET};
+use crate::problem::{self, ApiError};
+use crate::{middleware, routes};
+
+pub struct Application {
+    port: u16,
+    pool: PgPool,
+    server: Server,
+}
+
+impl Application {
+    /// Everything the service needs, ready to run. Binds `server.port` (0: any free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let engine: Arc<dyn AnswerEngine> = Arc::new(LocalAnswerEngine);
+        Self::build_with_engine(settings, engine).await
+    }
+
+    pub async fn build_with_engine(
+        settings: Settings,
+        engine: Arc<dyn AnswerEngine>,
+    ) -> anyhow::Result<Self> {
+        if settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
+            tracing::warn!("auth.jwt_secret is the development default; set APP__AUTH__JWT_SECRET in production");
+        }
+        let pool = connect(&settings.database).await?;
+        if settings.database.migrate_on_start {
+            event_store::migrate(&pool)
+                .await
+                .context("could not run the database migrations")?;
+        }
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| {
+                format!(
+                    "could not listen on {}:{}",
+                    settings.server.host, settings.server.port
+                )
+            })?;
+        let port = listener.local_addr()?.port();
+        let bus = web::Data::new(CommandBus::new(
+            pool.clone(),
+            engine,
+            Arc::new(SystemClock),
+            settings.idempotency(),
+        ));
+        let keys = web::Data::new(JwtKeys::new(&settings.auth));
+        let pool_data = web::Data::new(pool.clone());
+        let json_limit = settings.limits.json_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(middleware::correlate))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(json_limit)
+                        .error_handler(|err, _| problem::json_error(err).into()),
+                )
+                .app_data(web::PathConfig::default().error_handler(|err, _| problem::path_error(err).into()))
+                .app_data(bus.clone())
+                .app_data(keys.clone())
+                .app_data(pool_data.clone())
+                .configure(routes::configure)
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::not_found(
+                        "route_not_found",
+                        "no route matches this method and path",
+                    ))
+                }))
+        })
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        tracing::info!(port, "listening");
+        Ok(Self {
+            port,
+            pool,
+            server: server.run(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Connects (creating the database first when allowed), failing with a message that says where
+/// it tried and what to do, never with a panic.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let url = settings.url.expose_secret();
+    let target = settings.redacted_url();
+    let timeout = Duration::from_millis(settings.acquire_timeout_ms);
+    if settings.create_if_missing {
+        let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| unreachable_message(&target))?;
+        if !exists {
+            Postgres::create_database(url)
+                .await
+                .with_context(|| format!("could not create the database at {target}"))?;
+            tracing::info!(database = %target, "created the database");
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(timeout)
+        .connect(url)
+        .await
+        .with_context(|| unreachable_message(&target))
+}
+
+fn unreachable_message(target: &str) -> String {
+    format!(
+        "cannot reach PostgreSQL at {target}. Is it running? Set APP__DATABASE__URL to point \
+         elsewhere (see README, Configuration)"
+    )
+}
