@@ -1,0 +1,146 @@
+//! The test harness: starts the production application (`Application::build`) on port 0
+//! against a database of its own, and talks to it over HTTP like any client.
+use std::sync::Arc;
+use std::time::Duration;
+
+use answers_api::auth::JwtKeys;
+use answers_api::{Application, Settings};
+use async_trait::async_trait;
+use domain::engine::{AnswerEngine, AnswerRequest, EngineAnswer, EngineFailure};
+use domain::Role;
+use reqwest::{Method, Response};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Where tests create their databases; `TEST_DATABASE_URL` overrides it.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub keys: JwtKeys,
+    pub settings: Settings,
+}
+
+/// Settings for a fresh, uniquely named database and a free port.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::load(None).expect("default settings load");
+    let db = format!("answers_test_{}", Uuid::new_v4().simple());
+    settings.database.url = format!("{}/{db}", server_url()).into();
+    settings.database.max_connections = 30;
+    settings.server.port = 0;
+    settings.server.workers = 2;
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings(), None).await
+}
+
+pub async fn spawn_app_with_engine(engine: Arc<dyn AnswerEngine>) -> TestApp {
+    spawn_app_with(test_settings(), Some(engine)).await
+}
+
+pub async fn spawn_app_with(settings: Settings, engine: Option<Arc<dyn AnswerEngine>>) -> TestApp {
+    let app = match engine {
+        Some(engine) => Application::build_with_engine(settings.clone(), engine).await,
+        None => Application::build(settings.clone()).await,
+    }
+    .expect("the application starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let pool = app.pool().clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        pool,
+        client: reqwest::Client::new(),
+        keys: JwtKeys::new(&settings.auth),
+        settings,
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, tenant: &str, role: Role, user: &str) -> String {
+        self.keys.mint(user, tenant, role, 3600).expect("token")
+    }
+
+    pub async fn send(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.send(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Sends and returns status and JSON body.
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let response = self.send(method, path, token, body).await;
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Creates `tenant` with `admin` as its admin and returns the admin's token.
+    pub async fn create_tenant(&self, tenant: &str, admin: &str) -> String {
+        let token = self.token(tenant, Role::Admin, admin);
+        let (status, body) = self
+            .call(Method::POST, "/v1/tenant", &token, Some(serde_json::json!({"name": tenant})))
+            .await;
+        assert_eq!(status, 201, "tenant created: {body}");
+        token
+    }
+
+    /// Starts a conversation and returns (conversation id, answer id).
+    pub async fn ask(&self, token: &str, question: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/conversations",
+                token,
+                Some(serde_json::json!({"question": question})),
+            )
+            .await;
+        assert_eq!(status, 201, "question asked: {body}");
+        (
+            body["id"].as_str().unwrap().to_string(),
+            body["answer"]["answer_id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// An engine that takes its time, so that concurrent requests really overlap.
+pub struct SlowEngine(pub Duration);
+
+#[async_trait]
+impl AnswerEngine for SlowEngine {
+    async fn answer(&self, request: AnswerRequest) -> Result<EngineAnswer, EngineFailure> {
+        tokio::time::sleep(self.0).await;
+        Ok(EngineAnswer {
+            text: format!("slow answer to {}", request.question),
+            sources: vec![],
+            uncertain: false,
+            latency_ms: self.0.as_millis() as u64,
+            engine: "slow".into(),
+            engine_answer_id: Uuid::new_v4().to_string(),
+            engine_thread_id: None,
+        })
+    }
+}

@@ -1,0 +1,50 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::{spawn_app_with_engine, SlowEngine};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn twenty_racing_commands_on_one_aggregate_leave_gapless_sequences_and_409_losers() {
+    // The engine holds every request between loading the conversation and storing its events,
+    // so the twenty follow-ups really race for the same next sequence.
+    let app = spawn_app_with_engine(Arc::new(SlowEngine(Duration::from_millis(300)))).await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let (conversation, _) = app.ask(&admin, "First question here").await;
+
+    let requests = (0..20).map(|i| {
+        let app = &app;
+        let admin = &admin;
+        let conversation = &conversation;
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/v1/conversations/{conversation}/questions"),
+                admin,
+                Some(json!({"question": format!("follow-up number {i}")})),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+
+    let winners = results.iter().filter(|(s, _)| *s == 200).count();
+    let losers: Vec<_> = results.iter().filter(|(s, _)| *s == 409).collect();
+    assert_eq!(winners + losers.len(), 20, "only 200 or 409: {results:?}");
+    assert!(winners >= 1, "someone wins");
+    assert!(!losers.is_empty(), "the race produced conflicts");
+    for (_, body) in &losers {
+        assert_eq!(body["code"], "concurrent_modification");
+        assert_eq!(body["status"], 409);
+    }
+
+    let sequences: Vec<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM events WHERE aggregate_type = 'conversation' ORDER BY sequence",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected: Vec<i64> = (1..=(2 + 2 * winners as i64)).collect();
+    assert_eq!(sequences, expected, "gapless: first question plus two events per winner");
+}

@@ -1,0 +1,10 @@
+//! One test binary for all end-to-end tests (one link instead of many).
+mod auth;
+mod bad_input;
+mod commands_round_trip;
+mod concurrency;
+mod idempotency;
+mod openapi;
+mod reader;
+mod startup;
+mod store;
