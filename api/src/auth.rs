@@ -64,8 +64,17 @@ impl JwtKeys {
         }
     }
 
-    pub fn mint(&self, user: &str, tenant_id: &str, role: Role, ttl_secs: u64) -> anyhow::Result<String> {
-        anyhow::ensure!(valid_tenant_id(tenant_id), "a tenant id is 1-64 characters of a-z, 0-9, `-` or `_`");
+    pub fn mint(
+        &self,
+        user: &str,
+        tenant_id: &str,
+        role: Role,
+        ttl_secs: u64,
+    ) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            valid_tenant_id(tenant_id),
+            "a tenant id is 1-64 characters of a-z, 0-9, `-` or `_`"
+        );
         let now = now_secs();
         let claims = Claims {
             sub: user.to_string(),
@@ -76,7 +85,11 @@ impl JwtKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        Ok(encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
+        Ok(encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
@@ -92,8 +105,14 @@ impl JwtKeys {
             ApiError::unauthorized(code, detail)
         })?;
         let claims = data.claims;
-        if !valid_tenant_id(&claims.tenant_id) || claims.sub.trim().is_empty() || claims.sub.len() > 200 {
-            return Err(ApiError::unauthorized("token_invalid", "the token's subject or tenant is invalid"));
+        if !valid_tenant_id(&claims.tenant_id)
+            || claims.sub.trim().is_empty()
+            || claims.sub.len() > 200
+        {
+            return Err(ApiError::unauthorized(
+                "token_invalid",
+                "the token's subject or tenant is invalid",
+            ));
         }
         Ok(claims)
     }
@@ -113,18 +132,24 @@ impl FromRequest for Authenticated {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
-    let keys = req
-        .app_data::<web::Data<JwtKeys>>()
-        .ok_or_else(|| ApiError::unauthorized("token_invalid", "authentication is not configured"))?;
+    let keys = req.app_data::<web::Data<JwtKeys>>().ok_or_else(|| {
+        ApiError::unauthorized("token_invalid", "authentication is not configured")
+    })?;
     let value = req
         .headers()
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("token_missing", "send `Authorization: Bearer <token>`"))?
+        .ok_or_else(|| {
+            ApiError::unauthorized("token_missing", "send `Authorization: Bearer <token>`")
+        })?
         .to_str()
-        .map_err(|_| ApiError::unauthorized("token_invalid", "the Authorization header is not text"))?;
+        .map_err(|_| {
+            ApiError::unauthorized("token_invalid", "the Authorization header is not text")
+        })?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::unauthorized("token_missing", "the Authorization scheme must be Bearer"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("token_missing", "the Authorization scheme must be Bearer")
+        })?;
     keys.verify(token.trim()).map(Authenticated)
 }

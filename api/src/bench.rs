@@ -1,19 +1,265 @@
 //! `answers bench`: throughput and latency of real commands over HTTP, beside the ceiling below
-//! us (plain single-row INSERT + COMMIT of an equivalent event row, same concurrency).
-use clap::Args;
+//! us — a plain single-row INSERT + COMMIT of an equivalent event row into the same Postgres at
+//! the same concurrency. It starts its own service on a fresh database, so it measures the
+//! production start-up and code path, and drops that database at the end.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::Settings;
+use clap::Args;
+use domain::Role;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::Postgres;
+
+use crate::auth::JwtKeys;
+use crate::cli::write_stdout;
+use crate::{Application, Settings};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Commands in all.
+    /// Commands per workload.
     #[arg(long, default_value_t = 4000)]
     pub commands: usize,
 }
 
-pub async fn run(_settings: Settings, _args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+#[derive(Debug)]
+pub struct Measurement {
+    pub name: String,
+    pub count: usize,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Measurement {
+    pub fn per_second(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p`-th percentile (0-100) of the latencies, nearest-rank.
+    pub fn percentile(&self, p: f64) -> Duration {
+        percentile(&self.latencies, p)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:<34} {:>7} {:>9.2} {:>10.1} {:>9.2} {:>9.2} {:>9.2}\n",
+            self.name,
+            self.count,
+            self.elapsed.as_secs_f64(),
+            self.per_second(),
+            ms(self.percentile(50.0)),
+            ms(self.percentile(95.0)),
+            ms(self.percentile(99.0)),
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `op(i)` for i in 0..count on `clients` concurrent tasks; times each call.
+pub async fn drive<F, Fut>(
+    name: &str,
+    clients: usize,
+    count: usize,
+    op: F,
+) -> anyhow::Result<Measurement>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (op, next) = (op.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok::<_, anyhow::Error>(latencies);
+                    }
+                    let t = Instant::now();
+                    op(i).await?;
+                    latencies.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(Measurement {
+        name: name.to_string(),
+        count,
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
+pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.clients > 0 && args.commands > 0,
+        "--clients and --commands must be positive"
+    );
+    let base = settings.database.url.expose_secret().to_string();
+    let server = base
+        .rsplit_once('/')
+        .map_or(base.as_str(), |(s, _)| s)
+        .to_string();
+    let db_url = format!("{server}/answers_bench_{}", uuid::Uuid::new_v4().simple());
+    settings.database.url = db_url.clone().into();
+    settings.database.create_if_missing = true;
+    settings.database.max_connections = settings
+        .database
+        .max_connections
+        .max(args.clients as u32 + 4);
+    settings.server.port = 0;
+    let result = bench(settings, &args, &db_url).await;
+    // Leave nothing behind, whatever happened.
+    let _ = Postgres::force_drop_database(&db_url).await;
+    result
+}
+
+async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
+    let keys = JwtKeys::new(&settings.auth);
+    let app = Application::build(settings).await?;
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+
+    let token = keys.mint("bench-admin", "bench", Role::Admin, 3600)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    let created = client
+        .post(format!("{address}/v1/tenant"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Bench"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status().as_u16() == 201,
+        "could not create the bench tenant: {}",
+        created.status()
+    );
+
+    let post = |path: &'static str, body: fn(usize) -> serde_json::Value| {
+        let (client, address, token) = (client.clone(), address.clone(), token.clone());
+        move |i: usize| {
+            let request = client
+                .post(format!("{address}{path}"))
+                .bearer_auth(&token)
+                .json(&body(i));
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 201,
+                    "{path} answered {}",
+                    response.status()
+                );
+                Ok(())
+            }
+        }
+    };
+    let ask = drive(
+        "ask a question (2 events)",
+        args.clients,
+        args.commands,
+        post(
+            "/v1/conversations",
+            |i| json!({"question": format!("How do I configure feature {i}?")}),
+        ),
+    )
+    .await?;
+    let add = drive(
+        "add a knowledge source (1 event)",
+        args.clients,
+        args.commands,
+        post("/v1/sources", |i| {
+            json!({"kind": "docs", "name": format!("Docs {i}"), "location": format!("https://docs{i}.example.test")})
+        }),
+    )
+    .await?;
+
+    // The ceiling: the same Postgres, an identical table without our code in front of it.
+    let pool = PgPoolOptions::new()
+        .max_connections(args.clients as u32)
+        .connect(db_url)
+        .await?;
+    sqlx::query("CREATE TABLE bench_events (LIKE events INCLUDING ALL)")
+        .execute(&pool)
+        .await?;
+    let insert_pool = pool.clone();
+    let ceiling = drive("ceiling: INSERT + COMMIT of one row", args.clients, args.commands, move |i| {
+        let pool = insert_pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO bench_events (aggregate_type, aggregate_id, sequence, event_type, \
+                   event_version, payload, metadata, event_id, tenant_id, actor_id, actor_role, \
+                   correlation_id) \
+                 VALUES ('knowledge_source', $1, 1, 'SourceAdded', '1.0', $2, $3, $4, 'bench', \
+                   'bench-admin', 'admin', $5)",
+            )
+            .bind(format!("bench/{}", uuid::Uuid::now_v7()))
+            .bind(json!({"SourceAdded": {"kind": "docs", "name": format!("Docs {i}"), "location": "https://docs.example.test", "settings": {}}}))
+            .bind(json!({"tenant_id": "bench", "user_id": "bench-admin", "role": "admin", "correlation_id": i.to_string()}))
+            .bind(uuid::Uuid::now_v7())
+            .bind(i.to_string())
+            .execute(&pool)
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    let mut report = format!(
+        "answers bench: {} clients, {} commands per workload, {} cores\n\n{:<34} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
+        args.clients,
+        args.commands,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "workload", "count", "secs", "per sec", "p50 ms", "p95 ms", "p99 ms"
+    );
+    for m in [&ask, &add, &ceiling] {
+        report.push_str(&m.line());
+    }
+    report.push_str(&format!(
+        "\nratio to the ceiling: ask {:.1}%, add source {:.1}%\n",
+        100.0 * ask.per_second() / ceiling.per_second(),
+        100.0 * add.per_second() / ceiling.per_second(),
+    ));
+    write_stdout(&report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&samples, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&samples, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&samples, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
 }

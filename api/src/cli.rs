@@ -66,7 +66,12 @@ impl Cli {
                 ttl,
             } => {
                 let keys = JwtKeys::new(&settings.auth);
-                let token = keys.mint(&user, &tenant, role, ttl.unwrap_or(settings.auth.dev_token_ttl_secs))?;
+                let token = keys.mint(
+                    &user,
+                    &tenant,
+                    role,
+                    ttl.unwrap_or(settings.auth.dev_token_ttl_secs),
+                )?;
                 write_stdout(&format!("{token}\n"))?;
             }
             Command::Openapi => write_stdout(&openapi::document())?,

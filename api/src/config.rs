@@ -169,7 +169,10 @@ mod tests {
     fn defaults_are_valid_and_passwords_never_print() {
         let mut s = Settings::load(None).unwrap();
         s.database.url = SecretString::from("postgres://app:hunter2@db:5432/answers");
-        assert_eq!(s.database.redacted_url(), "postgres://app:***@db:5432/answers");
+        assert_eq!(
+            s.database.redacted_url(),
+            "postgres://app:***@db:5432/answers"
+        );
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 
@@ -178,6 +181,9 @@ mod tests {
         let mut s = Settings::load(None).unwrap();
         s.auth.jwt_secret = SecretString::from("short");
         let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("auth.jwt_secret must be at least 32 bytes"), "{err}");
+        assert!(
+            err.contains("auth.jwt_secret must be at least 32 bytes"),
+            "{err}"
+        );
     }
 }

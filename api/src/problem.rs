@@ -3,8 +3,8 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use commands::RejectionKindDto;
 use commands::CommandError;
+use commands::RejectionKindDto;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -105,9 +105,11 @@ impl From<CommandError> for ApiError {
             e @ CommandError::Forbidden { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
             }
-            e @ CommandError::Concurrency => {
-                Self::new(StatusCode::CONFLICT, "concurrent_modification", e.to_string())
-            }
+            e @ CommandError::Concurrency => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent_modification",
+                e.to_string(),
+            ),
             e @ CommandError::IdempotencyKeyReused => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
@@ -157,11 +159,16 @@ pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
             "invalid_body",
             format!("the body does not match the expected shape: {e}"),
         ),
-        E::Deserialize(e) => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+        E::Deserialize(e) => {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        }
         _ => ApiError::bad_request("unreadable_body", "the request body could not be read"),
     }
 }
 
 pub fn path_error(err: actix_web::error::PathError) -> ApiError {
-    ApiError::bad_request("invalid_path", format!("a path parameter is invalid: {err}"))
+    ApiError::bad_request(
+        "invalid_path",
+        format!("a path parameter is invalid: {err}"),
+    )
 }

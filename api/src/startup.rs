@@ -69,7 +69,10 @@ impl Application {
                         .limit(json_limit)
                         .error_handler(|err, _| problem::json_error(err).into()),
                 )
-                .app_data(web::PathConfig::default().error_handler(|err, _| problem::path_error(err).into()))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|err, _| problem::path_error(err).into()),
+                )
                 .app_data(bus.clone())
                 .app_data(keys.clone())
                 .app_data(pool_data.clone())

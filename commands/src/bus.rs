@@ -215,7 +215,9 @@ impl CommandBus {
                 return self.replay(store, settled).await;
             }
         }
-        let result = self.execute(store, services, ctx, &aggregate_id, command).await;
+        let result = self
+            .execute(store, services, ctx, &aggregate_id, command)
+            .await;
         if let Some(key) = key {
             match &result {
                 Ok((_, true)) => {} // settled with the events, in their transaction
@@ -285,7 +287,11 @@ impl CommandBus {
     }
 
     /// Answers a retried request from what its first attempt stored.
-    async fn replay<A>(&self, store: &Store<A>, settled: Settled) -> Result<CommandOutcome, CommandError>
+    async fn replay<A>(
+        &self,
+        store: &Store<A>,
+        settled: Settled,
+    ) -> Result<CommandOutcome, CommandError>
     where
         A: Aggregate<Error = DomainError> + DescribeOutcome,
     {

@@ -157,7 +157,8 @@ impl IdempotencyStore {
         key: &str,
         rejection: &Rejection,
     ) -> Result<(), CommandError> {
-        let body = serde_json::to_value(rejection).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let body =
+            serde_json::to_value(rejection).map_err(|e| CommandError::Internal(e.to_string()))?;
         sqlx::query(
             "UPDATE idempotency_keys SET state = 'rejected', response_body = $4, settled_at = now() \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",

@@ -262,7 +262,8 @@ impl Aggregate for Conversation {
                         "a conversation with this id has already started",
                     ));
                 }
-                let text = validate::text("question", "invalid_question", &text, MAX_QUESTION_CHARS)?;
+                let text =
+                    validate::text("question", "invalid_question", &text, MAX_QUESTION_CHARS)?;
                 let channel = validate::identifier("channel", &channel)?;
                 let asked_by = validate::identifier("user id", &asked_by)?;
                 let integration_id = match integration_id.as_deref() {
@@ -345,8 +346,11 @@ impl Aggregate for Conversation {
                 }
                 let reason =
                     validate::optional_text("reason", "invalid_reason", reason.as_deref(), 1000)?;
-                sink.write(ConversationEvent::ConversationEscalated { by, reason }, self)
-                    .await;
+                sink.write(
+                    ConversationEvent::ConversationEscalated { by, reason },
+                    self,
+                )
+                .await;
             }
         }
         Ok(())

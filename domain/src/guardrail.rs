@@ -42,7 +42,8 @@ fn contains_card_number(text: &str) -> bool {
                 if digits.len() > 19 {
                     break;
                 }
-            } else if (c == ' ' || c == '-') && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+            } else if (c == ' ' || c == '-') && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit())
+            {
                 // a separator inside the number
             } else {
                 break;
@@ -61,7 +62,7 @@ fn luhn(digits: &[u8]) -> bool {
         .enumerate()
         .map(|(i, &d)| {
             let d = u32::from(d);
-            if i % 2 == 1 {
+            if !i.is_multiple_of(2) {
                 let doubled = d * 2;
                 if doubled > 9 {
                     doubled - 9
@@ -73,7 +74,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]

@@ -31,7 +31,8 @@ impl SourceKind {
             SourceKind::Github => {
                 let v = validate::text("location", "invalid_location", location, 2000)?;
                 let is_repo = v.split('/').count() == 2
-                    && v.split('/').all(|p| !p.is_empty() && !p.contains(char::is_whitespace));
+                    && v.split('/')
+                        .all(|p| !p.is_empty() && !p.contains(char::is_whitespace));
                 if is_repo || v.starts_with("https://github.com/") {
                     Ok(v)
                 } else {
@@ -240,9 +241,7 @@ impl KnowledgeSource {
                     name: name
                         .map(|n| validate::text("name", "invalid_name", &n, 200))
                         .transpose()?,
-                    location: location
-                        .map(|l| kind.validate_location(&l))
-                        .transpose()?,
+                    location: location.map(|l| kind.validate_location(&l)).transpose()?,
                     settings: s.map(settings).transpose()?,
                 }
             }

@@ -223,7 +223,9 @@ impl Tenant {
         }
         self.ensure_accepts_commands()?;
         let event = match command {
-            TenantCommand::Create { .. } | TenantCommand::Reactivate => unreachable!("handled above"),
+            TenantCommand::Create { .. } | TenantCommand::Reactivate => {
+                unreachable!("handled above")
+            }
             TenantCommand::Rename { name } => TenantEvent::TenantRenamed {
                 name: validate::text("name", "invalid_name", &name, MAX_TENANT_NAME_CHARS)?,
             },
@@ -237,7 +239,8 @@ impl Tenant {
                     None | Some("") => None,
                     Some(id) => Some(validate::identifier("integration id", id)?),
                 };
-                let api_key_ref = validate::text("api key reference", "invalid_secret_ref", &api_key_ref, 500)?;
+                let api_key_ref =
+                    validate::text("api key reference", "invalid_secret_ref", &api_key_ref, 500)?;
                 let has_scheme = SECRET_REF_SCHEMES
                     .iter()
                     .any(|s| api_key_ref.starts_with(s) && api_key_ref.len() > s.len());
@@ -295,10 +298,14 @@ impl Tenant {
                         format!("`{user_id}` is already a member"),
                     ));
                 }
-                let email = validate::optional_text("email", "invalid_email", email.as_deref(), 320)?;
+                let email =
+                    validate::optional_text("email", "invalid_email", email.as_deref(), 320)?;
                 if let Some(e) = &email {
                     if !e.contains('@') || e.contains(char::is_whitespace) {
-                        return Err(DomainError::invalid("invalid_email", "email is not an e-mail address"));
+                        return Err(DomainError::invalid(
+                            "invalid_email",
+                            "email is not an e-mail address",
+                        ));
                     }
                 }
                 TenantEvent::MemberInvited {
@@ -597,12 +604,18 @@ mod tests {
         });
         Given::with(())
             .given(given)
-            .when_async(TenantCommand::ClearFeatureFlag { flag: "beta".into() })
+            .when_async(TenantCommand::ClearFeatureFlag {
+                flag: "beta".into(),
+            })
             .await
-            .then_expect_events(vec![TenantEvent::FeatureFlagCleared { flag: "beta".into() }]);
+            .then_expect_events(vec![TenantEvent::FeatureFlagCleared {
+                flag: "beta".into(),
+            }]);
         let missing = Given::with(())
             .given(created())
-            .when_async(TenantCommand::ClearFeatureFlag { flag: "beta".into() })
+            .when_async(TenantCommand::ClearFeatureFlag {
+                flag: "beta".into(),
+            })
             .await
             .inspect_result()
             .unwrap_err();

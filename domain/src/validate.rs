@@ -10,7 +10,10 @@ pub(crate) fn text(
 ) -> Result<String, DomainError> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
-        return Err(DomainError::invalid(code, format!("{field} must not be empty")));
+        return Err(DomainError::invalid(
+            code,
+            format!("{field} must not be empty"),
+        ));
     }
     let chars = trimmed.chars().count();
     if chars > max_chars {
@@ -52,7 +55,9 @@ pub(crate) fn http_url(field: &'static str, value: &str) -> Result<String, Domai
         .strip_prefix("https://")
         .or_else(|| v.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.starts_with('/') && !v.contains(char::is_whitespace) => {
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !v.contains(char::is_whitespace) =>
+        {
             Ok(v)
         }
         _ => Err(DomainError::invalid(

@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 /// Where a reader stands: after the event at (`transaction_id`, `position`). The pair, not the
 /// position alone, because positions are handed out at insert time and commit out of order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Checkpoint {
     pub transaction_id: u64,
     pub position: i64,
@@ -56,7 +58,9 @@ impl StoredEvent {
     }
 
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        let tx: String = row.try_get("transaction_id")?;
+        // Selected as text (sqlx has no xid8 type) under another name: an ORDER BY on the
+        // column's own name would otherwise sort the text, putting 10000 before 9999.
+        let tx: String = row.try_get("transaction_id_text")?;
         Ok(Self {
             event_id: row.try_get("event_id")?,
             position: row.try_get("position")?,
@@ -103,7 +107,7 @@ impl EventReader {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT event_id, position, transaction_id::text AS transaction_id, aggregate_type, \
+            "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
                aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
                recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
              FROM events \

@@ -204,7 +204,9 @@ impl PersistedEventRepository for PgEventRepository {
         aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
         Ok(self.replay(
-            format!("{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"),
+            format!(
+                "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+            ),
             vec![A::TYPE.to_string(), aggregate_id.to_string()],
         ))
     }

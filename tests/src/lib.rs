@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 /// Where tests create their databases; `TEST_DATABASE_URL` overrides it.
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub struct TestApp {
@@ -68,7 +69,13 @@ impl TestApp {
         self.keys.mint(user, tenant, role, 3600).expect("token")
     }
 
-    pub async fn send(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Response {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Response {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.address))
@@ -84,7 +91,13 @@ impl TestApp {
     }
 
     /// Sends and returns status and JSON body.
-    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let response = self.send(method, path, token, body).await;
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
@@ -95,7 +108,12 @@ impl TestApp {
     pub async fn create_tenant(&self, tenant: &str, admin: &str) -> String {
         let token = self.token(tenant, Role::Admin, admin);
         let (status, body) = self
-            .call(Method::POST, "/v1/tenant", &token, Some(serde_json::json!({"name": tenant})))
+            .call(
+                Method::POST,
+                "/v1/tenant",
+                &token,
+                Some(serde_json::json!({"name": tenant})),
+            )
             .await;
         assert_eq!(status, 201, "tenant created: {body}");
         token

@@ -60,7 +60,10 @@ pub async fn get_source(
 ) -> Result<HttpResponse, ApiError> {
     let (source, version) = bus.source_state(&auth.0.tenant_id, *id).await?;
     if source.status == SourceStatus::NotAdded {
-        return Err(ApiError::not_found("source_not_found", "no such knowledge source"));
+        return Err(ApiError::not_found(
+            "source_not_found",
+            "no such knowledge source",
+        ));
     }
     Ok(HttpResponse::Ok().json(SourceView::new(*id, source, version)))
 }

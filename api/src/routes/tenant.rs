@@ -59,7 +59,10 @@ pub async fn get_tenant(
     let tenant_id = auth.0.tenant_id;
     let (tenant, version) = bus.tenant_state(&tenant_id).await?;
     if version == 0 {
-        return Err(ApiError::not_found("tenant_not_found", "this tenant has not been created yet"));
+        return Err(ApiError::not_found(
+            "tenant_not_found",
+            "this tenant has not been created yet",
+        ));
     }
     Ok(HttpResponse::Ok().json(TenantView::new(tenant_id, tenant, version)))
 }

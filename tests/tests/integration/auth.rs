@@ -19,13 +19,24 @@ fn claims(app: &integration_tests::TestApp) -> Claims {
 }
 
 fn sign(claims: &Claims, secret: &[u8]) -> String {
-    encode(&Header::default(), claims, &EncodingKey::from_secret(secret)).unwrap()
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn bad_tokens_are_401_problems_and_store_nothing() {
     let app = spawn_app().await;
-    let secret = app.settings.auth.jwt_secret.expose_secret().as_bytes().to_vec();
+    let secret = app
+        .settings
+        .auth
+        .jwt_secret
+        .expose_secret()
+        .as_bytes()
+        .to_vec();
     let good = claims(&app);
     let expired = Claims {
         exp: now_secs() - 3600,
@@ -41,16 +52,33 @@ async fn bad_tokens_are_401_problems_and_store_nothing() {
         ..good.clone()
     };
     let cases = [
-        ("wrong signature", sign(&good, b"another-secret-another-secret-another"), "token_invalid"),
+        (
+            "wrong signature",
+            sign(&good, b"another-secret-another-secret-another"),
+            "token_invalid",
+        ),
         ("expired", sign(&expired, &secret), "token_expired"),
-        ("wrong audience", sign(&wrong_audience, &secret), "token_invalid"),
-        ("wrong issuer", sign(&wrong_issuer, &secret), "token_invalid"),
+        (
+            "wrong audience",
+            sign(&wrong_audience, &secret),
+            "token_invalid",
+        ),
+        (
+            "wrong issuer",
+            sign(&wrong_issuer, &secret),
+            "token_invalid",
+        ),
         ("garbage", "not.a.jwt".to_string(), "token_invalid"),
     ];
     for (what, token, code) in cases {
-        let response = app.post("/v1/tenant", &token, json!({"name": "Acme"})).await;
+        let response = app
+            .post("/v1/tenant", &token, json!({"name": "Acme"}))
+            .await;
         assert_eq!(response.status().as_u16(), 401, "{what}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["code"], code, "{what}");
@@ -67,7 +95,9 @@ async fn bad_tokens_are_401_problems_and_store_nothing() {
     assert_eq!(body["code"], "token_missing");
     assert_eq!(app.event_count().await, 0);
     // The same claims, correctly signed, are accepted: the refusals above were about the token.
-    let response = app.post("/v1/tenant", &sign(&good, &secret), json!({"name": "Acme"})).await;
+    let response = app
+        .post("/v1/tenant", &sign(&good, &secret), json!({"name": "Acme"}))
+        .await;
     assert_eq!(response.status().as_u16(), 201);
 }
 
@@ -80,26 +110,56 @@ async fn roles_gate_commands() {
     let before = app.event_count().await;
 
     let viewer_attempts = [
-        (Method::POST, "/v1/conversations", json!({"question": "Can I ask?"})),
-        (Method::POST, "/v1/sources", json!({"kind": "docs", "name": "D", "location": "https://d.test"})),
+        (
+            Method::POST,
+            "/v1/conversations",
+            json!({"question": "Can I ask?"}),
+        ),
+        (
+            Method::POST,
+            "/v1/sources",
+            json!({"kind": "docs", "name": "D", "location": "https://d.test"}),
+        ),
         (Method::PUT, "/v1/tenant/name", json!({"name": "Mine"})),
     ];
     for (method, path, body) in viewer_attempts {
         let (status, problem) = app.call(method, path, &viewer, Some(body)).await;
-        assert_eq!((status, problem["code"].as_str()), (403, Some("forbidden")), "viewer {path}");
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (403, Some("forbidden")),
+            "viewer {path}"
+        );
     }
     let (status, problem) = app
-        .call(Method::PUT, "/v1/tenant/name", &operator, Some(json!({"name": "Mine"})))
+        .call(
+            Method::PUT,
+            "/v1/tenant/name",
+            &operator,
+            Some(json!({"name": "Mine"})),
+        )
         .await;
-    assert_eq!((status, problem["code"].as_str()), (403, Some("forbidden")), "operator administers");
-    assert_eq!(app.event_count().await, before, "refused commands store nothing");
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("forbidden")),
+        "operator administers"
+    );
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "refused commands store nothing"
+    );
 
     // A viewer may read; an operator may ask and manage sources.
     let (status, _) = app.call(Method::GET, "/v1/tenant", &viewer, None).await;
     assert_eq!(status, 200);
     app.ask(&operator, "Operators may ask").await;
     let (status, _) = app
-        .call(Method::PUT, "/v1/tenant/name", &admin, Some(json!({"name": "Acme 2"})))
+        .call(
+            Method::PUT,
+            "/v1/tenant/name",
+            &admin,
+            Some(json!({"name": "Acme 2"})),
+        )
         .await;
     assert_eq!(status, 200);
 }
@@ -128,16 +188,28 @@ async fn a_token_for_tenant_b_never_reads_or_changes_tenant_a() {
 
     let attempts = [
         (Method::GET, format!("/v1/sources/{source}"), None),
-        (Method::PATCH, format!("/v1/sources/{source}"), Some(json!({"name": "pwned"}))),
+        (
+            Method::PATCH,
+            format!("/v1/sources/{source}"),
+            Some(json!({"name": "pwned"})),
+        ),
         (Method::DELETE, format!("/v1/sources/{source}"), None),
         (Method::POST, format!("/v1/sources/{source}/sync"), None),
-        (Method::POST, format!("/v1/conversations/{conversation}/questions"), Some(json!({"question": "hi"}))),
+        (
+            Method::POST,
+            format!("/v1/conversations/{conversation}/questions"),
+            Some(json!({"question": "hi"})),
+        ),
         (
             Method::PUT,
             format!("/v1/conversations/{conversation}/answers/{answer}/feedback"),
             Some(json!({"reaction": "downvote"})),
         ),
-        (Method::POST, format!("/v1/conversations/{conversation}/resolve"), None),
+        (
+            Method::POST,
+            format!("/v1/conversations/{conversation}/resolve"),
+            None,
+        ),
     ];
     for (method, path, body) in attempts {
         let (status, problem) = app.call(method.clone(), &path, &b, body).await;

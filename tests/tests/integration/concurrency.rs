@@ -46,5 +46,8 @@ async fn twenty_racing_commands_on_one_aggregate_leave_gapless_sequences_and_409
     .await
     .unwrap();
     let expected: Vec<i64> = (1..=(2 + 2 * winners as i64)).collect();
-    assert_eq!(sequences, expected, "gapless: first question plus two events per winner");
+    assert_eq!(
+        sequences, expected,
+        "gapless: first question plus two events per winner"
+    );
 }

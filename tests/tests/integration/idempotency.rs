@@ -4,7 +4,13 @@ use std::time::Duration;
 use integration_tests::{spawn_app, spawn_app_with_engine, SlowEngine, TestApp};
 use serde_json::{json, Value};
 
-async fn post_with_key(app: &TestApp, token: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
+async fn post_with_key(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> (u16, Value) {
     let response = app
         .client
         .post(format!("{}{path}", app.address))
@@ -34,13 +40,22 @@ async fn fifty_racing_retries_with_one_key_store_one_set_of_events_and_answer_al
     assert_eq!(*status, 201, "{first}");
     assert_eq!(first["answer"]["status"], "answered");
     for (s, b) in &results {
-        assert_eq!((s, b), (status, first), "every retry answers like the first");
+        assert_eq!(
+            (s, b),
+            (status, first),
+            "every retry answers like the first"
+        );
     }
-    assert_eq!(app.event_count().await - before, 2, "QuestionAsked + AnswerRecorded, once");
-    let keyed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE idempotency_key = 'key-1'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        app.event_count().await - before,
+        2,
+        "QuestionAsked + AnswerRecorded, once"
+    );
+    let keyed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE idempotency_key = 'key-1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(keyed, 2);
 }
 
@@ -53,15 +68,19 @@ async fn a_retry_after_completion_replays_and_a_different_body_is_refused() {
     let again = post_with_key(&app, &admin, "/v1/sources", "src-1", body).await;
     assert_eq!(first.0, 201);
     assert_eq!(first, again);
-    let sources: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'SourceAdded'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let sources: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'SourceAdded'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(sources, 1);
 
     let other = json!({"kind": "website", "name": "Other", "location": "https://other.test"});
     let (status, problem) = post_with_key(&app, &admin, "/v1/sources", "src-1", other).await;
-    assert_eq!((status, problem["code"].as_str()), (422, Some("idempotency_key_reused")));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
 
     // Keys are per user: another user's identical key is a new request.
     let bob = app.token("acme", domain::Role::Operator, "bob");
@@ -91,5 +110,8 @@ async fn a_malformed_idempotency_key_is_a_400() {
     let admin = app.create_tenant("acme", "alice").await;
     let long = "k".repeat(300);
     let (status, problem) = post_with_key(&app, &admin, "/v1/sources", &long, json!({})).await;
-    assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_idempotency_key")));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("invalid_idempotency_key"))
+    );
 }

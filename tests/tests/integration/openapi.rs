@@ -11,7 +11,11 @@ fn the_committed_openapi_document_matches_the_code() {
     );
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    for path in ["/v1/conversations", "/v1/tenant", "/v1/sources/{id}/sync/complete"] {
+    for path in [
+        "/v1/conversations",
+        "/v1/tenant",
+        "/v1/sources/{id}/sync/complete",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
 }

@@ -65,7 +65,12 @@ async fn the_reader_sees_every_commit_once_despite_out_of_order_commits() {
     let ids: HashSet<_> = events.iter().map(|e| e.event_id).collect();
     let listing: Vec<String> = events
         .iter()
-        .map(|e| format!("{}/{} {}#{}", e.transaction_id, e.position, e.aggregate_id, e.sequence))
+        .map(|e| {
+            format!(
+                "{}/{} {}#{}",
+                e.transaction_id, e.position, e.aggregate_id, e.sequence
+            )
+        })
         .collect();
     assert_eq!(ids.len(), total, "nothing twice: {listing:?}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
@@ -96,11 +101,18 @@ async fn an_open_transaction_holds_the_reader_back_until_it_commits() {
     let reader = EventReader::new(app.pool.clone());
     // A transaction that began first and is still open...
     let mut slow = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *slow).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *slow)
+        .await
+        .unwrap();
     // ...and a later one that commits at once.
     append(&app.pool, 1, 0).await;
     assert!(
-        reader.read_batch(Checkpoint::START, 10).await.unwrap().is_empty(),
+        reader
+            .read_batch(Checkpoint::START, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "a later commit is not visible while an older transaction may still write before it"
     );
     sqlx::query(
@@ -127,5 +139,9 @@ async fn an_open_transaction_holds_the_reader_back_until_it_commits() {
     .map(Result::unwrap)
     .collect();
     let ids: Vec<&str> = all.iter().map(|e| e.aggregate_id.as_str()).collect();
-    assert_eq!(ids, ["acme/slow", "acme/writer-1"], "commit-safe order: the older transaction first");
+    assert_eq!(
+        ids,
+        ["acme/slow", "acme/writer-1"],
+        "commit-safe order: the older transaction first"
+    );
 }

@@ -5,14 +5,22 @@ use integration_tests::test_settings;
 async fn an_unreachable_database_stops_start_up_with_a_clear_message() {
     let mut settings = test_settings();
     // Nothing listens on port 1.
-    settings.database.url = "postgres://postgres:secret-pw@127.0.0.1:1/answers".to_string().into();
+    settings.database.url = "postgres://postgres:secret-pw@127.0.0.1:1/answers"
+        .to_string()
+        .into();
     settings.database.acquire_timeout_ms = 1000;
     let err = match Application::build(settings).await {
         Ok(_) => panic!("start-up must fail"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("cannot reach PostgreSQL at postgres://postgres:***@127.0.0.1:1/answers"), "{err}");
-    assert!(!err.contains("secret-pw"), "the password is not printed: {err}");
+    assert!(
+        err.contains("cannot reach PostgreSQL at postgres://postgres:***@127.0.0.1:1/answers"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("secret-pw"),
+        "the password is not printed: {err}"
+    );
 }
 
 #[tokio::test]
