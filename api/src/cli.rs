@@ -36,6 +36,15 @@ pub enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Run only the Kafka relay (to scale it out of the server; one instance publishes at a time).
+    Relay,
+    /// Run only the projections (consumers of the event topics).
+    Project,
+    /// Rebuild a projection from the event store and swap it in, then exit.
+    Rebuild {
+        /// The projection's name (e.g. `conversations`).
+        name: String,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Drive a freshly started service with concurrent clients and compare it with plain inserts.
@@ -73,6 +82,32 @@ impl Cli {
                     ttl.unwrap_or(settings.auth.dev_token_ttl_secs),
                 )?;
                 write_stdout(&format!("{token}\n"))?;
+            }
+            Command::Relay => {
+                telemetry::init(&settings.log);
+                let pool = startup::connect(&settings.database).await?;
+                startup::run_relay(pool, settings.kafka.clone())?.await;
+            }
+            Command::Project => {
+                telemetry::init(&settings.log);
+                let pool = startup::connect(&settings.database).await?;
+                let runners = projections::all().into_iter().map(|p| {
+                    tokio::spawn(projections::ProjectionRunner::new(pool.clone(), settings.kafka.clone(), p).run_supervised())
+                });
+                futures::future::join_all(runners).await;
+            }
+            Command::Rebuild { name } => {
+                telemetry::init(&settings.log);
+                let pool = startup::connect(&settings.database).await?;
+                let projection = projections::all()
+                    .into_iter()
+                    .find(|p| p.name() == name)
+                    .ok_or_else(|| anyhow::anyhow!("no projection named `{name}`"))?;
+                let report = projections::rebuild(&pool, projection.as_ref()).await?;
+                write_stdout(&format!(
+                    "rebuilt {}: {} events read, {} applied in {:.2}s\n",
+                    report.projection, report.events_read, report.events_applied, report.seconds
+                ))?;
             }
             Command::Openapi => write_stdout(&openapi::document())?,
             Command::Bench(args) => bench::run(settings, args).await?,

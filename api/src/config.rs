@@ -17,6 +17,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub idempotency: IdempotencySettings,
     pub log: LogSettings,
+    pub kafka: streaming::KafkaSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,7 +91,21 @@ impl Settings {
             .set_default("idempotency.lease_ms", 30_000)?
             .set_default("idempotency.wait_ms", 10_000)?
             .set_default("log.format", "json")?
-            .set_default("log.filter", "info,sqlx=warn")?;
+            .set_default("log.filter", "info,sqlx=warn,rdkafka=warn")?
+            .set_default("kafka.enabled", true)?
+            .set_default("kafka.bootstrap_servers", "127.0.0.1:9092")?
+            .set_default("kafka.client_id", "answers")?
+            .set_default("kafka.topic_prefix", "answers.events")?
+            .set_default("kafka.partitions", 3)?
+            .set_default("kafka.replication_factor", 1)?
+            .set_default("kafka.linger_ms", 0)?
+            .set_default("kafka.message_timeout_ms", 120_000)?
+            .set_default("kafka.consumer_group", "answers")?
+            .set_default("kafka.relay.in_process", true)?
+            .set_default("kafka.relay.name", "kafka")?
+            .set_default("kafka.relay.batch_size", 500)?
+            .set_default("kafka.relay.idle_ms", 50)?
+            .set_default("kafka.projections_in_process", true)?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
@@ -127,6 +142,26 @@ impl Settings {
         }
         if !matches!(self.log.format.as_str(), "json" | "pretty") {
             problems.push("log.format must be `json` or `pretty`".to_string());
+        }
+        if self.kafka.enabled {
+            if self.kafka.bootstrap_servers.trim().is_empty() {
+                problems.push("kafka.bootstrap_servers must not be empty".to_string());
+            }
+            if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+                problems.push("kafka.partitions and kafka.replication_factor must be at least 1".to_string());
+            }
+            if self.kafka.relay.batch_size < 1 {
+                problems.push("kafka.relay.batch_size must be at least 1".to_string());
+            }
+            let valid_prefix = !self.kafka.topic_prefix.is_empty()
+                && self
+                    .kafka
+                    .topic_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !valid_prefix {
+                problems.push("kafka.topic_prefix must be letters, digits, `.`, `_` or `-`".to_string());
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{conversations, health, sources, tenant};
+use crate::routes::{admin, conversations, health, sources, tenant};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,15 +20,17 @@ use crate::routes::{conversations, health, sources, tenant};
         tenant::clear_flag, tenant::invite, tenant::change_role, tenant::remove_member,
         tenant::suspend, tenant::reactivate,
         conversations::start, conversations::follow_up, conversations::feedback,
-        conversations::resolve, conversations::escalate,
+        conversations::resolve, conversations::escalate, conversations::list, conversations::get_one,
         sources::add, sources::get_source, sources::update, sources::remove,
         sources::request_sync, sources::start_sync, sources::complete_sync, sources::fail_sync,
+        admin::status, admin::start_rebuild, admin::dead_letters, admin::retry,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "tenant", description = "Administer the caller's tenant (admin)"),
         (name = "conversations", description = "Ask questions and rate answers"),
         (name = "sources", description = "Manage knowledge sources"),
+        (name = "admin", description = "Operate the read side: projections, rebuilds, dead letters (admin)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

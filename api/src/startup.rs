@@ -12,6 +12,8 @@ use secrecy::ExposeSecret;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
+use streaming::{KafkaSettings, Relay};
+use tokio::task::JoinHandle;
 
 use crate::auth::JwtKeys;
 use crate::config::{DatabaseSettings, Settings, DEV_JWT_SECRET};
@@ -22,6 +24,7 @@ pub struct Application {
     port: u16,
     pool: PgPool,
     server: Server,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Application {
@@ -52,6 +55,11 @@ impl Application {
                 )
             })?;
         let port = listener.local_addr()?.port();
+        let background = if settings.kafka.enabled {
+            spawn_streaming(&pool, &settings.kafka)?
+        } else {
+            Vec::new()
+        };
         let bus = web::Data::new(CommandBus::new(
             pool.clone(),
             engine,
@@ -60,6 +68,7 @@ impl Application {
         ));
         let keys = web::Data::new(JwtKeys::new(&settings.auth));
         let pool_data = web::Data::new(pool.clone());
+        let kafka = web::Data::new(settings.kafka.clone());
         let json_limit = settings.limits.json_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
@@ -76,6 +85,7 @@ impl Application {
                 .app_data(bus.clone())
                 .app_data(keys.clone())
                 .app_data(pool_data.clone())
+                .app_data(kafka.clone())
                 .configure(routes::configure)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::not_found(
@@ -93,6 +103,7 @@ impl Application {
             port,
             pool,
             server: server.run(),
+            background,
         })
     }
 
@@ -105,7 +116,11 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        for task in &self.background {
+            task.abort();
+        }
+        result
     }
 }
 
@@ -141,4 +156,44 @@ fn unreachable_message(target: &str) -> String {
         "cannot reach PostgreSQL at {target}. Is it running? Set APP__DATABASE__URL to point \
          elsewhere (see README, Configuration)"
     )
+}
+
+/// Every topic the relay writes to.
+pub fn topics(kafka: &KafkaSettings) -> Vec<String> {
+    let mut topics: Vec<String> = domain::AGGREGATE_TYPES.iter().map(|t| kafka.topic(t)).collect();
+    topics.push(kafka.dead_letter_topic());
+    topics
+}
+
+/// Starts the relay and the projections inside this process, as configured. Neither needs the
+/// broker to be up now: they create the topics and connect when it answers, and retry after
+/// every failure. Commands never wait for them.
+pub fn spawn_streaming(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    if kafka.relay.in_process {
+        tasks.push(tokio::spawn(run_relay(pool.clone(), kafka.clone())?));
+    }
+    if kafka.projections_in_process {
+        for projection in projections::all() {
+            let runner = projections::ProjectionRunner::new(pool.clone(), kafka.clone(), projection);
+            tasks.push(tokio::spawn(runner.run_supervised()));
+        }
+    }
+    Ok(tasks)
+}
+
+/// The relay as a future: topics first (retried until the broker answers), then publishing.
+pub fn run_relay(
+    pool: PgPool,
+    kafka: KafkaSettings,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    let relay = Relay::new(pool, kafka.clone()).context("invalid Kafka producer configuration")?;
+    Ok(async move {
+        let topics = topics(&kafka);
+        while let Err(e) = streaming::ensure_topics(&kafka, &topics).await {
+            tracing::warn!(error = %e, brokers = %kafka.bootstrap_servers, "cannot create the topics yet; retrying");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        relay.run().await
+    })
 }

@@ -37,3 +37,23 @@ macro_rules! domain_event {
     };
 }
 pub(crate) use domain_event;
+
+/// Every aggregate type this domain stores (each gets its own Kafka topic).
+pub const AGGREGATE_TYPES: [&str; 3] = ["tenant", "conversation", "knowledge_source"];
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::Aggregate;
+
+    #[test]
+    fn aggregate_types_lists_every_aggregate() {
+        assert_eq!(
+            super::AGGREGATE_TYPES,
+            [
+                crate::tenant::Tenant::TYPE,
+                crate::conversation::Conversation::TYPE,
+                crate::knowledge_source::KnowledgeSource::TYPE
+            ]
+        );
+    }
+}

@@ -11,7 +11,7 @@ mod reader;
 mod repository;
 
 pub use metadata::{EventMetadata, MetadataError};
-pub use reader::{Checkpoint, EventReader, StoredEvent};
+pub use reader::{read_batch, Checkpoint, EventReader, StoredEvent};
 pub use repository::PgEventRepository;
 
 /// The project's migrations (`migrations/` at the top of the repository), embedded.

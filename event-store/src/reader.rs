@@ -100,28 +100,12 @@ impl EventReader {
     }
 
     /// Up to `limit` events after `after`, in (transaction_id, position) order.
-    #[tracing::instrument(skip_all, fields(after_tx = after.transaction_id, after_pos = after.position), err)]
     pub async fn read_batch(
         &self,
         after: Checkpoint,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
-               aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
-               recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
-             FROM events \
-             WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY transaction_id, position \
-             LIMIT $3",
-        )
-        .bind(after.transaction_id.to_string())
-        .bind(after.position)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(StoredEvent::from_row).collect()
+        read_batch(&self.pool, after, limit).await
     }
 
     /// An endless stream of events after `after`, polling every `idle` when caught up. It ends
@@ -164,4 +148,29 @@ impl EventReader {
             }
         })
     }
+}
+
+/// [`EventReader::read_batch`] on any executor, e.g. the connection that holds the relay's lock.
+#[tracing::instrument(skip_all, fields(after_tx = after.transaction_id, after_pos = after.position), err)]
+pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
+           aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
+           recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
+         FROM events \
+         WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY transaction_id, position \
+         LIMIT $3",
+    )
+    .bind(after.transaction_id.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(StoredEvent::from_row).collect()
 }

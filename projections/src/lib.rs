@@ -1,3 +1,19 @@
-//! The read side. Projections will consume the event stream (issue: "Stream the event store
-//! through Kafka") and build the per-tenant read models, analytics and the audit trail.
-//! Empty until then: the trunk's only reads are strongly consistent aggregate loads.
+//! The read side. A [`Projection`] turns events into a read model; the [`runtime`] feeds it from
+//! Kafka (consumer group, offsets stored only after an event is applied), records its status,
+//! dead-letters poison events, and rebuilds it from the event store into a shadow table that is
+//! swapped in atomically (docs/projections.md).
+
+pub mod conversations;
+pub mod runtime;
+
+pub use runtime::{
+    rebuild, retry_dead_letter, ApplyError, DeadLetter, Projection, ProjectionRunner,
+    ProjectionStatus, RebuildReport,
+};
+
+use std::sync::Arc;
+
+/// Every projection this service runs.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(conversations::ConversationsProjection)]
+}

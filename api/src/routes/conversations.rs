@@ -1,7 +1,15 @@
-use actix_web::{post, put, web, HttpResponse};
+use actix_web::{get, post, put, web, HttpResponse};
+use chrono::{DateTime, Utc};
 use commands::{AskQuestion, CommandBus, CommandOutcome};
 use domain::conversation::ConversationCommand;
+use projections::conversations::{self, ConversationDetail, ConversationSummary, ConversationsProjection};
+use projections::ProjectionStatus;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+use crate::auth::Authenticated;
 
 use crate::dto::*;
 use crate::problem::ApiError;
@@ -9,6 +17,8 @@ use crate::routes::{Caller, CommandProblems};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(start)
+        .service(list)
+        .service(get_one)
         .service(follow_up)
         .service(feedback)
         .service(resolve)
@@ -115,4 +125,117 @@ pub async fn escalate(
         reason: body.into_inner().reason,
     };
     Ok(HttpResponse::Ok().json(bus.conversation(&ctx, *id, command).await?))
+}
+
+/// The read model's freshness, returned with every read: compare a command's `version` with the
+/// conversation's `version` to wait for your own write.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Freshness {
+    /// Highest event position the read model has applied.
+    pub position: i64,
+    /// Stored events it has not applied yet.
+    pub lag_events: i64,
+    pub lag_seconds: f64,
+}
+
+async fn freshness(pool: &PgPool) -> Result<Freshness, ApiError> {
+    let status = ProjectionStatus::load(pool, &ConversationsProjection)
+        .await
+        .map_err(read_error)?;
+    Ok(Freshness {
+        position: status.last_position,
+        lag_events: status.lag_events,
+        lag_seconds: status.lag_seconds,
+    })
+}
+
+pub fn read_error(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "read model query failed");
+    ApiError::new(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+        "the read model cannot be queried; retry shortly",
+    )
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationPage {
+    pub items: Vec<ConversationSummary>,
+    pub next_cursor: Option<String>,
+    pub freshness: Freshness,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationWithFreshness {
+    #[serde(flatten)]
+    pub conversation: ConversationDetail,
+    pub freshness: Freshness,
+}
+
+fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = cursor.split_once('_')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))
+}
+
+/// The tenant's conversations, most recently active first (any role). Eventually consistent:
+/// `freshness` says how far behind the event store the read model is.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ListQuery),
+    responses((status = 200, body = ConversationPage), CommandProblems), security(("bearer" = [])))]
+#[get("/conversations")]
+pub async fn list(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
+    }
+    let before = match &query.cursor {
+        None => None,
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out"))?),
+    };
+    let items = conversations::list(&pool, &auth.0.tenant_id, limit, before)
+        .await
+        .map_err(read_error)?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|c| format!("{}_{}", c.updated_at.timestamp_micros(), c.id)))
+        .flatten();
+    Ok(HttpResponse::Ok().json(ConversationPage {
+        items,
+        next_cursor,
+        freshness: freshness(&pool).await?,
+    }))
+}
+
+/// One conversation with its questions, answers and feedback (any role).
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ConversationWithFreshness), CommandProblems), security(("bearer" = [])))]
+#[get("/conversations/{id}")]
+pub async fn get_one(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversations::get(&pool, &auth.0.tenant_id, *id)
+        .await
+        .map_err(read_error)?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "conversation_not_found",
+                "no such conversation in the read model (a new one may not have arrived yet)",
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(ConversationWithFreshness {
+        conversation,
+        freshness: freshness(&pool).await?,
+    }))
 }

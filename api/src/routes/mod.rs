@@ -11,6 +11,7 @@ use crate::auth::{Authenticated, Claims};
 use crate::middleware::CorrelationId;
 use crate::problem::{ApiError, Problem};
 
+pub mod admin;
 pub mod conversations;
 pub mod docs;
 pub mod health;
@@ -125,6 +126,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .configure(tenant::configure)
                 .configure(conversations::configure)
-                .configure(sources::configure),
+                .configure(sources::configure)
+                .configure(admin::configure),
         );
 }

@@ -1,0 +1,132 @@
+//! Operating the read side (admin only): projection status, rebuilds, dead letters.
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpResponse};
+use domain::Role;
+use projections::runtime::{RebuildError, RetryError};
+use projections::{DeadLetter, Projection, ProjectionStatus};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use streaming::{KafkaSettings, Relay, RelayStatus};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Authenticated;
+use crate::problem::ApiError;
+use crate::routes::conversations::read_error;
+use crate::routes::CommandProblems;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(status)
+        .service(start_rebuild)
+        .service(dead_letters)
+        .service(retry);
+}
+
+fn admin(auth: &Authenticated) -> Result<(), ApiError> {
+    if auth.0.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only an admin operates the read side"))
+    }
+}
+
+fn find(name: &str) -> Result<Arc<dyn Projection>, ApiError> {
+    projections::all()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| ApiError::not_found("projection_not_found", format!("no projection named `{name}`")))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadSideStatus {
+    pub projections: Vec<ProjectionStatus>,
+    /// The Kafka relay's position; absent until it first ran.
+    #[schema(value_type = Option<Object>)]
+    pub relay: Option<RelayStatus>,
+}
+
+/// Every projection's position, lag and last error, and the relay's position.
+#[utoipa::path(get, path = "/v1/admin/projections", tag = "admin",
+    responses((status = 200, body = ReadSideStatus), CommandProblems), security(("bearer" = [])))]
+#[get("/admin/projections")]
+pub async fn status(
+    pool: web::Data<PgPool>,
+    kafka: web::Data<KafkaSettings>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    admin(&auth)?;
+    let mut list = Vec::new();
+    for p in projections::all() {
+        list.push(ProjectionStatus::load(&pool, p.as_ref()).await.map_err(read_error)?);
+    }
+    let relay = Relay::status(&pool, &kafka.relay.name).await.map_err(read_error)?;
+    Ok(HttpResponse::Ok().json(ReadSideStatus {
+        projections: list,
+        relay,
+    }))
+}
+
+/// Rebuild a projection from position 0 of the event store into a shadow table and swap it in;
+/// reads keep answering meanwhile. Runs in the background: follow it in the status.
+#[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "Rebuild started"), CommandProblems), security(("bearer" = [])))]
+#[post("/admin/projections/{name}/rebuild")]
+pub async fn start_rebuild(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&auth)?;
+    let projection = find(&name)?;
+    let pool = pool.get_ref().clone();
+    tokio::spawn(async move {
+        match projections::rebuild(&pool, projection.as_ref()).await {
+            Ok(report) => tracing::info!(?report, "rebuild finished"),
+            Err(RebuildError::InProgress) => tracing::info!("a rebuild was already running"),
+            Err(e) => tracing::error!(error = %e, "rebuild failed"),
+        }
+    });
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"projection": name.into_inner(), "status": "started"})))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeadLetterQuery {
+    /// Also list the letters already resolved by a retry.
+    pub include_resolved: Option<bool>,
+}
+
+/// The tenant's dead letters: events a projection could not apply.
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", params(DeadLetterQuery),
+    responses((status = 200, body = Vec<DeadLetter>), CommandProblems), security(("bearer" = [])))]
+#[get("/admin/dead-letters")]
+pub async fn dead_letters(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    query: web::Query<DeadLetterQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&auth)?;
+    let letters = DeadLetter::list(&pool, &auth.0.tenant_id, query.include_resolved.unwrap_or(false))
+        .await
+        .map_err(read_error)?;
+    Ok(HttpResponse::Ok().json(letters))
+}
+
+/// Apply a dead letter again (after the projection was fixed); resolved when it applies.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/retry", tag = "admin", params(("id" = i64, Path)),
+    responses((status = 200, body = DeadLetter), CommandProblems), security(("bearer" = [])))]
+#[post("/admin/dead-letters/{id}/retry")]
+pub async fn retry(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&auth)?;
+    match projections::retry_dead_letter(&pool, &projections::all(), &auth.0.tenant_id, *id).await {
+        Ok(letter) => Ok(HttpResponse::Ok().json(letter)),
+        Err(RetryError::NotFound) => Err(ApiError::not_found("dead_letter_not_found", "no open dead letter with that id")),
+        Err(RetryError::StillFailing(e)) => Err(ApiError::new(StatusCode::CONFLICT, "dead_letter_still_failing", e)),
+        Err(RetryError::Database(e)) => Err(read_error(e)),
+    }
+}

@@ -1,0 +1,371 @@
+//! The per-tenant conversations read model: one row per conversation, with its questions,
+//! answers and feedback as a JSON document, read by `GET /v1/conversations[/{id}]`.
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::conversation::{Conversation, ConversationEvent, Feedback};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Row};
+use streaming::Envelope;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::runtime::{ApplyError, Projection};
+
+pub const TABLE: &str = "rm_conversations";
+
+pub struct ConversationsProjection;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationDocument {
+    pub questions: Vec<QuestionView>,
+    pub resolved_by: Option<String>,
+    pub escalated_by: Option<String>,
+    pub escalation_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuestionView {
+    pub question_id: Uuid,
+    pub text: String,
+    pub asked_by: String,
+    pub channel: String,
+    pub integration_id: Option<String>,
+    pub asked_at: DateTime<Utc>,
+    /// `pending`, `answered`, `failed` or `blocked`.
+    pub status: String,
+    pub answer: Option<AnswerView>,
+    /// Why it failed, or which guardrail blocked it.
+    pub reason: Option<String>,
+    pub retryable: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnswerView {
+    pub answer_id: Uuid,
+    pub text: String,
+    pub sources: Vec<SourceRef>,
+    pub uncertain: bool,
+    pub latency_ms: u64,
+    pub engine: String,
+    pub answered_at: DateTime<Utc>,
+    /// One reaction per user.
+    pub feedback: BTreeMap<String, FeedbackView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SourceRef {
+    pub url: String,
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FeedbackView {
+    /// `upvote` or `downvote`.
+    pub reaction: String,
+    pub reasons: Vec<String>,
+    pub comment: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+fn feedback_view(f: &Feedback, at: DateTime<Utc>) -> FeedbackView {
+    let text = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    FeedbackView {
+        reaction: text(serde_json::to_value(f.reaction).unwrap_or_default()),
+        reasons: f
+            .reasons
+            .iter()
+            .map(|r| text(serde_json::to_value(r).unwrap_or_default()))
+            .collect(),
+        comment: f.comment.clone(),
+        at,
+    }
+}
+
+/// `tenant/uuid` → uuid.
+fn conversation_id(aggregate_id: &str) -> Result<Uuid, ApplyError> {
+    aggregate_id
+        .rsplit_once('/')
+        .and_then(|(_, id)| Uuid::parse_str(id).ok())
+        .ok_or_else(|| ApplyError::Poison(format!("`{aggregate_id}` is not a conversation id")))
+}
+
+struct Current {
+    status: String,
+    escalated: bool,
+    started_by: String,
+    channel: String,
+    last_question: String,
+    created_at: DateTime<Utc>,
+    document: ConversationDocument,
+}
+
+#[async_trait]
+impl Projection for ConversationsProjection {
+    fn name(&self) -> &'static str {
+        "conversations"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[<Conversation as cqrs_es::Aggregate>::TYPE]
+    }
+
+    fn table(&self) -> &'static str {
+        TABLE
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, table: &str, event: &Envelope) -> Result<bool, ApplyError> {
+        let payload: ConversationEvent = serde_json::from_value(event.payload.clone())
+            .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))?;
+        let id = conversation_id(&event.aggregate_id)?;
+        let existing = sqlx::query(&format!(
+            "SELECT status, escalated, started_by, channel, last_question, created_at, version, document \
+             FROM {table} WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE"
+        ))
+        .bind(&event.tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let mut row = match existing {
+            Some(r) => {
+                let version: i64 = r.get("version");
+                if event.sequence <= version {
+                    return Ok(false); // a redelivery
+                }
+                Current {
+                    status: r.get("status"),
+                    escalated: r.get("escalated"),
+                    started_by: r.get("started_by"),
+                    channel: r.get("channel"),
+                    last_question: r.get("last_question"),
+                    created_at: r.get("created_at"),
+                    document: serde_json::from_value(r.get("document"))
+                        .map_err(|e| ApplyError::Transient(format!("stored document unreadable: {e}")))?,
+                }
+            }
+            None => match &payload {
+                ConversationEvent::QuestionAsked { asked_by, channel, .. } => Current {
+                    status: "open".into(),
+                    escalated: false,
+                    started_by: asked_by.clone(),
+                    channel: channel.clone(),
+                    last_question: String::new(),
+                    created_at: event.recorded_at,
+                    document: ConversationDocument::default(),
+                },
+                _ => {
+                    return Err(ApplyError::Poison(format!(
+                        "{} for a conversation that never started",
+                        event.event_type
+                    )))
+                }
+            },
+        };
+        let at = event.recorded_at;
+        let doc = &mut row.document;
+        let question = |doc: &mut ConversationDocument, id: Uuid| -> Result<usize, ApplyError> {
+            doc.questions
+                .iter()
+                .position(|q| q.question_id == id)
+                .ok_or_else(|| ApplyError::Poison(format!("no question {id} in this conversation")))
+        };
+        match payload {
+            ConversationEvent::QuestionAsked {
+                question_id,
+                text,
+                asked_by,
+                channel,
+                integration_id,
+            } => {
+                row.last_question = text.clone();
+                doc.questions.push(QuestionView {
+                    question_id,
+                    text,
+                    asked_by,
+                    channel,
+                    integration_id,
+                    asked_at: at,
+                    status: "pending".into(),
+                    answer: None,
+                    reason: None,
+                    retryable: None,
+                });
+            }
+            ConversationEvent::AnswerRecorded {
+                question_id,
+                answer_id,
+                text,
+                sources,
+                uncertain,
+                latency_ms,
+                engine,
+                ..
+            } => {
+                let i = question(doc, question_id)?;
+                doc.questions[i].status = "answered".into();
+                doc.questions[i].answer = Some(AnswerView {
+                    answer_id,
+                    text,
+                    sources: sources
+                        .into_iter()
+                        .map(|s| SourceRef { url: s.url, title: s.title })
+                        .collect(),
+                    uncertain,
+                    latency_ms,
+                    engine,
+                    answered_at: at,
+                    feedback: BTreeMap::new(),
+                });
+            }
+            ConversationEvent::AnswerFailed {
+                question_id,
+                reason,
+                retryable,
+            } => {
+                let i = question(doc, question_id)?;
+                doc.questions[i].status = "failed".into();
+                doc.questions[i].reason = Some(reason);
+                doc.questions[i].retryable = Some(retryable);
+            }
+            ConversationEvent::QuestionBlocked { question_id, rule, .. } => {
+                let i = question(doc, question_id)?;
+                doc.questions[i].status = "blocked".into();
+                doc.questions[i].reason = Some(rule);
+            }
+            ConversationEvent::FeedbackGiven {
+                answer_id,
+                user_id,
+                feedback,
+            }
+            | ConversationEvent::FeedbackChanged {
+                answer_id,
+                user_id,
+                feedback,
+                ..
+            } => {
+                let answer = doc
+                    .questions
+                    .iter_mut()
+                    .filter_map(|q| q.answer.as_mut())
+                    .find(|a| a.answer_id == answer_id)
+                    .ok_or_else(|| ApplyError::Poison(format!("no answer {answer_id} in this conversation")))?;
+                answer.feedback.insert(user_id, feedback_view(&feedback, at));
+            }
+            ConversationEvent::ConversationResolved { by } => {
+                row.status = "resolved".into();
+                doc.resolved_by = Some(by);
+            }
+            ConversationEvent::ConversationEscalated { by, reason } => {
+                row.escalated = true;
+                doc.escalated_by = Some(by);
+                doc.escalation_reason = reason;
+            }
+        }
+        let document = serde_json::to_value(&row.document).map_err(|e| ApplyError::Transient(e.to_string()))?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (tenant_id, conversation_id, status, escalated, started_by, channel, \
+               question_count, last_question, created_at, updated_at, version, last_position, document) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET status = $3, escalated = $4, \
+               question_count = $7, last_question = $8, updated_at = $10, version = $11, \
+               last_position = $12, document = $13"
+        ))
+        .bind(&event.tenant_id)
+        .bind(id)
+        .bind(&row.status)
+        .bind(row.escalated)
+        .bind(&row.started_by)
+        .bind(&row.channel)
+        .bind(row.document.questions.len() as i32)
+        .bind(&row.last_question)
+        .bind(row.created_at)
+        .bind(at)
+        .bind(event.sequence)
+        .bind(event.position)
+        .bind(document)
+        .execute(&mut *conn)
+        .await?;
+        Ok(true)
+    }
+}
+
+/// One line of the conversations list.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConversationSummary {
+    pub id: Uuid,
+    /// `open` or `resolved`.
+    pub status: String,
+    pub escalated: bool,
+    pub started_by: String,
+    pub channel: String,
+    pub question_count: i32,
+    pub last_question: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The conversation's version in the read model: a client that got version N from a
+    /// command waits until it reads at least N.
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConversationDetail {
+    #[serde(flatten)]
+    pub summary: ConversationSummary,
+    #[serde(flatten)]
+    pub document: ConversationDocument,
+}
+
+fn summary(r: &sqlx::postgres::PgRow) -> ConversationSummary {
+    ConversationSummary {
+        id: r.get("conversation_id"),
+        status: r.get("status"),
+        escalated: r.get("escalated"),
+        started_by: r.get("started_by"),
+        channel: r.get("channel"),
+        question_count: r.get("question_count"),
+        last_question: r.get("last_question"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        version: r.get("version"),
+    }
+}
+
+const COLUMNS: &str = "conversation_id, status, escalated, started_by, channel, question_count, \
+    last_question, created_at, updated_at, version";
+
+/// The tenant's conversations, most recently updated first; `before` is the last item's
+/// (updated_at, id) of the previous page.
+pub async fn list(
+    pool: &PgPool,
+    tenant: &str,
+    limit: i64,
+    before: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Vec<ConversationSummary>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM {TABLE} WHERE tenant_id = $1 \
+           AND ($2::timestamptz IS NULL OR (updated_at, conversation_id) < ($2, $3)) \
+         ORDER BY updated_at DESC, conversation_id DESC LIMIT $4"
+    ))
+    .bind(tenant)
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(summary).collect())
+}
+
+pub async fn get(pool: &PgPool, tenant: &str, id: Uuid) -> Result<Option<ConversationDetail>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS}, document FROM {TABLE} WHERE tenant_id = $1 AND conversation_id = $2"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| ConversationDetail {
+        summary: summary(&r),
+        document: serde_json::from_value(r.get("document")).unwrap_or_default(),
+    }))
+}

@@ -1,0 +1,214 @@
+//! The relay: event store → Kafka, at least once, in commit-safe order.
+//!
+//! One relay (per `relay.name`) publishes at a time: it holds a Postgres advisory lock on a
+//! dedicated connection and does all its reading and checkpointing on that connection, so losing
+//! the connection loses the lock and stops the relay at once. The checkpoint moves only after
+//! the broker acknowledged every event of the batch; a crash in between republishes the batch
+//! (consumers de-duplicate by aggregate sequence).
+use std::time::Duration;
+
+use event_store::{read_batch, Checkpoint, StoredEvent};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde::Serialize;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+use crate::{envelope, Envelope, KafkaSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the relay lost its lock")]
+    LostLock,
+}
+
+/// Where the relay stands, for the status API.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayStatus {
+    pub name: String,
+    pub position: i64,
+    pub published: i64,
+    /// Committed events not yet published.
+    pub lag_events: i64,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub struct Relay {
+    pool: PgPool,
+    producer: FutureProducer,
+    settings: KafkaSettings,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, settings: KafkaSettings) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: settings.producer_config().create()?,
+            pool,
+            settings,
+        })
+    }
+
+    /// Publishes forever: takes the lock when it can, relays, and starts over after any error.
+    pub async fn run(self) {
+        loop {
+            match self.lead().await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "relay interrupted; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Waits for the lock, then relays until an error.
+    async fn lead(&self) -> Result<(), RelayError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(self.lock_name())
+                .fetch_one(&mut conn)
+                .await?;
+            if locked {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::info!(relay = %self.settings.relay.name, "relay holds the lock");
+        let idle = Duration::from_millis(self.settings.relay.idle_ms);
+        loop {
+            if self.step(&mut conn, true).await? == 0 {
+                tokio::time::sleep(idle).await;
+            }
+        }
+    }
+
+    fn lock_name(&self) -> String {
+        format!("answers-relay:{}", self.settings.relay.name)
+    }
+
+    /// Takes the lock on a fresh connection and publishes one batch. With `checkpoint = false` it
+    /// stops between publishing and checkpointing, as a crash there would: the next relay
+    /// publishes the same batch again. Returns how many events were published, or `None` when
+    /// another relay holds the lock.
+    pub async fn step_once(&self, checkpoint: bool) -> Result<Option<usize>, RelayError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(self.lock_name())
+            .fetch_one(&mut conn)
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        let published = self.step(&mut conn, checkpoint).await;
+        conn.close().await?;
+        published.map(Some)
+    }
+
+    #[tracing::instrument(skip_all, fields(relay = %self.settings.relay.name), err)]
+    async fn step(&self, conn: &mut PgConnection, checkpoint: bool) -> Result<usize, RelayError> {
+        let from = self.checkpoint(conn).await?;
+        let batch = read_batch(&mut *conn, from, self.settings.relay.batch_size).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        self.publish(&batch).await?;
+        if checkpoint {
+            let last = batch.last().map(StoredEvent::checkpoint).unwrap_or(from);
+            let moved = sqlx::query(
+                "UPDATE relay_checkpoints SET transaction_id = $2::text::xid8, position = $3, \
+                   published = published + $4, updated_at = now() \
+                 WHERE relay_name = $1 AND (transaction_id, position) = ($5::text::xid8, $6)",
+            )
+            .bind(&self.settings.relay.name)
+            .bind(last.transaction_id.to_string())
+            .bind(last.position)
+            .bind(batch.len() as i64)
+            .bind(from.transaction_id.to_string())
+            .bind(from.position)
+            .execute(&mut *conn)
+            .await?;
+            if moved.rows_affected() != 1 {
+                // Someone moved the checkpoint under us: we are not the relay we thought we were.
+                return Err(RelayError::LostLock);
+            }
+        }
+        tracing::debug!(events = batch.len(), "published");
+        Ok(batch.len())
+    }
+
+    async fn checkpoint(&self, conn: &mut PgConnection) -> Result<Checkpoint, RelayError> {
+        sqlx::query("INSERT INTO relay_checkpoints (relay_name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&self.settings.relay.name)
+            .execute(&mut *conn)
+            .await?;
+        let row = sqlx::query(
+            "SELECT transaction_id::text AS tx, position FROM relay_checkpoints WHERE relay_name = $1",
+        )
+        .bind(&self.settings.relay.name)
+        .fetch_one(&mut *conn)
+        .await?;
+        let tx: String = row.get("tx");
+        Ok(Checkpoint {
+            transaction_id: tx.parse().unwrap_or(0),
+            position: row.get("position"),
+        })
+    }
+
+    /// Enqueues the batch in order (the idempotent producer keeps that order per partition) and
+    /// waits for every acknowledgement.
+    async fn publish(&self, batch: &[StoredEvent]) -> Result<(), RelayError> {
+        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(batch.len());
+        for event in batch {
+            let envelope = Envelope::from(event);
+            let value = serde_json::to_vec(&envelope).expect("an envelope serialises");
+            let topic = self.settings.topic(&event.aggregate_type);
+            let mut record = FutureRecord::to(&topic)
+                .key(event.aggregate_id.as_bytes())
+                .payload(&value)
+                .headers(envelope::headers(&envelope));
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        self.producer.poll(Duration::from_millis(10));
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_) => return Err(KafkaError::Canceled.into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn status(pool: &PgPool, name: &str) -> Result<Option<RelayStatus>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT c.position, c.published, c.updated_at, \
+               (SELECT count(*) FROM events e \
+                 WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS lag \
+             FROM relay_checkpoints c WHERE c.relay_name = $1",
+        )
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(|r| RelayStatus {
+            name: name.to_string(),
+            position: r.get("position"),
+            published: r.get("published"),
+            lag_events: r.get("lag"),
+            updated_at: r.get("updated_at"),
+        }))
+    }
+}
