@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Starts (or checks) the services the tests and a local run need. Idempotent.
-#   scripts/services.sh up     PostgreSQL on 127.0.0.1:5432 (started when down)
+#   scripts/services.sh up     PostgreSQL on 127.0.0.1:5432 and a Kafka-compatible broker
+#                              (tansu) on 127.0.0.1:9092, each started only when down
+#   scripts/services.sh down   stops the broker if `up` started it
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 PGHOST=${PGHOST:-127.0.0.1}
 PGPORT=${PGPORT:-5432}
@@ -47,13 +50,67 @@ drop_test_databases() {
   done
 }
 
+KAFKA_HOST=127.0.0.1
+KAFKA_PORT=${KAFKA_PORT:-9092}
+TANSU_VERSION=0.6.0
+STATE_DIR=target/services
+export PATH="$HOME/.cargo/bin:$PATH"
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# tansu is the Kafka-compatible broker the tests run against (no Apache Kafka here). It builds
+# from crates.io in about 13 minutes on 2 cores, once per machine.
+tansu_installed() {
+  command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"
+}
+
+kafka_up() {
+  if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
+    log "a broker already answers on $KAFKA_HOST:$KAFKA_PORT"
+    return 0
+  fi
+  if ! tansu_installed; then
+    log "installing tansu $TANSU_VERSION (cargo install; about 13 minutes, once per machine)"
+    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,postgres --quiet
+  fi
+  mkdir -p "$STATE_DIR"
+  log "starting tansu on $KAFKA_HOST:$KAFKA_PORT (in-memory storage)"
+  nohup tansu broker \
+    --listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ >"$STATE_DIR/tansu.log" 2>&1 &
+  echo $! >"$STATE_DIR/tansu.pid"
+  for _ in $(seq 1 60); do
+    if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
+      log "tansu is up (pid $(cat "$STATE_DIR/tansu.pid"))"
+      return 0
+    fi
+    sleep 0.5
+  done
+  log "tansu did not start; its log:"
+  cat "$STATE_DIR/tansu.log" >&2
+  return 1
+}
+
+kafka_down() {
+  if [ -f "$STATE_DIR/tansu.pid" ]; then
+    kill "$(cat "$STATE_DIR/tansu.pid")" 2>/dev/null || true
+    rm -f "$STATE_DIR/tansu.pid"
+    log "stopped tansu"
+  fi
+}
+
 case "${1:-up}" in
   up)
     postgres_up
     drop_test_databases
+    kafka_up
+    ;;
+  down)
+    kafka_down
     ;;
   *)
-    echo "usage: $0 up" >&2
+    echo "usage: $0 up|down" >&2
     exit 2
     ;;
 esac

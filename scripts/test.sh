@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# The one command that runs every test: starts what the tests need, then runs them all.
+# The one command that runs every test: starts PostgreSQL and the Kafka-compatible broker
+# (installing tansu once per machine), runs the whole workspace's tests, stops the broker it
+# started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 scripts/services.sh up
+trap 'scripts/services.sh down' EXIT
+# The outage test starts a broker of its own from this binary.
+TANSU_BIN=$(command -v tansu)
+export TANSU_BIN
 cargo test --workspace --locked "$@"

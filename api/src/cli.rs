@@ -92,7 +92,10 @@ impl Cli {
                 telemetry::init(&settings.log);
                 let pool = startup::connect(&settings.database).await?;
                 let runners = projections::all().into_iter().map(|p| {
-                    tokio::spawn(projections::ProjectionRunner::new(pool.clone(), settings.kafka.clone(), p).run_supervised())
+                    tokio::spawn(
+                        projections::ProjectionRunner::new(pool.clone(), settings.kafka.clone(), p)
+                            .run_supervised(),
+                    )
                 });
                 futures::future::join_all(runners).await;
             }

@@ -100,6 +100,7 @@ impl Settings {
             .set_default("kafka.replication_factor", 1)?
             .set_default("kafka.linger_ms", 0)?
             .set_default("kafka.message_timeout_ms", 120_000)?
+            .set_default("kafka.producer_batch_messages", 1)?
             .set_default("kafka.consumer_group", "answers")?
             .set_default("kafka.relay.in_process", true)?
             .set_default("kafka.relay.name", "kafka")?
@@ -148,7 +149,14 @@ impl Settings {
                 problems.push("kafka.bootstrap_servers must not be empty".to_string());
             }
             if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
-                problems.push("kafka.partitions and kafka.replication_factor must be at least 1".to_string());
+                problems.push(
+                    "kafka.partitions and kafka.replication_factor must be at least 1".to_string(),
+                );
+            }
+            if !(1..=1_000_000).contains(&self.kafka.producer_batch_messages) {
+                problems.push(
+                    "kafka.producer_batch_messages must be between 1 and 1000000".to_string(),
+                );
             }
             if self.kafka.relay.batch_size < 1 {
                 problems.push("kafka.relay.batch_size must be at least 1".to_string());
@@ -160,7 +168,9 @@ impl Settings {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
             if !valid_prefix {
-                problems.push("kafka.topic_prefix must be letters, digits, `.`, `_` or `-`".to_string());
+                problems.push(
+                    "kafka.topic_prefix must be letters, digits, `.`, `_` or `-`".to_string(),
+                );
             }
         }
         if problems.is_empty() {

@@ -160,7 +160,10 @@ fn unreachable_message(target: &str) -> String {
 
 /// Every topic the relay writes to.
 pub fn topics(kafka: &KafkaSettings) -> Vec<String> {
-    let mut topics: Vec<String> = domain::AGGREGATE_TYPES.iter().map(|t| kafka.topic(t)).collect();
+    let mut topics: Vec<String> = domain::AGGREGATE_TYPES
+        .iter()
+        .map(|t| kafka.topic(t))
+        .collect();
     topics.push(kafka.dead_letter_topic());
     topics
 }
@@ -168,14 +171,18 @@ pub fn topics(kafka: &KafkaSettings) -> Vec<String> {
 /// Starts the relay and the projections inside this process, as configured. Neither needs the
 /// broker to be up now: they create the topics and connect when it answers, and retry after
 /// every failure. Commands never wait for them.
-pub fn spawn_streaming(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<Vec<JoinHandle<()>>> {
+pub fn spawn_streaming(
+    pool: &PgPool,
+    kafka: &KafkaSettings,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if kafka.relay.in_process {
         tasks.push(tokio::spawn(run_relay(pool.clone(), kafka.clone())?));
     }
     if kafka.projections_in_process {
         for projection in projections::all() {
-            let runner = projections::ProjectionRunner::new(pool.clone(), kafka.clone(), projection);
+            let runner =
+                projections::ProjectionRunner::new(pool.clone(), kafka.clone(), projection);
             tasks.push(tokio::spawn(runner.run_supervised()));
         }
     }

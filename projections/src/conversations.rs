@@ -115,7 +115,12 @@ impl Projection for ConversationsProjection {
         TABLE
     }
 
-    async fn apply(&self, conn: &mut PgConnection, table: &str, event: &Envelope) -> Result<bool, ApplyError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        event: &Envelope,
+    ) -> Result<bool, ApplyError> {
         let payload: ConversationEvent = serde_json::from_value(event.payload.clone())
             .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))?;
         let id = conversation_id(&event.aggregate_id)?;
@@ -140,12 +145,15 @@ impl Projection for ConversationsProjection {
                     channel: r.get("channel"),
                     last_question: r.get("last_question"),
                     created_at: r.get("created_at"),
-                    document: serde_json::from_value(r.get("document"))
-                        .map_err(|e| ApplyError::Transient(format!("stored document unreadable: {e}")))?,
+                    document: serde_json::from_value(r.get("document")).map_err(|e| {
+                        ApplyError::Transient(format!("stored document unreadable: {e}"))
+                    })?,
                 }
             }
             None => match &payload {
-                ConversationEvent::QuestionAsked { asked_by, channel, .. } => Current {
+                ConversationEvent::QuestionAsked {
+                    asked_by, channel, ..
+                } => Current {
                     status: "open".into(),
                     escalated: false,
                     started_by: asked_by.clone(),
@@ -209,7 +217,10 @@ impl Projection for ConversationsProjection {
                     text,
                     sources: sources
                         .into_iter()
-                        .map(|s| SourceRef { url: s.url, title: s.title })
+                        .map(|s| SourceRef {
+                            url: s.url,
+                            title: s.title,
+                        })
                         .collect(),
                     uncertain,
                     latency_ms,
@@ -228,7 +239,9 @@ impl Projection for ConversationsProjection {
                 doc.questions[i].reason = Some(reason);
                 doc.questions[i].retryable = Some(retryable);
             }
-            ConversationEvent::QuestionBlocked { question_id, rule, .. } => {
+            ConversationEvent::QuestionBlocked {
+                question_id, rule, ..
+            } => {
                 let i = question(doc, question_id)?;
                 doc.questions[i].status = "blocked".into();
                 doc.questions[i].reason = Some(rule);
@@ -249,8 +262,12 @@ impl Projection for ConversationsProjection {
                     .iter_mut()
                     .filter_map(|q| q.answer.as_mut())
                     .find(|a| a.answer_id == answer_id)
-                    .ok_or_else(|| ApplyError::Poison(format!("no answer {answer_id} in this conversation")))?;
-                answer.feedback.insert(user_id, feedback_view(&feedback, at));
+                    .ok_or_else(|| {
+                        ApplyError::Poison(format!("no answer {answer_id} in this conversation"))
+                    })?;
+                answer
+                    .feedback
+                    .insert(user_id, feedback_view(&feedback, at));
             }
             ConversationEvent::ConversationResolved { by } => {
                 row.status = "resolved".into();
@@ -262,7 +279,8 @@ impl Projection for ConversationsProjection {
                 doc.escalation_reason = reason;
             }
         }
-        let document = serde_json::to_value(&row.document).map_err(|e| ApplyError::Transient(e.to_string()))?;
+        let document = serde_json::to_value(&row.document)
+            .map_err(|e| ApplyError::Transient(e.to_string()))?;
         sqlx::query(&format!(
             "INSERT INTO {table} (tenant_id, conversation_id, status, escalated, started_by, channel, \
                question_count, last_question, created_at, updated_at, version, last_position, document) \
@@ -356,7 +374,11 @@ pub async fn list(
     Ok(rows.iter().map(summary).collect())
 }
 
-pub async fn get(pool: &PgPool, tenant: &str, id: Uuid) -> Result<Option<ConversationDetail>, sqlx::Error> {
+pub async fn get(
+    pool: &PgPool,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<ConversationDetail>, sqlx::Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS}, document FROM {TABLE} WHERE tenant_id = $1 AND conversation_id = $2"
     ))

@@ -52,11 +52,20 @@ pub trait Projection: Send + Sync + 'static {
     fn table(&self) -> &'static str;
     /// Applies one event to `table` on `conn` (inside the caller's transaction). Returns
     /// `false` when the event was already applied (a redelivery) and nothing changed.
-    async fn apply(&self, conn: &mut PgConnection, table: &str, event: &Envelope) -> Result<bool, ApplyError>;
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        event: &Envelope,
+    ) -> Result<bool, ApplyError>;
 }
 
 /// Applies one event and moves the projection's status in one transaction.
-pub async fn apply_one(pool: &PgPool, projection: &dyn Projection, event: &Envelope) -> Result<bool, ApplyError> {
+pub async fn apply_one(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    event: &Envelope,
+) -> Result<bool, ApplyError> {
     let mut tx = pool.begin().await?;
     let applied = projection.apply(&mut tx, projection.table(), event).await?;
     if applied {
@@ -94,7 +103,11 @@ impl ProjectionRunner {
     }
 
     fn group(&self) -> String {
-        format!("{}.{}", self.settings.consumer_group, self.projection.name())
+        format!(
+            "{}.{}",
+            self.settings.consumer_group,
+            self.projection.name()
+        )
     }
 
     /// Runs until stopped, restarting after every failure with a short pause.
@@ -123,10 +136,12 @@ impl ProjectionRunner {
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
         let dead_letters: FutureProducer = self.settings.producer_config().create()?;
-        sqlx::query("INSERT INTO projection_status (projection) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(self.projection.name())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO projection_status (projection) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.projection.name())
+        .execute(&self.pool)
+        .await?;
         tracing::info!(projection = self.projection.name(), group = %self.group(), "projection consuming");
         loop {
             let message = consumer.recv().await?;
@@ -137,19 +152,34 @@ impl ProjectionRunner {
 
     #[tracing::instrument(skip_all, fields(projection = self.projection.name(), topic = message.topic(),
         partition = message.partition(), offset = message.offset()), err)]
-    async fn handle(&self, message: &BorrowedMessage<'_>, dead_letters: &FutureProducer) -> Result<(), RunnerError> {
+    async fn handle(
+        &self,
+        message: &BorrowedMessage<'_>,
+        dead_letters: &FutureProducer,
+    ) -> Result<(), RunnerError> {
         let payload = message.payload().unwrap_or_default();
         let event = match serde_json::from_slice::<Envelope>(payload) {
             Ok(event) => event,
             Err(e) => {
                 return self
-                    .dead_letter(message, None, &format!("undecodable envelope: {e}"), dead_letters)
+                    .dead_letter(
+                        message,
+                        None,
+                        &format!("undecodable envelope: {e}"),
+                        dead_letters,
+                    )
                     .await;
             }
         };
         match apply_one(&self.pool, self.projection.as_ref(), &event).await {
-            Ok(_) => Ok(()),
-            Err(ApplyError::Poison(reason)) => self.dead_letter(message, Some(&event), &reason, dead_letters).await,
+            Ok(applied) => {
+                tracing::debug!(aggregate_id = %event.aggregate_id, sequence = event.sequence, applied, "handled");
+                Ok(())
+            }
+            Err(ApplyError::Poison(reason)) => {
+                self.dead_letter(message, Some(&event), &reason, dead_letters)
+                    .await
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -162,7 +192,9 @@ impl ProjectionRunner {
         producer: &FutureProducer,
     ) -> Result<(), RunnerError> {
         let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).to_string();
-        let key = message.key().map(|k| String::from_utf8_lossy(k).to_string());
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).to_string());
         tracing::warn!(projection = self.projection.name(), %error, "dead-lettering an event");
         sqlx::query(
             "INSERT INTO dead_letters (projection, topic, kafka_partition, kafka_offset, message_key, \
@@ -225,7 +257,11 @@ pub struct ProjectionStatus {
 
 impl ProjectionStatus {
     pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
-        let types: Vec<String> = projection.aggregate_types().iter().map(|s| s.to_string()).collect();
+        let types: Vec<String> = projection
+            .aggregate_types()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let row = sqlx::query(
             "SELECT s.applied_events, s.last_position, s.last_applied_at, s.last_recorded_at, s.last_error, \
                s.last_error_at, s.rebuilt_at, \
@@ -238,7 +274,9 @@ impl ProjectionStatus {
         .bind(&types)
         .fetch_one(pool)
         .await?;
-        let applied: i64 = row.try_get::<Option<i64>, _>("applied_events")?.unwrap_or(0);
+        let applied: i64 = row
+            .try_get::<Option<i64>, _>("applied_events")?
+            .unwrap_or(0);
         let stored: i64 = row.get("stored");
         let lag_events = (stored - applied).max(0);
         let last_recorded: Option<DateTime<Utc>> = row.get("last_recorded_at");
@@ -280,7 +318,11 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// Dead letters, newest first. Tenant-scoped when `tenant` is given (undecodable letters
     /// have no tenant and are shown to no tenant).
-    pub async fn list(pool: &PgPool, tenant: &str, include_resolved: bool) -> Result<Vec<Self>, sqlx::Error> {
+    pub async fn list(
+        pool: &PgPool,
+        tenant: &str,
+        include_resolved: bool,
+    ) -> Result<Vec<Self>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT id, projection, topic, kafka_partition, kafka_offset, error, event_id, payload, \
                created_at, retried_at, resolved_at FROM dead_letters \
@@ -340,7 +382,10 @@ pub async fn retry_dead_letter(
         .find(|p| p.name() == name)
         .ok_or(RetryError::NotFound)?;
     let outcome = match serde_json::from_str::<Envelope>(&payload) {
-        Ok(event) => apply_one(pool, projection.as_ref(), &event).await.map(|_| ()).map_err(|e| e.to_string()),
+        Ok(event) => apply_one(pool, projection.as_ref(), &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Err(e) => Err(format!("undecodable envelope: {e}")),
     };
     let resolved = outcome.is_ok();
@@ -385,7 +430,10 @@ const REBUILD_BATCH: i64 = 2000;
 /// Rebuilds `projection` from position 0 of the event store into a shadow table, then swaps it
 /// in: reads of the live table go on until the swap, which takes one short exclusive lock.
 #[tracing::instrument(skip_all, fields(projection = projection.name()), err)]
-pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<RebuildReport, RebuildError> {
+pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+) -> Result<RebuildReport, RebuildError> {
     let started = Instant::now();
     let mut lock = pool.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
@@ -409,13 +457,20 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
     })
 }
 
-async fn rebuild_locked(pool: &PgPool, projection: &dyn Projection) -> Result<(u64, u64), RebuildError> {
+async fn rebuild_locked(
+    pool: &PgPool,
+    projection: &dyn Projection,
+) -> Result<(u64, u64), RebuildError> {
     let table = projection.table();
     let shadow = format!("{table}_rebuild");
-    sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}")).execute(pool).await?;
-    sqlx::query(&format!("CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)"))
+    sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
         .execute(pool)
         .await?;
+    sqlx::query(&format!(
+        "CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)"
+    ))
+    .execute(pool)
+    .await?;
     let mut state = Progress::default();
     // The bulk of the history, without blocking anyone.
     loop {
@@ -438,7 +493,9 @@ async fn rebuild_locked(pool: &PgPool, projection: &dyn Projection) -> Result<(u
     sqlx::query(&format!("ALTER TABLE {shadow} RENAME TO {table}"))
         .execute(&mut *tx)
         .await?;
-    sqlx::query(&format!("DROP TABLE {table}_old")).execute(&mut *tx).await?;
+    sqlx::query(&format!("DROP TABLE {table}_old"))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO projection_status (projection, applied_events, last_position, rebuilt_at) \
          VALUES ($1, $2, $3, now()) ON CONFLICT (projection) DO UPDATE SET applied_events = $2, \
@@ -474,10 +531,16 @@ async fn replay_batch(
     state.checkpoint = last.checkpoint();
     state.read += batch.len() as u64;
     for event in &batch {
-        if !projection.aggregate_types().contains(&event.aggregate_type.as_str()) {
+        if !projection
+            .aggregate_types()
+            .contains(&event.aggregate_type.as_str())
+        {
             continue;
         }
-        match projection.apply(&mut *conn, table, &Envelope::from(event)).await {
+        match projection
+            .apply(&mut *conn, table, &Envelope::from(event))
+            .await
+        {
             Ok(true) => state.applied += 1,
             Ok(false) => {}
             // The live runner dead-lettered it too; a rebuild skips it the same way.

@@ -28,6 +28,11 @@ pub struct KafkaSettings {
     pub linger_ms: u64,
     /// How long the producer keeps retrying one message before the relay sees a failure.
     pub message_timeout_ms: u64,
+    /// Messages per record batch (librdkafka `batch.num.messages`). 1 for tansu 0.6, whose
+    /// fetch from an offset inside a multi-message batch skips the rest of that batch, so a
+    /// consumer resuming mid-batch would lose events (docs/streaming.md). Against Apache
+    /// Kafka use librdkafka's default, 10000.
+    pub producer_batch_messages: u32,
     /// Consumer group of the projections.
     pub consumer_group: String,
     /// Extra librdkafka properties, passed through as they are.
@@ -74,6 +79,11 @@ impl KafkaSettings {
         if let Some(v) = &self.sasl_password {
             config.set("sasl.password", v.expose_secret());
         }
+        self.with_properties(config)
+    }
+
+    /// `properties` go last, so an operator can override any default set here.
+    fn with_properties(&self, mut config: ClientConfig) -> ClientConfig {
         for (k, v) in &self.properties {
             config.set(k, v);
         }
@@ -88,8 +98,12 @@ impl KafkaSettings {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
-            .set("message.timeout.ms", self.message_timeout_ms.to_string());
-        config
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set(
+                "batch.num.messages",
+                self.producer_batch_messages.to_string(),
+            );
+        self.with_properties(config)
     }
 
     /// Offsets are stored by the runner only after an event is applied; librdkafka commits the
@@ -102,7 +116,11 @@ impl KafkaSettings {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000");
-        config
+            // Kafka's own default. A shorter session makes a broker pause longer than it end
+            // the consumer's membership, and tansu 0.6 never lets a consumer whose session
+            // expired rejoin its group (docs/streaming.md).
+            .set("session.timeout.ms", "45000")
+            .set("heartbeat.interval.ms", "3000");
+        self.with_properties(config)
     }
 }

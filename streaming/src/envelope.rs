@@ -71,7 +71,10 @@ pub fn traceparent(correlation_id: &str, event_id: Uuid) -> String {
 pub fn headers(envelope: &Envelope) -> OwnedHeaders {
     let event_id = envelope.event_id.to_string();
     let time = envelope.recorded_at.to_rfc3339();
-    let source = format!("/tenants/{}/{}", envelope.tenant_id, envelope.aggregate_type);
+    let source = format!(
+        "/tenants/{}/{}",
+        envelope.tenant_id, envelope.aggregate_type
+    );
     let trace = traceparent(&envelope.metadata.correlation_id, envelope.event_id);
     let pairs: [(&str, &str); 10] = [
         ("ce_specversion", "1.0"),
@@ -85,12 +88,14 @@ pub fn headers(envelope: &Envelope) -> OwnedHeaders {
         ("correlation_id", &envelope.metadata.correlation_id),
         ("traceparent", &trace),
     ];
-    pairs.iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
-        headers.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
+    pairs
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
         })
-    })
 }
 
 #[cfg(test)]
@@ -103,7 +108,10 @@ mod tests {
         let b = traceparent("req-1", Uuid::from_u128(2));
         let parts: Vec<&str> = a.split('-').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "01"));
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
         assert_eq!(a[..35], b[..35], "same trace id");
         assert_ne!(a, b, "different span ids");
     }

@@ -66,10 +66,11 @@ impl Relay {
     async fn lead(&self) -> Result<(), RelayError> {
         let mut conn = self.pool.acquire().await?.detach();
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(self.lock_name())
-                .fetch_one(&mut conn)
-                .await?;
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(self.lock_name())
+                    .fetch_one(&mut conn)
+                    .await?;
             if locked {
                 break;
             }
@@ -94,10 +95,11 @@ impl Relay {
     /// another relay holds the lock.
     pub async fn step_once(&self, checkpoint: bool) -> Result<Option<usize>, RelayError> {
         let mut conn = self.pool.acquire().await?.detach();
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(self.lock_name())
-            .fetch_one(&mut conn)
-            .await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(self.lock_name())
+                .fetch_one(&mut conn)
+                .await?;
         if !locked {
             return Ok(None);
         }
@@ -139,10 +141,12 @@ impl Relay {
     }
 
     async fn checkpoint(&self, conn: &mut PgConnection) -> Result<Checkpoint, RelayError> {
-        sqlx::query("INSERT INTO relay_checkpoints (relay_name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(&self.settings.relay.name)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO relay_checkpoints (relay_name) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.settings.relay.name)
+        .execute(&mut *conn)
+        .await?;
         let row = sqlx::query(
             "SELECT transaction_id::text AS tx, position FROM relay_checkpoints WHERE relay_name = $1",
         )

@@ -35,7 +35,86 @@ pub fn test_settings() -> Settings {
     settings.database.max_connections = 30;
     settings.server.port = 0;
     settings.server.workers = 2;
+    // Tests that need the broker turn streaming on (`streaming_settings`).
+    settings.kafka.enabled = false;
     settings
+}
+
+/// The Kafka-compatible broker the tests use; `KAFKA_BOOTSTRAP_SERVERS` overrides it.
+pub fn kafka_bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Settings with the relay and projections on, on topics and consumer groups of this test only.
+pub fn streaming_settings() -> Settings {
+    let mut settings = test_settings();
+    let id = Uuid::new_v4().simple().to_string();
+    settings.kafka.enabled = true;
+    settings.kafka.bootstrap_servers = kafka_bootstrap();
+    settings.kafka.topic_prefix = format!("t{}", &id[..12]);
+    settings.kafka.consumer_group = format!("g{}", &id[..12]);
+    settings.kafka.relay.idle_ms = 20;
+    settings
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, failing the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The conversations read model, row for row, in a stable order.
+pub async fn read_model(pool: &PgPool) -> Vec<Value> {
+    sqlx::query_scalar(
+        "SELECT to_jsonb(r) FROM rm_conversations r ORDER BY tenant_id, conversation_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+pub async fn stored_conversation_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'conversation'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+pub async fn applied_conversation_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT applied_events FROM projection_status WHERE projection = 'conversations'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .unwrap_or(0)
+}
+
+/// Waits until the conversations projection has applied every stored conversation event once.
+pub async fn wait_until_projected(pool: &PgPool, timeout: Duration) {
+    wait_for("the read model to catch up", timeout, || async {
+        let stored = stored_conversation_events(pool).await;
+        let applied = applied_conversation_events(pool).await;
+        assert!(
+            applied <= stored,
+            "applied {applied} > stored {stored}: something was applied twice"
+        );
+        (stored > 0 && applied == stored).then_some(())
+    })
+    .await
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -47,6 +126,12 @@ pub async fn spawn_app_with_engine(engine: Arc<dyn AnswerEngine>) -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings, engine: Option<Arc<dyn AnswerEngine>>) -> TestApp {
+    // `TEST_LOG=1` shows the application's logs (pretty) while a test runs.
+    if std::env::var_os("TEST_LOG").is_some() {
+        let mut log = settings.log.clone();
+        log.format = "pretty".into();
+        answers_api::telemetry::init(&log);
+    }
     let app = match engine {
         Some(engine) => Application::build_with_engine(settings.clone(), engine).await,
         None => Application::build(settings.clone()).await,

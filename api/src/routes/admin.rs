@@ -27,7 +27,11 @@ fn admin(auth: &Authenticated) -> Result<(), ApiError> {
     if auth.0.role == Role::Admin {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only an admin operates the read side"))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin operates the read side",
+        ))
     }
 }
 
@@ -35,7 +39,12 @@ fn find(name: &str) -> Result<Arc<dyn Projection>, ApiError> {
     projections::all()
         .into_iter()
         .find(|p| p.name() == name)
-        .ok_or_else(|| ApiError::not_found("projection_not_found", format!("no projection named `{name}`")))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "projection_not_found",
+                format!("no projection named `{name}`"),
+            )
+        })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -58,9 +67,15 @@ pub async fn status(
     admin(&auth)?;
     let mut list = Vec::new();
     for p in projections::all() {
-        list.push(ProjectionStatus::load(&pool, p.as_ref()).await.map_err(read_error)?);
+        list.push(
+            ProjectionStatus::load(&pool, p.as_ref())
+                .await
+                .map_err(read_error)?,
+        );
     }
-    let relay = Relay::status(&pool, &kafka.relay.name).await.map_err(read_error)?;
+    let relay = Relay::status(&pool, &kafka.relay.name)
+        .await
+        .map_err(read_error)?;
     Ok(HttpResponse::Ok().json(ReadSideStatus {
         projections: list,
         relay,
@@ -88,7 +103,8 @@ pub async fn start_rebuild(
             Err(e) => tracing::error!(error = %e, "rebuild failed"),
         }
     });
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"projection": name.into_inner(), "status": "started"})))
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({"projection": name.into_inner(), "status": "started"})))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -107,9 +123,13 @@ pub async fn dead_letters(
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
-    let letters = DeadLetter::list(&pool, &auth.0.tenant_id, query.include_resolved.unwrap_or(false))
-        .await
-        .map_err(read_error)?;
+    let letters = DeadLetter::list(
+        &pool,
+        &auth.0.tenant_id,
+        query.include_resolved.unwrap_or(false),
+    )
+    .await
+    .map_err(read_error)?;
     Ok(HttpResponse::Ok().json(letters))
 }
 
@@ -125,8 +145,15 @@ pub async fn retry(
     admin(&auth)?;
     match projections::retry_dead_letter(&pool, &projections::all(), &auth.0.tenant_id, *id).await {
         Ok(letter) => Ok(HttpResponse::Ok().json(letter)),
-        Err(RetryError::NotFound) => Err(ApiError::not_found("dead_letter_not_found", "no open dead letter with that id")),
-        Err(RetryError::StillFailing(e)) => Err(ApiError::new(StatusCode::CONFLICT, "dead_letter_still_failing", e)),
+        Err(RetryError::NotFound) => Err(ApiError::not_found(
+            "dead_letter_not_found",
+            "no open dead letter with that id",
+        )),
+        Err(RetryError::StillFailing(e)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "dead_letter_still_failing",
+            e,
+        )),
         Err(RetryError::Database(e)) => Err(read_error(e)),
     }
 }

@@ -2,7 +2,9 @@ use actix_web::{get, post, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use commands::{AskQuestion, CommandBus, CommandOutcome};
 use domain::conversation::ConversationCommand;
-use projections::conversations::{self, ConversationDetail, ConversationSummary, ConversationsProjection};
+use projections::conversations::{
+    self, ConversationDetail, ConversationSummary, ConversationsProjection,
+};
 use projections::ProjectionStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -182,7 +184,10 @@ pub struct ConversationWithFreshness {
 
 fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let (micros, id) = cursor.split_once('_')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
 }
 
 /// The tenant's conversations, most recently active first (any role). Eventually consistent:
@@ -197,17 +202,26 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 100",
+        ));
     }
     let before = match &query.cursor {
         None => None,
-        Some(c) => Some(parse_cursor(c).ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out"))?),
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
+        })?),
     };
     let items = conversations::list(&pool, &auth.0.tenant_id, limit, before)
         .await
         .map_err(read_error)?;
     let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|c| format!("{}_{}", c.updated_at.timestamp_micros(), c.id)))
+        .then(|| {
+            items
+                .last()
+                .map(|c| format!("{}_{}", c.updated_at.timestamp_micros(), c.id))
+        })
         .flatten();
     Ok(HttpResponse::Ok().json(ConversationPage {
         items,

@@ -8,3 +8,5 @@ mod openapi;
 mod reader;
 mod startup;
 mod store;
+mod streaming_projections;
+mod streaming_relay;

@@ -1,0 +1,536 @@
+//! The projection runtime on the real broker: read-your-writes, poison events, a failure
+//! mid-batch, and a rebuild that equals the live model while reads go on.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use integration_tests::{
+    read_model, spawn_app_with, streaming_settings, wait_for, wait_until_projected, TestApp,
+};
+use projections::conversations::ConversationsProjection;
+use projections::{ApplyError, Projection, ProjectionRunner};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgConnection;
+use streaming::Envelope;
+
+/// A realistic mix: questions, follow-ups, feedback changes, resolutions, escalations, a block.
+async fn activity(app: &TestApp, token: &str, conversations: usize) {
+    for i in 0..conversations {
+        let (conversation, answer) = app
+            .ask(token, &format!("How do I set up integration {i}?"))
+            .await;
+        let feedback = format!("/v1/conversations/{conversation}/answers/{answer}/feedback");
+        app.call(
+            Method::PUT,
+            &feedback,
+            token,
+            Some(json!({"reaction": "upvote"})),
+        )
+        .await;
+        if i % 2 == 0 {
+            app.call(
+                Method::PUT,
+                &feedback,
+                token,
+                Some(json!({"reaction": "downvote", "reasons": ["irrelevant"]})),
+            )
+            .await;
+            app.call(
+                Method::POST,
+                &format!("/v1/conversations/{conversation}/questions"),
+                token,
+                Some(json!({"question": "And with SSO enabled?"})),
+            )
+            .await;
+        }
+        match i % 3 {
+            0 => {
+                app.call(
+                    Method::POST,
+                    &format!("/v1/conversations/{conversation}/resolve"),
+                    token,
+                    None,
+                )
+                .await
+            }
+            1 => {
+                app.call(
+                    Method::POST,
+                    &format!("/v1/conversations/{conversation}/escalate"),
+                    token,
+                    Some(json!({"reason": "needs a human"})),
+                )
+                .await
+            }
+            _ => (200, Value::Null),
+        };
+    }
+    app.call(
+        Method::POST,
+        "/v1/conversations",
+        token,
+        Some(json!({"question": "my card 4111 1111 1111 1111 failed"})),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_command_is_soon_visible_and_the_api_says_how_fresh_the_read_model_is() {
+    let app = spawn_app_with(streaming_settings(), None).await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let other = app.create_tenant("other", "olaf").await;
+    let (status, asked) = app
+        .call(
+            Method::POST,
+            "/v1/conversations",
+            &admin,
+            Some(json!({"question": "Where are invoices?"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let id = asked["id"].as_str().unwrap().to_string();
+    let version = asked["version"].as_i64().unwrap();
+
+    let seen = wait_for(
+        "the conversation in the read model",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = app
+                .call(
+                    Method::GET,
+                    &format!("/v1/conversations/{id}"),
+                    &admin,
+                    None,
+                )
+                .await;
+            (status == 200 && body["version"].as_i64() >= Some(version)).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(seen["questions"][0]["text"], "Where are invoices?");
+    assert_eq!(seen["questions"][0]["status"], "answered");
+    assert_eq!(
+        seen["questions"][0]["answer"]["answer_id"],
+        asked["answer"]["answer_id"]
+    );
+    assert!(seen["freshness"]["position"].as_i64().unwrap() > 0);
+
+    let (status, list) = app
+        .call(Method::GET, "/v1/conversations", &admin, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["freshness"]["lag_events"], 0);
+
+    // Another tenant sees none of it.
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/conversations/{id}"),
+            &other,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, theirs) = app
+        .call(Method::GET, "/v1/conversations", &other, None)
+        .await;
+    assert_eq!(theirs["items"], json!([]));
+}
+
+#[tokio::test]
+async fn cursor_pagination_walks_every_conversation_once() {
+    let app = spawn_app_with(streaming_settings(), None).await;
+    let admin = app.create_tenant("acme", "alice").await;
+    for i in 0..7 {
+        app.ask(&admin, &format!("Question {i} for paging")).await;
+    }
+    wait_until_projected(&app.pool, Duration::from_secs(60)).await;
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/conversations?limit=3&cursor={c}"),
+            None => "/v1/conversations?limit=3".to_string(),
+        };
+        let (status, page) = app.call(Method::GET, &path, &admin, None).await;
+        assert_eq!(status, 200);
+        ids.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (7, 7));
+    let (status, problem) = app
+        .call(
+            Method::GET,
+            "/v1/conversations?cursor=garbage",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("invalid_cursor"))
+    );
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
+    let settings = streaming_settings();
+    let kafka = settings.kafka.clone();
+    let app = spawn_app_with(settings, None).await;
+    let admin = app.create_tenant("acme", "alice").await;
+    app.ask(&admin, "Before the poison").await;
+    wait_until_projected(&app.pool, Duration::from_secs(60)).await;
+
+    // Two kinds of poison on the conversations topic: bytes that are no envelope, and an
+    // envelope whose event this projection cannot apply.
+    let topic = kafka.topic("conversation");
+    let producer = producer(&kafka.bootstrap_servers);
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("acme/x")
+                .payload("this is not json"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let stray = json!({
+        "event_id": uuid::Uuid::new_v4(), "event_type": "ConversationResolved", "event_version": "1.0",
+        "tenant_id": "acme", "aggregate_type": "conversation",
+        "aggregate_id": format!("acme/{}", uuid::Uuid::new_v4()), "sequence": 5, "position": 999999,
+        "transaction_id": 1, "recorded_at": "2026-11-25T00:00:00Z",
+        "payload": {"ConversationResolved": {"by": "ghost"}},
+        "metadata": {"actor_id": "ghost", "actor_role": "admin", "correlation_id": "c", "causation_id": null, "idempotency_key": null}
+    });
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("acme/y")
+                .payload(&stray.to_string()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+
+    let (conversation, _) = app.ask(&admin, "After the poison").await;
+    wait_for(
+        "the later event to be applied",
+        Duration::from_secs(60),
+        || async {
+            let (status, _) = app
+                .call(
+                    Method::GET,
+                    &format!("/v1/conversations/{conversation}"),
+                    &admin,
+                    None,
+                )
+                .await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    // The two went to different partitions: their order is not fixed.
+    let letters: Vec<(String, Option<String>)> =
+        wait_for("both dead letters", Duration::from_secs(30), || async {
+            let letters: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT error, tenant_id FROM dead_letters ORDER BY error DESC")
+                    .fetch_all(&app.pool)
+                    .await
+                    .unwrap();
+            (letters.len() >= 2).then_some(letters)
+        })
+        .await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters[0].0.contains("undecodable envelope") && letters[0].1.is_none(),
+        "{letters:?}"
+    );
+    assert!(
+        letters[1].0.contains("never started") && letters[1].1.as_deref() == Some("acme"),
+        "{letters:?}"
+    );
+
+    // The admin API lists the tenant's letter; a retry that still fails says so and keeps it open.
+    let (status, listed) = app
+        .call(Method::GET, "/v1/admin/dead-letters", &admin, None)
+        .await;
+    assert_eq!(status, 200);
+    let listed = listed.as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1, "only the tenant's own letter: {listed:?}");
+    let id = listed[0]["id"].as_i64().unwrap();
+    let (status, problem) = app
+        .call(
+            Method::POST,
+            &format!("/v1/admin/dead-letters/{id}/retry"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("dead_letter_still_failing"))
+    );
+    let viewer = app.token("acme", domain::Role::Viewer, "vera");
+    let (status, _) = app
+        .call(Method::GET, "/v1/admin/dead-letters", &viewer, None)
+        .await;
+    assert_eq!(status, 403);
+
+    // The status reports the error and the open letter.
+    let (_, status_body) = app
+        .call(Method::GET, "/v1/admin/projections", &admin, None)
+        .await;
+    let conversations = &status_body["projections"][0];
+    assert_eq!(conversations["projection"], "conversations");
+    let last_error = conversations["last_error"].as_str().unwrap();
+    assert!(
+        last_error.contains("never started") || last_error.contains("undecodable"),
+        "{last_error}"
+    );
+    assert_eq!(conversations["open_dead_letters"], 2);
+}
+
+#[tokio::test]
+async fn a_dead_letter_whose_cause_is_gone_applies_on_retry() {
+    let app = spawn_app_with(streaming_settings(), None).await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let (conversation, _) = app.ask(&admin, "A question").await;
+    wait_until_projected(&app.pool, Duration::from_secs(60)).await;
+    // A letter left by an earlier, buggy version: a resolution the projection refused then.
+    let next: i64 = sqlx::query_scalar("SELECT version + 1 FROM rm_conversations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let envelope = json!({
+        "event_id": uuid::Uuid::new_v4(), "event_type": "ConversationResolved", "event_version": "1.0",
+        "tenant_id": "acme", "aggregate_type": "conversation", "aggregate_id": format!("acme/{conversation}"),
+        "sequence": next, "position": 424242, "transaction_id": 1, "recorded_at": "2026-11-25T00:00:00Z",
+        "payload": {"ConversationResolved": {"by": "alice"}},
+        "metadata": {"actor_id": "alice", "actor_role": "admin", "correlation_id": "c", "causation_id": null, "idempotency_key": null}
+    });
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO dead_letters (projection, topic, kafka_partition, kafka_offset, payload, error, tenant_id) \
+         VALUES ('conversations', 't', 0, 0, $1, 'old bug', 'acme') RETURNING id",
+    )
+    .bind(envelope.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let (status, letter) = app
+        .call(
+            Method::POST,
+            &format!("/v1/admin/dead-letters/{id}/retry"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{letter}");
+    assert!(letter["resolved_at"].is_string());
+    let (_, seen) = app
+        .call(
+            Method::GET,
+            &format!("/v1/conversations/{conversation}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(seen["status"], "resolved");
+}
+
+/// Fails (as a database outage would) once, after applying `after` events.
+struct FailOnce {
+    after: usize,
+    seen: AtomicUsize,
+}
+
+#[async_trait]
+impl Projection for FailOnce {
+    fn name(&self) -> &'static str {
+        ConversationsProjection.name()
+    }
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        ConversationsProjection.aggregate_types()
+    }
+    fn table(&self) -> &'static str {
+        ConversationsProjection.table()
+    }
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        event: &Envelope,
+    ) -> Result<bool, ApplyError> {
+        if self.seen.fetch_add(1, Ordering::SeqCst) == self.after {
+            return Err(ApplyError::Transient("injected failure".into()));
+        }
+        ConversationsProjection.apply(conn, table, event).await
+    }
+}
+
+#[tokio::test]
+async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
+    let mut settings = streaming_settings();
+    settings.kafka.projections_in_process = false;
+    let kafka = settings.kafka.clone();
+    let app = spawn_app_with(settings, None).await;
+    let admin = app.create_tenant("acme", "alice").await;
+    activity(&app, &admin, 8).await;
+    wait_for("the relay to publish everything", Duration::from_secs(60), || async {
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events e, relay_checkpoints c WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (lag == 0).then_some(())
+    })
+    .await;
+
+    let failing = ProjectionRunner::new(
+        app.pool.clone(),
+        kafka.clone(),
+        Arc::new(FailOnce {
+            after: 9,
+            seen: AtomicUsize::new(0),
+        }),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(60), failing.run())
+        .await
+        .expect("the injected failure stops the runner")
+        .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    drop(failing);
+    let partial = integration_tests::applied_conversation_events(&app.pool).await;
+    assert_eq!(partial, 9, "nine applied before the failure");
+
+    let restarted =
+        ProjectionRunner::new(app.pool.clone(), kafka, Arc::new(ConversationsProjection));
+    let task = tokio::spawn(restarted.run_supervised());
+    wait_until_projected(&app.pool, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    task.abort();
+    let stored = integration_tests::stored_conversation_events(&app.pool).await;
+    assert_eq!(
+        integration_tests::applied_conversation_events(&app.pool).await,
+        stored,
+        "each applied once"
+    );
+    let live = read_model(&app.pool).await;
+    projections::rebuild(&app.pool, &ConversationsProjection)
+        .await
+        .unwrap();
+    assert_eq!(read_model(&app.pool).await, live);
+}
+
+#[tokio::test]
+async fn a_rebuild_from_zero_equals_the_live_model_while_reads_keep_answering() {
+    let app = spawn_app_with(streaming_settings(), None).await;
+    let admin = app.create_tenant("acme", "alice").await;
+    activity(&app, &admin, 12).await;
+    wait_until_projected(&app.pool, Duration::from_secs(60)).await;
+    let live = read_model(&app.pool).await;
+    assert_eq!(live.len(), 13);
+
+    // Readers hammer the API for the whole rebuild.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, address, token, stop) = (
+                app.client.clone(),
+                app.address.clone(),
+                admin.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let response = client
+                        .get(format!("{address}/v1/conversations?limit=100"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    let items = response.json::<Value>().await.unwrap()["items"]
+                        .as_array()
+                        .map(Vec::len);
+                    if status == 200 && items == Some(13) {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/admin/projections/conversations/rebuild",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_for("the rebuild to finish", Duration::from_secs(60), || async {
+        let (_, body) = app
+            .call(Method::GET, "/v1/admin/projections", &admin, None)
+            .await;
+        body["projections"][0]["rebuilt_at"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let (ok, failed) = reader.await.unwrap();
+        assert_eq!(failed, 0, "every read answered in full during the rebuild");
+        assert!(ok > 0);
+    }
+    assert_eq!(read_model(&app.pool).await, live, "row for row");
+
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/admin/projections/nope/rebuild",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let operator = app.token("acme", domain::Role::Operator, "olga");
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/admin/projections/conversations/rebuild",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+}
