@@ -26,6 +26,28 @@ pub struct BenchArgs {
     /// Commands per workload.
     #[arg(long, default_value_t = 4000)]
     pub commands: usize,
+    /// Also measure the streaming path (needs the broker: `kafka.bootstrap_servers`).
+    #[arg(long)]
+    pub streaming: bool,
+    /// Events the relay publishes in the relay-throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    pub relay_events: usize,
+    /// Events in the store for the rebuild run (a quarter as many conversations).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rebuild_events: usize,
+    /// Commands per second in the command-to-read-model latency run.
+    #[arg(long, default_value_t = 40)]
+    pub rate: u32,
+    /// How long the latency run sends commands.
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: u64,
+}
+
+pub fn header() -> String {
+    format!(
+        "{:<34} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
+        "workload", "count", "secs", "per sec", "p50 ms", "p95 ms", "p99 ms"
+    )
 }
 
 #[derive(Debug)]
@@ -46,7 +68,7 @@ impl Measurement {
         percentile(&self.latencies, p)
     }
 
-    fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "{:<34} {:>7} {:>9.2} {:>10.1} {:>9.2} {:>9.2} {:>9.2}\n",
             self.name,
@@ -60,7 +82,7 @@ impl Measurement {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -117,11 +139,10 @@ where
     })
 }
 
-pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.clients > 0 && args.commands > 0,
-        "--clients and --commands must be positive"
-    );
+/// Settings for a fresh database of its own, on the configured server, a free port, and topics
+/// and consumer groups of its own.
+fn fresh(settings: &Settings, clients: usize) -> (Settings, String) {
+    let mut settings = settings.clone();
     let base = settings.database.url.expose_secret().to_string();
     let server = base
         .rsplit_once('/')
@@ -130,15 +151,31 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     let db_url = format!("{server}/answers_bench_{}", uuid::Uuid::new_v4().simple());
     settings.database.url = db_url.clone().into();
     settings.database.create_if_missing = true;
-    settings.database.max_connections = settings
-        .database
-        .max_connections
-        .max(args.clients as u32 + 4);
+    settings.database.migrate_on_start = true;
+    settings.database.max_connections = settings.database.max_connections.max(clients as u32 + 4);
     settings.server.port = 0;
-    let result = bench(settings, &args, &db_url).await;
+    settings.kafka.topic_prefix =
+        format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    settings.kafka.consumer_group = settings.kafka.topic_prefix.clone();
+    (settings, db_url)
+}
+
+pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.clients > 0 && args.commands > 0,
+        "--clients and --commands must be positive"
+    );
+    let (mut commands_settings, db_url) = fresh(&settings, args.clients);
+    // The command workloads measure the command path alone.
+    commands_settings.kafka.enabled = false;
+    let result = bench(commands_settings, &args, &db_url).await;
     // Leave nothing behind, whatever happened.
     let _ = Postgres::force_drop_database(&db_url).await;
-    result
+    result?;
+    if args.streaming {
+        crate::bench_streaming::run(&settings, &args, fresh).await?;
+    }
+    Ok(())
 }
 
 async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
@@ -233,11 +270,11 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
     .await?;
 
     let mut report = format!(
-        "answers bench: {} clients, {} commands per workload, {} cores\n\n{:<34} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
+        "answers bench: {} clients, {} commands per workload, {} cores\n\n{}",
         args.clients,
         args.commands,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "workload", "count", "secs", "per sec", "p50 ms", "p95 ms", "p99 ms"
+        header()
     );
     for m in [&ask, &add, &ceiling] {
         report.push_str(&m.line());

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, conversations, health, sources, tenant};
+use crate::routes::{admin, audit, conversations, health, sources, tenant};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use crate::routes::{admin, conversations, health, sources, tenant};
         sources::add, sources::get_source, sources::update, sources::remove,
         sources::request_sync, sources::start_sync, sources::complete_sync, sources::fail_sync,
         admin::status, admin::start_rebuild, admin::dead_letters, admin::retry,
+        audit::list, audit::export, audit::state_at, audit::raw_events, audit::reads,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -31,6 +32,7 @@ use crate::routes::{admin, conversations, health, sources, tenant};
         (name = "conversations", description = "Ask questions and rate answers"),
         (name = "sources", description = "Manage knowledge sources"),
         (name = "admin", description = "Operate the read side: projections, rebuilds, dead letters (admin)"),
+        (name = "audit", description = "The audit trail for compliance reviews (admin; every read is recorded)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

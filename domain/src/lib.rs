@@ -8,6 +8,7 @@ pub mod conversation;
 pub mod engine;
 pub mod error;
 pub mod guardrail;
+pub mod intent;
 pub mod knowledge_source;
 pub mod role;
 pub mod tenant;

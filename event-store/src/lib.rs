@@ -11,7 +11,9 @@ mod reader;
 mod repository;
 
 pub use metadata::{EventMetadata, MetadataError};
-pub use reader::{read_batch, Checkpoint, EventReader, StoredEvent};
+pub use reader::{
+    aggregate_events, read_batch, tenant_events_page, Checkpoint, EventReader, StoredEvent,
+};
 pub use repository::PgEventRepository;
 
 /// The project's migrations (`migrations/` at the top of the repository), embedded.

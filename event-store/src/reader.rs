@@ -174,3 +174,53 @@ pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
     .await?;
     rows.iter().map(StoredEvent::from_row).collect()
 }
+
+/// One aggregate's events in sequence order, up to `until` (by recorded time) when given: what
+/// point-in-time replays start from.
+pub async fn aggregate_events(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
+           aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
+           recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
+         FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+           AND ($3::timestamptz IS NULL OR recorded_at <= $3) \
+         ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(until)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(StoredEvent::from_row).collect()
+}
+
+/// A tenant's events recorded in `[from, to)`, in global position order, a page at a time.
+pub async fn tenant_events_page(
+    pool: &PgPool,
+    tenant_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    after_position: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
+           aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
+           recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
+         FROM events WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND position > $4 \
+         ORDER BY position LIMIT $5",
+    )
+    .bind(tenant_id)
+    .bind(from)
+    .bind(to)
+    .bind(after_position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(StoredEvent::from_row).collect()
+}

@@ -379,15 +379,54 @@ pub async fn get(
     tenant: &str,
     id: Uuid,
 ) -> Result<Option<ConversationDetail>, sqlx::Error> {
+    get_from(pool, TABLE, tenant, id).await
+}
+
+async fn get_from<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    table: &str,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<ConversationDetail>, sqlx::Error> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS}, document FROM {TABLE} WHERE tenant_id = $1 AND conversation_id = $2"
+        "SELECT {COLUMNS}, document FROM {table} WHERE tenant_id = $1 AND conversation_id = $2"
     ))
     .bind(tenant)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await?;
     Ok(row.map(|r| ConversationDetail {
         summary: summary(&r),
         document: serde_json::from_value(r.get("document")).unwrap_or_default(),
     }))
+}
+
+/// The conversation as the read model had it at `at`: its events recorded up to then, replayed
+/// through this projection into a temporary table.
+pub async fn state_at(
+    pool: &PgPool,
+    tenant: &str,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Option<ConversationDetail>, ApplyError> {
+    let events =
+        event_store::aggregate_events(pool, "conversation", &format!("{tenant}/{id}"), Some(at))
+            .await?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "CREATE TEMP TABLE pit_conversations (LIKE {TABLE} INCLUDING ALL) ON COMMIT DROP"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    for event in &events {
+        ConversationsProjection
+            .apply(&mut tx, "pit_conversations", &Envelope::from(event))
+            .await?;
+    }
+    let state = get_from(&mut *tx, "pit_conversations", tenant, id).await?;
+    tx.rollback().await?;
+    Ok(state)
 }

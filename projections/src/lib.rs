@@ -3,6 +3,7 @@
 //! dead-letters poison events, and rebuilds it from the event store into a shadow table that is
 //! swapped in atomically (docs/projections.md).
 
+pub mod audit;
 pub mod conversations;
 pub mod runtime;
 
@@ -15,5 +16,8 @@ use std::sync::Arc;
 
 /// Every projection this service runs.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(conversations::ConversationsProjection)]
+    vec![
+        Arc::new(conversations::ConversationsProjection),
+        Arc::new(audit::AuditProjection),
+    ]
 }

@@ -12,6 +12,7 @@ use crate::middleware::CorrelationId;
 use crate::problem::{ApiError, Problem};
 
 pub mod admin;
+pub mod audit;
 pub mod conversations;
 pub mod docs;
 pub mod health;
@@ -127,6 +128,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(tenant::configure)
                 .configure(conversations::configure)
                 .configure(sources::configure)
-                .configure(admin::configure),
+                .configure(admin::configure)
+                .configure(audit::configure),
         );
 }

@@ -255,7 +255,7 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
     let letters: Vec<(String, Option<String>)> =
         wait_for("both dead letters", Duration::from_secs(30), || async {
             let letters: Vec<(String, Option<String>)> =
-                sqlx::query_as("SELECT error, tenant_id FROM dead_letters ORDER BY error DESC")
+                sqlx::query_as("SELECT error, tenant_id FROM dead_letters WHERE projection = 'conversations' ORDER BY error DESC")
                     .fetch_all(&app.pool)
                     .await
                     .unwrap();

@@ -1,0 +1,426 @@
+//! The audit trail for compliance reviewers (admin only). Every read here is itself recorded.
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use domain::knowledge_source::SourceEvent;
+use domain::tenant::TenantEvent;
+use domain::Role;
+use projections::audit::{self, AuditEntry, AuditFilter, AuditRead};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::Authenticated;
+use crate::dto::{SourceView, TenantView};
+use crate::problem::ApiError;
+use crate::routes::conversations::read_error;
+use crate::routes::CommandProblems;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(list)
+        .service(export)
+        .service(state_at)
+        .service(raw_events)
+        .service(reads);
+}
+
+/// Only admins read the trail, and each read is recorded before it is answered.
+async fn admit(pool: &PgPool, auth: &Authenticated, req: &HttpRequest) -> Result<(), ApiError> {
+    if auth.0.role != Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin reads the audit trail",
+        ));
+    }
+    audit::record_read(
+        pool,
+        &auth.0.tenant_id,
+        &auth.0.sub,
+        auth.0.role.as_str(),
+        req.path(),
+        req.query_string(),
+    )
+    .await
+    .map_err(read_error)
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Acting user.
+    pub actor: Option<String>,
+    /// Event type, e.g. `MemberRoleChanged`.
+    pub action: Option<String>,
+    /// `tenant`, `conversation` or `knowledge_source`.
+    pub object_type: Option<String>,
+    pub object_id: Option<String>,
+    /// Inclusive start (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive end (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// Page size 1-500 (default 100).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+    /// Export only: `ndjson` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+impl AuditQuery {
+    fn filter(&self) -> AuditFilter {
+        AuditFilter {
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            object_type: self.object_type.clone(),
+            object_id: self.object_id.clone(),
+            from: self.from,
+            to: self.to,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    pub next_cursor: Option<i64>,
+}
+
+/// The tenant's audit trail: who did what to which object, when, with which outcome.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), CommandProblems), security(("bearer" = [])))]
+#[get("/audit")]
+pub async fn list(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    req: HttpRequest,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admit(&pool, &auth, &req).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let items = audit::page(
+        &pool,
+        &auth.0.tenant_id,
+        &query.filter(),
+        query.cursor.unwrap_or(0),
+        limit,
+    )
+    .await
+    .map_err(read_error)?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|e| e.position))
+        .flatten();
+    Ok(HttpResponse::Ok().json(AuditPage { items, next_cursor }))
+}
+
+const EXPORT_PAGE: i64 = 1000;
+
+/// The whole filtered trail as NDJSON or CSV, streamed page by page (memory stays bounded
+/// whatever the size).
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "NDJSON (`application/x-ndjson`) or CSV (`text/csv`)"), CommandProblems),
+    security(("bearer" = [])))]
+#[get("/audit/export")]
+pub async fn export(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    req: HttpRequest,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let csv = match query.format.as_deref() {
+        None | Some("ndjson") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_format",
+                "format is `ndjson` or `csv`",
+            ))
+        }
+    };
+    admit(&pool, &auth, &req).await?;
+    let state = ExportState {
+        pool: pool.get_ref().clone(),
+        tenant: auth.0.tenant_id.clone(),
+        filter: query.filter(),
+        after: 0,
+        header: csv,
+        done: false,
+    };
+    let body = futures::stream::unfold(state, move |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let mut chunk = String::new();
+        if s.header {
+            chunk.push_str(audit::CSV_HEADER);
+            s.header = false;
+        }
+        match audit::page(&s.pool, &s.tenant, &s.filter, s.after, EXPORT_PAGE).await {
+            Ok(entries) => {
+                s.done = (entries.len() as i64) < EXPORT_PAGE;
+                if let Some(last) = entries.last() {
+                    s.after = last.position;
+                }
+                for e in &entries {
+                    if csv {
+                        chunk.push_str(&e.csv_line());
+                    } else {
+                        chunk.push_str(&serde_json::to_string(e).unwrap_or_default());
+                        chunk.push('\n');
+                    }
+                }
+                Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), s))
+            }
+            Err(e) => {
+                // Headers are gone already: end the stream early; the client sees a short body.
+                tracing::error!(error = %e, "audit export failed mid-stream");
+                s.done = true;
+                Some((
+                    Err(actix_web::error::ErrorInternalServerError("export failed")),
+                    s,
+                ))
+            }
+        }
+    });
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .streaming(body))
+}
+
+struct ExportState {
+    pool: PgPool,
+    tenant: String,
+    filter: AuditFilter,
+    after: i64,
+    header: bool,
+    done: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AtQuery {
+    /// The moment (RFC 3339).
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PointInTime {
+    pub object_type: String,
+    pub object_id: String,
+    pub at: DateTime<Utc>,
+    /// The object as it was: a tenant, a knowledge source, or a conversation exactly as the
+    /// conversations read model showed it.
+    #[schema(value_type = Object)]
+    pub state: serde_json::Value,
+}
+
+/// The state of a tenant, knowledge source or conversation as of a moment, rebuilt from its
+/// events up to then.
+#[utoipa::path(get, path = "/v1/audit/state/{object_type}/{object_id}", tag = "audit",
+    params(("object_type" = String, Path, description = "`tenant`, `knowledge_source` or `conversation`"),
+           ("object_id" = String, Path, description = "the tenant id, or the object's UUID"), AtQuery),
+    responses((status = 200, body = PointInTime), CommandProblems), security(("bearer" = [])))]
+#[get("/audit/state/{object_type}/{object_id}")]
+pub async fn state_at(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<AtQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admit(&pool, &auth, &req).await?;
+    let (object_type, object_id) = path.into_inner();
+    let tenant = &auth.0.tenant_id;
+    let not_found = || {
+        ApiError::not_found(
+            "object_not_found",
+            "the object did not exist at that moment",
+        )
+    };
+    let uuid = || {
+        Uuid::parse_str(&object_id)
+            .map_err(|_| ApiError::bad_request("invalid_path", "the object id is not a UUID"))
+    };
+    let state = match object_type.as_str() {
+        "conversation" => {
+            let detail = projections::conversations::state_at(&pool, tenant, uuid()?, query.at)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "point-in-time replay failed");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service_unavailable",
+                        "the replay failed; retry shortly",
+                    )
+                })?
+                .ok_or_else(not_found)?;
+            serde_json::to_value(detail)
+        }
+        "tenant" => {
+            if object_id != *tenant {
+                return Err(not_found());
+            }
+            let (state, version) =
+                replay::<domain::tenant::Tenant, TenantEvent>(&pool, "tenant", tenant, query.at)
+                    .await?;
+            serde_json::to_value(TenantView::new(tenant.clone(), state, version))
+        }
+        "knowledge_source" => {
+            let id = uuid()?;
+            let (state, version) =
+                replay::<domain::knowledge_source::KnowledgeSource, SourceEvent>(
+                    &pool,
+                    "knowledge_source",
+                    &format!("{tenant}/{id}"),
+                    query.at,
+                )
+                .await?;
+            serde_json::to_value(SourceView::new(id, state, version))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_object_type",
+                "object_type is `tenant`, `knowledge_source` or `conversation`",
+            ))
+        }
+    }
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(PointInTime {
+        object_type,
+        object_id,
+        at: query.at,
+        state,
+    }))
+}
+
+/// Folds an aggregate's events recorded up to `at` into its state (the aggregate's own `apply`).
+async fn replay<A, E>(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    at: DateTime<Utc>,
+) -> Result<(A, u64), ApiError>
+where
+    A: cqrs_es::Aggregate<Event = E>,
+    E: serde::de::DeserializeOwned,
+{
+    let events = event_store::aggregate_events(pool, aggregate_type, aggregate_id, Some(at))
+        .await
+        .map_err(read_error)?;
+    if events.is_empty() {
+        return Err(ApiError::not_found(
+            "object_not_found",
+            "the object did not exist at that moment",
+        ));
+    }
+    let mut state = A::default();
+    for e in &events {
+        let event: E = serde_json::from_value(e.payload.clone()).map_err(|err| {
+            tracing::error!(error = %err, event_id = %e.event_id, "stored event unreadable");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "a stored event could not be read",
+            )
+        })?;
+        state.apply(event);
+    }
+    Ok((state, events.len() as u64))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WindowQuery {
+    /// Inclusive start (RFC 3339).
+    pub from: DateTime<Utc>,
+    /// Exclusive end (RFC 3339).
+    pub to: DateTime<Utc>,
+}
+
+/// The tenant's raw events recorded in a window, in order, as NDJSON (streamed).
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(WindowQuery),
+    responses((status = 200, description = "NDJSON of stored events"), CommandProblems), security(("bearer" = [])))]
+#[get("/audit/events")]
+pub async fn raw_events(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    req: HttpRequest,
+    query: web::Query<WindowQuery>,
+) -> Result<HttpResponse, ApiError> {
+    admit(&pool, &auth, &req).await?;
+    let (from, to, tenant, pool) = (
+        query.from,
+        query.to,
+        auth.0.tenant_id.clone(),
+        pool.get_ref().clone(),
+    );
+    let body = futures::stream::unfold((0i64, false), move |(after, done)| {
+        let (pool, tenant) = (pool.clone(), tenant.clone());
+        async move {
+            if done {
+                return None;
+            }
+            match event_store::tenant_events_page(&pool, &tenant, from, to, after, EXPORT_PAGE)
+                .await
+            {
+                Ok(events) => {
+                    let next = events.last().map_or(after, |e| e.position);
+                    let mut chunk = String::new();
+                    for e in &events {
+                        chunk.push_str(
+                            &serde_json::to_string(&streaming::Envelope::from(e))
+                                .unwrap_or_default(),
+                        );
+                        chunk.push('\n');
+                    }
+                    Some((
+                        Ok::<_, actix_web::Error>(Bytes::from(chunk)),
+                        (next, (events.len() as i64) < EXPORT_PAGE),
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "raw event export failed mid-stream");
+                    Some((
+                        Err(actix_web::error::ErrorInternalServerError("export failed")),
+                        (after, true),
+                    ))
+                }
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(body))
+}
+
+/// Who read the audit trail, what and when (newest first).
+#[utoipa::path(get, path = "/v1/audit/reads", tag = "audit",
+    responses((status = 200, body = Vec<AuditRead>), CommandProblems), security(("bearer" = [])))]
+#[get("/audit/reads")]
+pub async fn reads(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    admit(&pool, &auth, &req).await?;
+    let reads = audit::reads(&pool, &auth.0.tenant_id, 500)
+        .await
+        .map_err(read_error)?;
+    Ok(HttpResponse::Ok().json(reads))
+}
