@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, audit, conversations, health, sources, tenant};
+use crate::routes::{admin, analytics, audit, conversations, health, sources, tenant};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use crate::routes::{admin, audit, conversations, health, sources, tenant};
         sources::request_sync, sources::start_sync, sources::complete_sync, sources::fail_sync,
         admin::status, admin::start_rebuild, admin::dead_letters, admin::retry,
         audit::list, audit::export, audit::state_at, audit::raw_events, audit::reads,
+        analytics::overview, analytics::cost,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -32,6 +33,7 @@ use crate::routes::{admin, audit, conversations, health, sources, tenant};
         (name = "conversations", description = "Ask questions and rate answers"),
         (name = "sources", description = "Manage knowledge sources"),
         (name = "admin", description = "Operate the read side: projections, rebuilds, dead letters (admin)"),
+        (name = "analytics", description = "Dashboards of the caller's tenant (any role)"),
         (name = "audit", description = "The audit trail for compliance reviews (admin; every read is recorded)"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -38,6 +38,16 @@ impl Application {
         settings: Settings,
         engine: Arc<dyn AnswerEngine>,
     ) -> anyhow::Result<Self> {
+        Self::build_with(settings, engine, Arc::new(SystemClock)).await
+    }
+
+    /// With the answer engine and the clock the command side uses (tests and the seed command
+    /// lay events over days).
+    pub async fn build_with(
+        settings: Settings,
+        engine: Arc<dyn AnswerEngine>,
+        clock: Arc<dyn commands::Clock>,
+    ) -> anyhow::Result<Self> {
         if settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
             tracing::warn!("auth.jwt_secret is the development default; set APP__AUTH__JWT_SECRET in production");
         }
@@ -63,7 +73,7 @@ impl Application {
         let bus = web::Data::new(CommandBus::new(
             pool.clone(),
             engine,
-            Arc::new(SystemClock),
+            clock,
             settings.idempotency(),
         ));
         let keys = web::Data::new(JwtKeys::new(&settings.auth));

@@ -3,8 +3,10 @@
 //! dead-letters poison events, and rebuilds it from the event store into a shadow table that is
 //! swapped in atomically (docs/projections.md).
 
+pub mod analytics;
 pub mod audit;
 pub mod conversations;
+pub mod questions;
 pub mod runtime;
 
 pub use runtime::{
@@ -19,5 +21,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(conversations::ConversationsProjection),
         Arc::new(audit::AuditProjection),
+        Arc::new(questions::QuestionsProjection),
     ]
 }

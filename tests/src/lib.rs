@@ -125,6 +125,35 @@ pub async fn spawn_app_with_engine(engine: Arc<dyn AnswerEngine>) -> TestApp {
     spawn_app_with(test_settings(), Some(engine)).await
 }
 
+/// A clock the test moves by hand: events are recorded at whatever time it says.
+pub struct TestClock(pub std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
+
+impl TestClock {
+    pub fn at(t: chrono::DateTime<chrono::Utc>) -> Arc<Self> {
+        Arc::new(Self(std::sync::Mutex::new(t)))
+    }
+    pub fn set(&self, t: chrono::DateTime<chrono::Utc>) {
+        *self.0.lock().unwrap() = t;
+    }
+}
+
+impl commands::Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+pub async fn spawn_app_with_clock(
+    settings: Settings,
+    engine: Arc<dyn AnswerEngine>,
+    clock: Arc<dyn commands::Clock>,
+) -> TestApp {
+    let app = Application::build_with(settings.clone(), engine, clock)
+        .await
+        .expect("the application starts");
+    finish_spawn(app, settings)
+}
+
 pub async fn spawn_app_with(settings: Settings, engine: Option<Arc<dyn AnswerEngine>>) -> TestApp {
     // `TEST_LOG=1` shows the application's logs (pretty) while a test runs.
     if std::env::var_os("TEST_LOG").is_some() {
@@ -137,6 +166,10 @@ pub async fn spawn_app_with(settings: Settings, engine: Option<Arc<dyn AnswerEng
         None => Application::build(settings.clone()).await,
     }
     .expect("the application starts");
+    finish_spawn(app, settings)
+}
+
+fn finish_spawn(app: Application, settings: Settings) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let pool = app.pool().clone();
     tokio::spawn(app.run_until_stopped());

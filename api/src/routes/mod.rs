@@ -12,6 +12,7 @@ use crate::middleware::CorrelationId;
 use crate::problem::{ApiError, Problem};
 
 pub mod admin;
+pub mod analytics;
 pub mod audit;
 pub mod conversations;
 pub mod docs;
@@ -129,6 +130,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(conversations::configure)
                 .configure(sources::configure)
                 .configure(admin::configure)
-                .configure(audit::configure),
+                .configure(audit::configure)
+                .configure(analytics::configure),
         );
 }

@@ -1,4 +1,5 @@
 //! One test binary for all end-to-end tests (one link instead of many).
+mod analytics;
 mod audit;
 mod auth;
 mod bad_input;
