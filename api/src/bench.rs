@@ -69,15 +69,22 @@ impl Measurement {
     }
 
     pub fn line(&self) -> String {
+        let latency = |p: f64| {
+            if self.latencies.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", ms(self.percentile(p)))
+            }
+        };
         format!(
-            "{:<34} {:>7} {:>9.2} {:>10.1} {:>9.2} {:>9.2} {:>9.2}\n",
+            "{:<34} {:>7} {:>9.2} {:>10.1} {:>9} {:>9} {:>9}\n",
             self.name,
             self.count,
             self.elapsed.as_secs_f64(),
             self.per_second(),
-            ms(self.percentile(50.0)),
-            ms(self.percentile(95.0)),
-            ms(self.percentile(99.0)),
+            latency(50.0),
+            latency(95.0),
+            latency(99.0),
         )
     }
 }

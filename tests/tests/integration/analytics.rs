@@ -106,14 +106,14 @@ impl Generated {
             return vec![];
         }
         let mut r = vec![];
-        if self.i % 2 == 0 {
-            if self.i % 10 == 0 {
+        if self.i.is_multiple_of(2) {
+            if self.i.is_multiple_of(10) {
                 r.push((self.user.clone(), false, Some("incorrect")));
             } else {
                 r.push((self.user.clone(), true, None));
             }
         }
-        if self.i % 5 == 0 {
+        if self.i.is_multiple_of(5) {
             r.push(("u9".to_string(), false, Some("irrelevant")));
         }
         r
@@ -189,7 +189,7 @@ async fn play(app: &TestApp, clock: &TestClock, admin: &str, data: &[Generated])
         if g.status() == "answered" {
             let answer = asked["answer"]["answer_id"].as_str().unwrap();
             let path = format!("/v1/conversations/{conversation}/answers/{answer}/feedback");
-            if g.i % 2 == 0 {
+            if g.i.is_multiple_of(2) {
                 // Everyone first upvotes; some change their mind below.
                 app.call(
                     Method::PUT,
