@@ -45,6 +45,8 @@ pub enum Command {
         /// The projection's name (e.g. `conversations`).
         name: String,
     },
+    /// Write a realistic demo data set through the command path, over past days.
+    Seed(crate::seed::SeedArgs),
     /// Print the OpenAPI document.
     Openapi,
     /// Drive a freshly started service with concurrent clients and compare it with plain inserts.
@@ -112,6 +114,7 @@ impl Cli {
                     report.projection, report.events_read, report.events_applied, report.seconds
                 ))?;
             }
+            Command::Seed(args) => crate::seed::run(settings, args).await?,
             Command::Openapi => write_stdout(&openapi::document())?,
             Command::Bench(args) => bench::run(settings, args).await?,
         }

@@ -8,6 +8,7 @@ mod concurrency;
 mod idempotency;
 mod openapi;
 mod reader;
+mod seed;
 mod startup;
 mod store;
 mod streaming_projections;
