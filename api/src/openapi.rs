@@ -21,7 +21,7 @@ use crate::routes::{admin, analytics, audit, conversations, health, sources, ten
         tenant::suspend, tenant::reactivate,
         conversations::start, conversations::follow_up, conversations::feedback,
         conversations::resolve, conversations::escalate, conversations::list, conversations::get_one,
-        sources::add, sources::get_source, sources::update, sources::remove,
+        sources::add, sources::list, sources::get_source, sources::update, sources::remove,
         sources::request_sync, sources::start_sync, sources::complete_sync, sources::fail_sync,
         admin::status, admin::start_rebuild, admin::dead_letters, admin::retry,
         audit::list, audit::export, audit::state_at, audit::raw_events, audit::reads,

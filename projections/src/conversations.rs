@@ -352,23 +352,67 @@ fn summary(r: &sqlx::postgres::PgRow) -> ConversationSummary {
 const COLUMNS: &str = "conversation_id, status, escalated, started_by, channel, question_count, \
     last_question, created_at, updated_at, version";
 
+/// Filters of the conversations list; all optional, combined with AND. The per-question ones
+/// (uncertain, reaction, intent, topic) match a conversation when any of its questions matches.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationFilter {
+    /// Started by this user.
+    pub user: Option<String>,
+    /// Started at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Started before.
+    pub to: Option<DateTime<Utc>>,
+    /// `open` or `resolved`.
+    pub status: Option<String>,
+    pub uncertain: Option<bool>,
+    /// `upvote`, `downvote` or `none`.
+    pub reaction: Option<String>,
+    pub intent: Option<String>,
+    pub topic: Option<String>,
+    /// Case-insensitive text search in questions and answers.
+    pub search: Option<String>,
+}
+
 /// The tenant's conversations, most recently updated first; `before` is the last item's
 /// (updated_at, id) of the previous page.
 pub async fn list(
     pool: &PgPool,
     tenant: &str,
+    filter: &ConversationFilter,
     limit: i64,
     before: Option<(DateTime<Utc>, Uuid)>,
 ) -> Result<Vec<ConversationSummary>, sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM {TABLE} WHERE tenant_id = $1 \
+        "SELECT {COLUMNS} FROM {TABLE} c WHERE tenant_id = $1 \
            AND ($2::timestamptz IS NULL OR (updated_at, conversation_id) < ($2, $3)) \
+           AND ($5::text IS NULL OR started_by = $5) \
+           AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7) \
+           AND ($8::text IS NULL OR status = $8) \
+           AND ($9::text IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements(c.document -> 'questions') e \
+                 WHERE strpos(lower(e ->> 'text'), lower($9)) > 0 \
+                    OR strpos(lower(coalesce(e -> 'answer' ->> 'text', '')), lower($9)) > 0)) \
+           AND (($10::bool IS NULL AND $11::text IS NULL AND $12::text IS NULL AND $13::text IS NULL) \
+                OR EXISTS (SELECT 1 FROM rm_questions q WHERE q.tenant_id = c.tenant_id \
+                  AND q.conversation_id = c.conversation_id \
+                  AND ($10::bool IS NULL OR (q.status = 'answered' AND q.uncertain = $10)) \
+                  AND ($11::text IS NULL OR ($11 = 'upvote' AND q.upvotes > 0) OR ($11 = 'downvote' AND q.downvotes > 0) \
+                       OR ($11 = 'none' AND q.upvotes + q.downvotes = 0)) \
+                  AND ($12::text IS NULL OR q.intent = $12) AND ($13::text IS NULL OR q.topic = $13))) \
          ORDER BY updated_at DESC, conversation_id DESC LIMIT $4"
     ))
     .bind(tenant)
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1))
     .bind(limit)
+    .bind(&filter.user)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(&filter.status)
+    .bind(&filter.search)
+    .bind(filter.uncertain)
+    .bind(&filter.reaction)
+    .bind(&filter.intent)
+    .bind(&filter.topic)
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().map(summary).collect())

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod conversations;
 pub mod questions;
 pub mod runtime;
+pub mod sources;
 
 pub use runtime::{
     rebuild, retry_dead_letter, ApplyError, DeadLetter, Projection, ProjectionRunner,
@@ -22,5 +23,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(conversations::ConversationsProjection),
         Arc::new(audit::AuditProjection),
         Arc::new(questions::QuestionsProjection),
+        Arc::new(sources::SourcesProjection),
     ]
 }

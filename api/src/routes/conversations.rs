@@ -166,6 +166,63 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Started by this user.
+    pub user: Option<String>,
+    /// Started at or after (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Started before (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// `open` or `resolved`.
+    pub status: Option<String>,
+    /// Has an uncertain (true) or a certain (false) answer.
+    pub uncertain: Option<bool>,
+    /// Has an answer with an `upvote`, a `downvote`, or `none` without reactions.
+    pub reaction: Option<String>,
+    /// `troubleshooting`, `guiding`, `lookup`, `off_topic` or `other`.
+    pub intent: Option<String>,
+    pub topic: Option<String>,
+    /// Case-insensitive text search in questions and answers.
+    pub q: Option<String>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<conversations::ConversationFilter, ApiError> {
+        let one_of = |value: &Option<String>, allowed: &[&str], code: &str| match value {
+            Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::bad_request(
+                code,
+                format!("expected one of {}", allowed.join(", ")),
+            )),
+            _ => Ok(()),
+        };
+        one_of(&self.status, &["open", "resolved"], "invalid_status")?;
+        one_of(
+            &self.reaction,
+            &["upvote", "downvote", "none"],
+            "invalid_reaction",
+        )?;
+        one_of(
+            &self.intent,
+            &["troubleshooting", "guiding", "lookup", "off_topic", "other"],
+            "invalid_intent",
+        )?;
+        if self.q.as_ref().is_some_and(|q| q.chars().count() > 200) {
+            return Err(ApiError::bad_request(
+                "invalid_search",
+                "q is at most 200 characters",
+            ));
+        }
+        Ok(conversations::ConversationFilter {
+            user: self.user.clone(),
+            from: self.from,
+            to: self.to,
+            status: self.status.clone(),
+            uncertain: self.uncertain,
+            reaction: self.reaction.clone(),
+            intent: self.intent.clone(),
+            topic: self.topic.clone(),
+            search: self.q.clone().filter(|q| !q.trim().is_empty()),
+        })
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -213,7 +270,8 @@ pub async fn list(
             ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
         })?),
     };
-    let items = conversations::list(&pool, &auth.0.tenant_id, limit, before)
+    let filter = query.filter()?;
+    let items = conversations::list(&pool, &auth.0.tenant_id, &filter, limit, before)
         .await
         .map_err(read_error)?;
     let next_cursor = (items.len() as i64 == limit)

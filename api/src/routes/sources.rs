@@ -10,6 +10,7 @@ use crate::routes::{Caller, CommandProblems};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(add)
+        .service(list)
         .service(get_source)
         .service(update)
         .service(remove)
@@ -165,4 +166,20 @@ pub async fn fail_sync(
         error: body.error.clone(),
     };
     Ok(HttpResponse::Ok().json(send(&bus, &caller, *id, &*body, command).await?))
+}
+
+/// The tenant's knowledge sources from the read model: state, document count, last error and
+/// sync history (any role). Eventually consistent; `GET /v1/sources/{id}` reads one source
+/// straight from its events.
+#[utoipa::path(get, path = "/v1/sources", tag = "sources",
+    responses((status = 200, body = Vec<projections::sources::SourceSummary>), CommandProblems), security(("bearer" = [])))]
+#[get("/sources")]
+pub async fn list(
+    pool: web::Data<sqlx::PgPool>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let sources = projections::sources::list(&pool, &auth.0.tenant_id)
+        .await
+        .map_err(crate::routes::conversations::read_error)?;
+    Ok(HttpResponse::Ok().json(sources))
 }

@@ -7,6 +7,7 @@ mod commands_round_trip;
 mod concurrency;
 mod idempotency;
 mod openapi;
+mod read_models;
 mod reader;
 mod seed;
 mod startup;

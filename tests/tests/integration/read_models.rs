@@ -1,0 +1,292 @@
+//! The per-tenant read models: conversation filters, the sources read model, and every read
+//! route answering the same after every projection was rebuilt from 0.
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use domain::Role;
+use integration_tests::{spawn_app_with, streaming_settings, wait_for, TestApp};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn all_caught_up(app: &TestApp, admin: &str) {
+    wait_for(
+        "every projection to catch up",
+        Duration::from_secs(90),
+        || async {
+            let (_, status) = app
+                .call(Method::GET, "/v1/admin/projections", admin, None)
+                .await;
+            let caught_up = status["projections"].as_array().is_some_and(|ps| {
+                ps.len() == 4
+                    && ps
+                        .iter()
+                        .all(|p| p["lag_events"] == 0 && p["applied_events"].as_i64() > Some(0))
+            });
+            caught_up.then_some(())
+        },
+    )
+    .await
+}
+
+async fn ids(app: &TestApp, token: &str, query: &str) -> BTreeSet<String> {
+    let (status, page) = app
+        .call(
+            Method::GET,
+            &format!("/v1/conversations?limit=100&{query}"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{query}: {page}");
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn set(items: &[&String]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn without_freshness(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("freshness");
+    }
+    v
+}
+
+#[tokio::test]
+async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projection() {
+    let app = spawn_app_with(streaming_settings(), None).await;
+    let admin = app.create_tenant("acme", "admin").await;
+    let alice = app.token("acme", Role::Operator, "alice");
+    let bob = app.token("acme", Role::Operator, "bob");
+    let feedback = |c: &str, a: &str| format!("/v1/conversations/{c}/answers/{a}/feedback");
+
+    let (c1, a1) = app.ask(&alice, "How do I export my data?").await;
+    app.call(
+        Method::PUT,
+        &feedback(&c1, &a1),
+        &alice,
+        Some(json!({"reaction": "upvote"})),
+    )
+    .await;
+    app.call(
+        Method::POST,
+        &format!("/v1/conversations/{c1}/resolve"),
+        &alice,
+        None,
+    )
+    .await;
+    let (c2, a2) = app.ask(&bob, "Export fails with error 500").await;
+    app.call(
+        Method::PUT,
+        &feedback(&c2, &a2),
+        &bob,
+        Some(json!({"reaction": "downvote", "reasons": ["incorrect"]})),
+    )
+    .await;
+    // The local engine is unsure of questions under three words.
+    let (c3, _) = app.ask(&bob, "quantum roadmap").await;
+    let (c4, _) = app.ask(&alice, "What is the rate limit?").await;
+    app.call(
+        Method::POST,
+        &format!("/v1/conversations/{c4}/questions"),
+        &alice,
+        Some(json!({"question": "And for webhooks?"})),
+    )
+    .await;
+    app.call(
+        Method::POST,
+        &format!("/v1/conversations/{c4}/escalate"),
+        &alice,
+        Some(json!({})),
+    )
+    .await;
+
+    let add =
+        |name: &str| json!({"kind": "docs", "name": name, "location": "https://docs.acme.test"});
+    let (_, s1) = app
+        .call(Method::POST, "/v1/sources", &admin, Some(add("Guides")))
+        .await;
+    let (_, s2) = app
+        .call(
+            Method::POST,
+            "/v1/sources",
+            &admin,
+            Some(add("API reference")),
+        )
+        .await;
+    let (s1, s2) = (
+        s1["id"].as_str().unwrap().to_string(),
+        s2["id"].as_str().unwrap().to_string(),
+    );
+    for (source, fail) in [(&s1, false), (&s2, true)] {
+        app.call(
+            Method::POST,
+            &format!("/v1/sources/{source}/sync"),
+            &admin,
+            None,
+        )
+        .await;
+        let run = uuid::Uuid::new_v4();
+        app.call(
+            Method::POST,
+            &format!("/v1/sources/{source}/sync/start"),
+            &admin,
+            Some(json!({"sync_id": run})),
+        )
+        .await;
+        let (path, body) = if fail {
+            (
+                "fail",
+                json!({"sync_id": run, "error": "robots.txt forbids"}),
+            )
+        } else {
+            ("complete", json!({"sync_id": run, "document_count": 42}))
+        };
+        app.call(
+            Method::POST,
+            &format!("/v1/sources/{source}/sync/{path}"),
+            &admin,
+            Some(body),
+        )
+        .await;
+    }
+    app.call(
+        Method::PATCH,
+        &format!("/v1/sources/{s2}"),
+        &admin,
+        Some(json!({"name": "API docs"})),
+    )
+    .await;
+    all_caught_up(&app, &admin).await;
+
+    // Filters, each against what the inputs above say.
+    let expectations: Vec<(&str, BTreeSet<String>)> = vec![
+        ("", set(&[&c1, &c2, &c3, &c4])),
+        ("user=alice", set(&[&c1, &c4])),
+        ("user=bob", set(&[&c2, &c3])),
+        ("status=resolved", set(&[&c1])),
+        ("status=open", set(&[&c2, &c3, &c4])),
+        ("uncertain=true", set(&[&c3])),
+        ("uncertain=false", set(&[&c1, &c2, &c4])),
+        ("reaction=upvote", set(&[&c1])),
+        ("reaction=downvote", set(&[&c2])),
+        ("reaction=none", set(&[&c3, &c4])),
+        ("intent=troubleshooting", set(&[&c2])),
+        ("intent=guiding", set(&[&c1])),
+        ("intent=lookup", set(&[&c4])),
+        // c4's follow-up "And for webhooks?" has no intent keyword: Other.
+        ("intent=other", set(&[&c3, &c4])),
+        ("topic=export", set(&[&c1, &c2])),
+        ("q=WEBHOOKS", set(&[&c4])),
+        ("q=export", set(&[&c1, &c2])),
+        ("user=bob&reaction=downvote", set(&[&c2])),
+        ("from=2999-01-01T00:00:00Z", set(&[])),
+        (
+            "to=2999-01-01T00:00:00Z&from=2000-01-01T00:00:00Z",
+            set(&[&c1, &c2, &c3, &c4]),
+        ),
+    ];
+    for (query, expected) in &expectations {
+        assert_eq!(&ids(&app, &admin, query).await, expected, "{query}");
+    }
+    for (query, code) in [
+        ("status=lost", "invalid_status"),
+        ("reaction=meh", "invalid_reaction"),
+        ("intent=fun", "invalid_intent"),
+    ] {
+        let (status, problem) = app
+            .call(
+                Method::GET,
+                &format!("/v1/conversations?{query}"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+    }
+
+    // The sources read model.
+    let (_, sources) = app.call(Method::GET, "/v1/sources", &alice, None).await;
+    let sources = sources.as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    let guides = sources.iter().find(|s| s["id"] == json!(s1)).unwrap();
+    assert_eq!(guides["document_count"], 42);
+    assert_eq!(guides["sync_state"], "idle");
+    assert_eq!(guides["history"][0]["outcome"], "completed");
+    assert!(guides["last_synced_at"].is_string());
+    let api = sources.iter().find(|s| s["id"] == json!(s2)).unwrap();
+    assert_eq!(api["name"], "API docs");
+    assert_eq!(api["last_error"], "robots.txt forbids");
+    assert_eq!(api["history"][0]["outcome"], "failed");
+    let (_, theirs) = app
+        .call(
+            Method::GET,
+            "/v1/sources",
+            &app.create_tenant("other", "oscar").await,
+            None,
+        )
+        .await;
+    assert_eq!(theirs, json!([]));
+    all_caught_up(&app, &admin).await;
+
+    // Every read route, before and after rebuilding every projection from 0.
+    let mut routes: Vec<String> = expectations
+        .iter()
+        .map(|(q, _)| format!("/v1/conversations?limit=100&{q}"))
+        .collect();
+    routes.extend(
+        [&c1, &c2, &c3, &c4]
+            .iter()
+            .map(|c| format!("/v1/conversations/{c}")),
+    );
+    routes.push("/v1/sources".into());
+    routes.push("/v1/analytics?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z".into());
+    routes.push("/v1/analytics/cost?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z".into());
+    routes.push("/v1/audit?limit=500".into());
+    let mut before = Vec::new();
+    for route in &routes {
+        before.push(without_freshness(
+            app.call(Method::GET, route, &admin, None).await.1,
+        ));
+    }
+    for name in ["conversations", "audit", "questions", "sources"] {
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/v1/admin/projections/{name}/rebuild"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    wait_for(
+        "every rebuild to finish",
+        Duration::from_secs(90),
+        || async {
+            let (_, status) = app
+                .call(Method::GET, "/v1/admin/projections", &admin, None)
+                .await;
+            status["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["rebuilt_at"].is_string())
+                .then_some(())
+        },
+    )
+    .await;
+    for (route, expected) in routes.iter().zip(before) {
+        let after = without_freshness(app.call(Method::GET, route, &admin, None).await.1);
+        assert_eq!(after, expected, "{route}");
+    }
+}
