@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_audit;
 pub mod bench_streaming;
 pub mod cli;
 pub mod config;

@@ -50,6 +50,17 @@ fn set(items: &[&String]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// From a day ago to a day ahead (analytics windows are at most 366 days).
+fn recent_window() -> String {
+    let f = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = chrono::Utc::now();
+    format!(
+        "from={}&to={}",
+        f(now - chrono::Duration::days(1)),
+        f(now + chrono::Duration::days(1))
+    )
+}
+
 fn without_freshness(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.remove("freshness");
@@ -249,8 +260,9 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
             .map(|c| format!("/v1/conversations/{c}")),
     );
     routes.push("/v1/sources".into());
-    routes.push("/v1/analytics?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z".into());
-    routes.push("/v1/analytics/cost?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z".into());
+    let window = recent_window();
+    routes.push(format!("/v1/analytics?{window}"));
+    routes.push(format!("/v1/analytics/cost?{window}"));
     routes.push("/v1/audit?limit=500".into());
     let mut before = Vec::new();
     for route in &routes {
@@ -289,4 +301,86 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
         let after = without_freshness(app.call(Method::GET, route, &admin, None).await.1);
         assert_eq!(after, expected, "{route}");
     }
+}
+
+#[tokio::test]
+async fn a_token_for_tenant_b_gets_nothing_of_tenant_a_from_any_read_route() {
+    let app = spawn_app_with(streaming_settings(), None).await;
+    let a = app.create_tenant("tenant-a", "alice").await;
+    let marker = "zebra-secret-7781";
+    let (conversation, answer) = app
+        .ask(&a, &format!("How do I export the {marker} report?"))
+        .await;
+    app.call(
+        Method::PUT,
+        &format!("/v1/conversations/{conversation}/answers/{answer}/feedback"),
+        &a,
+        Some(json!({"reaction": "downvote", "reasons": ["irrelevant"], "comment": marker})),
+    )
+    .await;
+    let (_, source) = app
+        .call(
+            Method::POST,
+            "/v1/sources",
+            &a,
+            Some(json!({"kind": "docs", "name": marker, "location": "https://a.test"})),
+        )
+        .await;
+    let source = source["id"].as_str().unwrap().to_string();
+    let b = app.create_tenant("tenant-b", "bob").await;
+    all_caught_up(&app, &a).await;
+
+    let window = recent_window();
+    // The audit-read log first: later it holds B's own attempts on A's ids, which are B's, not A's.
+    let routes = [
+        "/v1/audit/reads".to_string(),
+        "/v1/tenant".to_string(),
+        "/v1/conversations?limit=100".into(),
+        format!("/v1/conversations?q={marker}"),
+        format!("/v1/conversations/{conversation}"),
+        "/v1/sources".into(),
+        format!("/v1/sources/{source}"),
+        format!("/v1/analytics?{window}"),
+        format!("/v1/analytics/cost?{window}"),
+        format!("/v1/analytics/cost?{window}&format=csv"),
+        "/v1/audit?limit=500".into(),
+        "/v1/audit/export".into(),
+        "/v1/audit/export?format=csv".into(),
+        format!("/v1/audit/events?{window}"),
+        format!("/v1/audit/state/conversation/{conversation}?at=2999-01-01T00:00:00Z"),
+        format!("/v1/audit/state/knowledge_source/{source}?at=2999-01-01T00:00:00Z"),
+        "/v1/audit/state/tenant/tenant-a?at=2999-01-01T00:00:00Z".into(),
+        "/v1/admin/dead-letters?include_resolved=true".into(),
+    ];
+    for route in routes {
+        let response = app
+            .client
+            .get(format!("{}{route}", app.address))
+            .bearer_auth(&b)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert!(status == 200 || status == 404, "{route}: {status} {body}");
+        for secret in [
+            marker,
+            conversation.as_str(),
+            source.as_str(),
+            "tenant-a",
+            "alice",
+        ] {
+            assert!(!body.contains(secret), "{route} leaked `{secret}`: {body}");
+        }
+    }
+    // ...while A itself sees its data on the same routes.
+    let (_, mine) = app
+        .call(
+            Method::GET,
+            &format!("/v1/conversations?q={marker}"),
+            &a,
+            None,
+        )
+        .await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 1);
 }
