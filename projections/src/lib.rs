@@ -9,6 +9,7 @@ pub mod conversations;
 pub mod questions;
 pub mod runtime;
 pub mod sources;
+pub mod tenants;
 
 pub use runtime::{
     rebuild, retry_dead_letter, ApplyError, DeadLetter, Projection, ProjectionRunner,
@@ -24,5 +25,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(audit::AuditProjection),
         Arc::new(questions::QuestionsProjection),
         Arc::new(sources::SourcesProjection),
+        Arc::new(tenants::TenantsProjection),
     ]
 }

@@ -48,22 +48,25 @@ pub async fn create(
     Ok(HttpResponse::Created().json(outcome))
 }
 
-/// The caller's tenant: settings, flags, members (any role).
+/// The caller's tenant from its read model: settings, feature flags, members and roles (any
+/// role). Eventually consistent: compare `version` with a command's to wait for your write.
 #[utoipa::path(get, path = "/v1/tenant", tag = "tenant",
     responses((status = 200, body = TenantView), CommandProblems), security(("bearer" = [])))]
 #[get("/tenant")]
 pub async fn get_tenant(
-    bus: web::Data<CommandBus>,
+    pool: web::Data<sqlx::PgPool>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let tenant_id = auth.0.tenant_id;
-    let (tenant, version) = bus.tenant_state(&tenant_id).await?;
-    if version == 0 {
-        return Err(ApiError::not_found(
-            "tenant_not_found",
-            "this tenant has not been created yet",
-        ));
-    }
+    let (tenant, version) = projections::tenants::get(&pool, &tenant_id)
+        .await
+        .map_err(crate::routes::conversations::read_error)?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "tenant_not_found",
+                "this tenant has not been created yet (or its creation has not reached the read model)",
+            )
+        })?;
     Ok(HttpResponse::Ok().json(TenantView::new(tenant_id, tenant, version)))
 }
 

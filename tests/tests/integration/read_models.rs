@@ -17,7 +17,7 @@ async fn all_caught_up(app: &TestApp, admin: &str) {
                 .call(Method::GET, "/v1/admin/projections", admin, None)
                 .await;
             let caught_up = status["projections"].as_array().is_some_and(|ps| {
-                ps.len() == 4
+                ps.len() == 5
                     && ps
                         .iter()
                         .all(|p| p["lag_events"] == 0 && p["applied_events"].as_i64() > Some(0))
@@ -225,6 +225,19 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
         );
     }
 
+    // The tenant read model, folded from the tenant's events.
+    let (status, tenant) = app.call(Method::GET, "/v1/tenant", &alice, None).await;
+    assert_eq!(status, 200, "{tenant}");
+    assert_eq!(
+        (tenant["id"].as_str(), tenant["status"].as_str()),
+        (Some("acme"), Some("active"))
+    );
+    assert_eq!(
+        tenant["members"],
+        json!([{"user_id": "admin", "email": null, "role": "admin"}])
+    );
+    assert_eq!(tenant["version"], 2);
+
     // The sources read model.
     let (_, sources) = app.call(Method::GET, "/v1/sources", &alice, None).await;
     let sources = sources.as_array().unwrap();
@@ -260,6 +273,7 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
             .map(|c| format!("/v1/conversations/{c}")),
     );
     routes.push("/v1/sources".into());
+    routes.push("/v1/tenant".into());
     let window = recent_window();
     routes.push(format!("/v1/analytics?{window}"));
     routes.push(format!("/v1/analytics/cost?{window}"));
@@ -270,7 +284,7 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
             app.call(Method::GET, route, &admin, None).await.1,
         ));
     }
-    for name in ["conversations", "audit", "questions", "sources"] {
+    for name in ["conversations", "audit", "questions", "sources", "tenants"] {
         let (status, _) = app
             .call(
                 Method::POST,

@@ -1,0 +1,78 @@
+//! The tenant read model: the tenant aggregate's state (settings, feature flags, members and
+//! roles), folded by the aggregate's own `apply` so it can never disagree with the command side.
+use async_trait::async_trait;
+use cqrs_es::Aggregate;
+use domain::tenant::{Tenant, TenantEvent};
+use sqlx::{PgConnection, PgPool, Row};
+use streaming::Envelope;
+
+use crate::runtime::{ApplyError, Projection};
+
+pub const TABLE: &str = "rm_tenants";
+
+pub struct TenantsProjection;
+
+#[async_trait]
+impl Projection for TenantsProjection {
+    fn name(&self) -> &'static str {
+        "tenants"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["tenant"]
+    }
+
+    fn table(&self) -> &'static str {
+        TABLE
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        event: &Envelope,
+    ) -> Result<bool, ApplyError> {
+        let payload: TenantEvent = serde_json::from_value(event.payload.clone())
+            .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))?;
+        let row = sqlx::query(&format!(
+            "SELECT version, state FROM {table} WHERE tenant_id = $1 FOR UPDATE"
+        ))
+        .bind(&event.aggregate_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let mut state = match row {
+            Some(r) if event.sequence <= r.get::<i64, _>("version") => return Ok(false),
+            Some(r) => serde_json::from_value::<Tenant>(r.get("state"))
+                .map_err(|e| ApplyError::Transient(format!("stored tenant unreadable: {e}")))?,
+            None => Tenant::default(),
+        };
+        state.apply(payload);
+        let state =
+            serde_json::to_value(&state).map_err(|e| ApplyError::Transient(e.to_string()))?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (tenant_id, version, state, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id) DO UPDATE SET version = $2, state = $3, updated_at = $4"
+        ))
+        .bind(&event.aggregate_id)
+        .bind(event.sequence)
+        .bind(state)
+        .bind(event.recorded_at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(true)
+    }
+}
+
+/// The tenant's state and version, if its events have reached the read model.
+pub async fn get(pool: &PgPool, tenant: &str) -> Result<Option<(Tenant, u64)>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT version, state FROM {TABLE} WHERE tenant_id = $1"
+    ))
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|r| {
+        let state = serde_json::from_value(r.get("state")).ok()?;
+        Some((state, r.get::<i64, _>("version") as u64))
+    }))
+}
