@@ -150,6 +150,12 @@ impl EventReader {
     }
 }
 
+/// Every column of a stored event; `xid8` as text (sqlx has no such type) under another name,
+/// since an ORDER BY on the column's own name would sort the text (10000 before 9999).
+const STORED_COLUMNS: &str = "SELECT event_id, position, transaction_id::text AS transaction_id_text, \
+    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
+    recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key FROM events";
+
 /// [`EventReader::read_batch`] on any executor, e.g. the connection that holds the relay's lock.
 #[tracing::instrument(skip_all, fields(after_tx = after.transaction_id, after_pos = after.position), err)]
 pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
@@ -157,16 +163,13 @@ pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
-           aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
-           recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
-         FROM events \
+    let rows = sqlx::query(&format!(
+        "{STORED_COLUMNS} \
          WHERE (transaction_id, position) > ($1::text::xid8, $2) \
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY transaction_id, position \
-         LIMIT $3",
-    )
+         LIMIT $3"
+    ))
     .bind(after.transaction_id.to_string())
     .bind(after.position)
     .bind(limit)
@@ -183,14 +186,11 @@ pub async fn aggregate_events(
     aggregate_id: &str,
     until: Option<DateTime<Utc>>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
-           aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
-           recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
-         FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+    let rows = sqlx::query(&format!(
+        "{STORED_COLUMNS} WHERE aggregate_type = $1 AND aggregate_id = $2 \
            AND ($3::timestamptz IS NULL OR recorded_at <= $3) \
-         ORDER BY sequence",
-    )
+         ORDER BY sequence"
+    ))
     .bind(aggregate_type)
     .bind(aggregate_id)
     .bind(until)
@@ -208,13 +208,10 @@ pub async fn tenant_events_page(
     after_position: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT event_id, position, transaction_id::text AS transaction_id_text, aggregate_type, \
-           aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
-           recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key \
-         FROM events WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND position > $4 \
-         ORDER BY position LIMIT $5",
-    )
+    let rows = sqlx::query(&format!(
+        "{STORED_COLUMNS} WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND position > $4 \
+         ORDER BY position LIMIT $5"
+    ))
     .bind(tenant_id)
     .bind(from)
     .bind(to)

@@ -11,7 +11,7 @@ use streaming::Envelope;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::runtime::{ApplyError, Projection};
+use crate::runtime::{decode, object_uuid, ApplyError, Projection};
 
 pub const TABLE: &str = "rm_conversations";
 
@@ -83,14 +83,6 @@ fn feedback_view(f: &Feedback, at: DateTime<Utc>) -> FeedbackView {
     }
 }
 
-/// `tenant/uuid` → uuid.
-fn conversation_id(aggregate_id: &str) -> Result<Uuid, ApplyError> {
-    aggregate_id
-        .rsplit_once('/')
-        .and_then(|(_, id)| Uuid::parse_str(id).ok())
-        .ok_or_else(|| ApplyError::Poison(format!("`{aggregate_id}` is not a conversation id")))
-}
-
 struct Current {
     status: String,
     escalated: bool,
@@ -121,9 +113,8 @@ impl Projection for ConversationsProjection {
         table: &str,
         event: &Envelope,
     ) -> Result<bool, ApplyError> {
-        let payload: ConversationEvent = serde_json::from_value(event.payload.clone())
-            .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))?;
-        let id = conversation_id(&event.aggregate_id)?;
+        let payload: ConversationEvent = decode(event)?;
+        let id = object_uuid(event)?;
         let existing = sqlx::query(&format!(
             "SELECT status, escalated, started_by, channel, last_question, created_at, version, document \
              FROM {table} WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE"

@@ -8,18 +8,11 @@ use sqlx::{PgConnection, Row};
 use streaming::Envelope;
 use uuid::Uuid;
 
-use crate::runtime::{ApplyError, Projection};
+use crate::runtime::{decode, object_uuid, ApplyError, Projection};
 
 pub const TABLE: &str = "rm_questions";
 
 pub struct QuestionsProjection;
-
-fn conversation_id(aggregate_id: &str) -> Result<Uuid, ApplyError> {
-    aggregate_id
-        .rsplit_once('/')
-        .and_then(|(_, id)| Uuid::parse_str(id).ok())
-        .ok_or_else(|| ApplyError::Poison(format!("`{aggregate_id}` is not a conversation id")))
-}
 
 fn reaction(r: Reaction) -> &'static str {
     match r {
@@ -48,10 +41,9 @@ impl Projection for QuestionsProjection {
         table: &str,
         event: &Envelope,
     ) -> Result<bool, ApplyError> {
-        let payload: ConversationEvent = serde_json::from_value(event.payload.clone())
-            .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))?;
+        let payload: ConversationEvent = decode(event)?;
         let tenant = &event.tenant_id;
-        let conversation = conversation_id(&event.aggregate_id)?;
+        let conversation = object_uuid(event)?;
         let applied: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT max(conversation_version) FROM {table} WHERE tenant_id = $1 AND conversation_id = $2"
         ))

@@ -43,6 +43,26 @@ pub enum RunnerError {
     Apply(#[from] ApplyError),
 }
 
+/// The event's payload as the domain type, or a poison event.
+pub fn decode<E: serde::de::DeserializeOwned>(event: &Envelope) -> Result<E, ApplyError> {
+    serde_json::from_value(event.payload.clone())
+        .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))
+}
+
+/// The UUID of a tenant-scoped aggregate (`tenant/uuid`), or a poison event.
+pub fn object_uuid(event: &Envelope) -> Result<uuid::Uuid, ApplyError> {
+    event
+        .aggregate_id
+        .rsplit_once('/')
+        .and_then(|(_, id)| uuid::Uuid::parse_str(id).ok())
+        .ok_or_else(|| {
+            ApplyError::Poison(format!(
+                "`{}` is not a tenant-scoped id",
+                event.aggregate_id
+            ))
+        })
+}
+
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &'static str;

@@ -8,7 +8,7 @@ use streaming::Envelope;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::runtime::{ApplyError, Projection};
+use crate::runtime::{decode, object_uuid, ApplyError, Projection};
 
 pub const TABLE: &str = "rm_sources";
 
@@ -74,15 +74,8 @@ impl Projection for SourcesProjection {
         table: &str,
         event: &Envelope,
     ) -> Result<bool, ApplyError> {
-        let payload: SourceEvent = serde_json::from_value(event.payload.clone())
-            .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))?;
-        let id = event
-            .aggregate_id
-            .rsplit_once('/')
-            .and_then(|(_, id)| Uuid::parse_str(id).ok())
-            .ok_or_else(|| {
-                ApplyError::Poison(format!("`{}` is not a source id", event.aggregate_id))
-            })?;
+        let payload: SourceEvent = decode(event)?;
+        let id = object_uuid(event)?;
         let at = event.recorded_at;
         if let SourceEvent::SourceAdded {
             kind,

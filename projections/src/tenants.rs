@@ -6,7 +6,7 @@ use domain::tenant::{Tenant, TenantEvent};
 use sqlx::{PgConnection, PgPool, Row};
 use streaming::Envelope;
 
-use crate::runtime::{ApplyError, Projection};
+use crate::runtime::{decode, ApplyError, Projection};
 
 pub const TABLE: &str = "rm_tenants";
 
@@ -32,8 +32,7 @@ impl Projection for TenantsProjection {
         table: &str,
         event: &Envelope,
     ) -> Result<bool, ApplyError> {
-        let payload: TenantEvent = serde_json::from_value(event.payload.clone())
-            .map_err(|e| ApplyError::Poison(format!("undecodable {}: {e}", event.event_type)))?;
+        let payload: TenantEvent = decode(event)?;
         let row = sqlx::query(&format!(
             "SELECT version, state FROM {table} WHERE tenant_id = $1 FOR UPDATE"
         ))
