@@ -339,7 +339,9 @@ async fn commands_go_on_while_the_broker_is_down_and_the_read_model_converges_af
     }
     broker.signal("-CONT");
 
-    wait_until_projected(&app.pool, Duration::from_secs(120)).await;
+    // Requests in flight during the pause time out on the client (librdkafka's socket timeout is
+    // 60 s) before it reconnects: convergence takes a minute or two, bounded here at four.
+    wait_until_projected(&app.pool, Duration::from_secs(240)).await;
     let rows = read_model(&app.pool).await;
     assert_eq!(
         rows.len(),
