@@ -464,6 +464,10 @@ pub async fn rebuild(
         return Err(RebuildError::InProgress);
     }
     let result = rebuild_locked(pool, projection).await;
+    if let Err(e) = &result {
+        // A background rebuild has no caller to tell: the status does.
+        let _ = record_error(pool, projection.name(), &format!("rebuild failed: {e}")).await;
+    }
     let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
         .bind(format!("answers-rebuild:{}", projection.name()))
         .execute(&mut *lock)
