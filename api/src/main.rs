@@ -1,6 +1,17 @@
+use std::io::Write;
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    answers_api::cli::Cli::parse().run().await
+async fn main() -> ExitCode {
+    match answers_api::cli::Cli::parse().run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain, readable, without a backtrace: start-up failures are the
+            // operator's to fix (unreachable database, bad configuration).
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
