@@ -1,6 +1,6 @@
 //! The per-tenant conversations read model: one row per conversation, with its questions,
 //! answers and feedback as a JSON document, read by `GET /v1/conversations[/{id}]`.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -83,6 +83,7 @@ fn feedback_view(f: &Feedback, at: DateTime<Utc>) -> FeedbackView {
     }
 }
 
+#[derive(Clone)]
 struct Current {
     status: String,
     escalated: bool,
@@ -90,6 +91,9 @@ struct Current {
     channel: String,
     last_question: String,
     created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+    last_position: i64,
     document: ConversationDocument,
 }
 
@@ -115,188 +119,284 @@ impl Projection for ConversationsProjection {
     ) -> Result<bool, ApplyError> {
         let payload: ConversationEvent = decode(event)?;
         let id = object_uuid(event)?;
-        let existing = sqlx::query(&format!(
-            "SELECT status, escalated, started_by, channel, last_question, created_at, version, document \
-             FROM {table} WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE"
-        ))
-        .bind(&event.tenant_id)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let mut row = match existing {
-            Some(r) => {
-                let version: i64 = r.get("version");
-                if event.sequence <= version {
-                    return Ok(false); // a redelivery
+        let existing = load(conn, table, &event.tenant_id, id).await?;
+        if existing
+            .as_ref()
+            .is_some_and(|c| event.sequence <= c.version)
+        {
+            return Ok(false); // a redelivery
+        }
+        let next = step(existing, event, payload)?;
+        save(conn, table, &event.tenant_id, id, &next).await?;
+        Ok(true)
+    }
+
+    /// A rebuild's batch: each conversation is read once and written once, however many of
+    /// its events the batch holds (the same `step` as `apply`).
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        events: &[Envelope],
+    ) -> Result<u64, ApplyError> {
+        let mut states: HashMap<(String, Uuid), Option<Current>> = HashMap::new();
+        let mut touched: Vec<(String, Uuid)> = Vec::new();
+        let mut applied = 0;
+        for event in events {
+            let decoded =
+                decode::<ConversationEvent>(event).and_then(|p| Ok((p, object_uuid(event)?)));
+            let (payload, id) = match decoded {
+                Ok(v) => v,
+                Err(ApplyError::Poison(reason)) => {
+                    tracing::warn!(event_id = %event.event_id, %reason, "skipped a poison event");
+                    continue;
                 }
-                Current {
-                    status: r.get("status"),
-                    escalated: r.get("escalated"),
-                    started_by: r.get("started_by"),
-                    channel: r.get("channel"),
-                    last_question: r.get("last_question"),
-                    created_at: r.get("created_at"),
-                    document: serde_json::from_value(r.get("document")).map_err(|e| {
-                        ApplyError::Transient(format!("stored document unreadable: {e}"))
-                    })?,
-                }
+                Err(e) => return Err(e),
+            };
+            let key = (event.tenant_id.clone(), id);
+            if !states.contains_key(&key) {
+                let loaded = load(conn, table, &event.tenant_id, id).await?;
+                states.insert(key.clone(), loaded);
             }
-            None => match &payload {
-                ConversationEvent::QuestionAsked {
-                    asked_by, channel, ..
-                } => Current {
-                    status: "open".into(),
-                    escalated: false,
-                    started_by: asked_by.clone(),
-                    channel: channel.clone(),
-                    last_question: String::new(),
-                    created_at: event.recorded_at,
-                    document: ConversationDocument::default(),
-                },
-                _ => {
-                    return Err(ApplyError::Poison(format!(
-                        "{} for a conversation that never started",
-                        event.event_type
-                    )))
+            let slot = states.get_mut(&key).expect("loaded above");
+            if slot.as_ref().is_some_and(|c| event.sequence <= c.version) {
+                continue;
+            }
+            match step(slot.clone(), event, payload) {
+                Ok(next) => {
+                    *slot = Some(next);
+                    applied += 1;
+                    if !touched.contains(&key) {
+                        touched.push(key);
+                    }
                 }
-            },
-        };
-        let at = event.recorded_at;
-        let doc = &mut row.document;
-        let question = |doc: &mut ConversationDocument, id: Uuid| -> Result<usize, ApplyError> {
-            doc.questions
-                .iter()
-                .position(|q| q.question_id == id)
-                .ok_or_else(|| ApplyError::Poison(format!("no question {id} in this conversation")))
-        };
-        match payload {
+                Err(ApplyError::Poison(reason)) => {
+                    tracing::warn!(event_id = %event.event_id, %reason, "skipped a poison event")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (tenant, id) in touched {
+            if let Some(Some(current)) = states.get(&(tenant.clone(), id)) {
+                save(conn, table, &tenant, id, current).await?;
+            }
+        }
+        Ok(applied)
+    }
+}
+
+async fn load(
+    conn: &mut PgConnection,
+    table: &str,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<Current>, ApplyError> {
+    let row = sqlx::query(&format!(
+        "SELECT status, escalated, started_by, channel, last_question, created_at, updated_at, \
+           version, last_position, document \
+         FROM {table} WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(Current {
+            status: r.get("status"),
+            escalated: r.get("escalated"),
+            started_by: r.get("started_by"),
+            channel: r.get("channel"),
+            last_question: r.get("last_question"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
+            version: r.get("version"),
+            last_position: r.get("last_position"),
+            document: serde_json::from_value(r.get("document"))
+                .map_err(|e| ApplyError::Transient(format!("stored document unreadable: {e}")))?,
+        })
+    })
+    .transpose()
+}
+
+/// The conversation after `event`: pure, so a poison event leaves nothing half-written.
+fn step(
+    existing: Option<Current>,
+    event: &Envelope,
+    payload: ConversationEvent,
+) -> Result<Current, ApplyError> {
+    let mut row = match existing {
+        Some(current) => current,
+        None => match &payload {
             ConversationEvent::QuestionAsked {
+                asked_by, channel, ..
+            } => Current {
+                status: "open".into(),
+                escalated: false,
+                started_by: asked_by.clone(),
+                channel: channel.clone(),
+                last_question: String::new(),
+                created_at: event.recorded_at,
+                updated_at: event.recorded_at,
+                version: 0,
+                last_position: 0,
+                document: ConversationDocument::default(),
+            },
+            _ => {
+                return Err(ApplyError::Poison(format!(
+                    "{} for a conversation that never started",
+                    event.event_type
+                )))
+            }
+        },
+    };
+    let at = event.recorded_at;
+    let doc = &mut row.document;
+    let question = |doc: &mut ConversationDocument, id: Uuid| -> Result<usize, ApplyError> {
+        doc.questions
+            .iter()
+            .position(|q| q.question_id == id)
+            .ok_or_else(|| ApplyError::Poison(format!("no question {id} in this conversation")))
+    };
+    match payload {
+        ConversationEvent::QuestionAsked {
+            question_id,
+            text,
+            asked_by,
+            channel,
+            integration_id,
+        } => {
+            row.last_question = text.clone();
+            doc.questions.push(QuestionView {
                 question_id,
                 text,
                 asked_by,
                 channel,
                 integration_id,
-            } => {
-                row.last_question = text.clone();
-                doc.questions.push(QuestionView {
-                    question_id,
-                    text,
-                    asked_by,
-                    channel,
-                    integration_id,
-                    asked_at: at,
-                    status: "pending".into(),
-                    answer: None,
-                    reason: None,
-                    retryable: None,
-                });
-            }
-            ConversationEvent::AnswerRecorded {
-                question_id,
+                asked_at: at,
+                status: "pending".into(),
+                answer: None,
+                reason: None,
+                retryable: None,
+            });
+        }
+        ConversationEvent::AnswerRecorded {
+            question_id,
+            answer_id,
+            text,
+            sources,
+            uncertain,
+            latency_ms,
+            engine,
+            ..
+        } => {
+            let i = question(doc, question_id)?;
+            doc.questions[i].status = "answered".into();
+            doc.questions[i].answer = Some(AnswerView {
                 answer_id,
                 text,
-                sources,
+                sources: sources
+                    .into_iter()
+                    .map(|s| SourceRef {
+                        url: s.url,
+                        title: s.title,
+                    })
+                    .collect(),
                 uncertain,
                 latency_ms,
                 engine,
-                ..
-            } => {
-                let i = question(doc, question_id)?;
-                doc.questions[i].status = "answered".into();
-                doc.questions[i].answer = Some(AnswerView {
-                    answer_id,
-                    text,
-                    sources: sources
-                        .into_iter()
-                        .map(|s| SourceRef {
-                            url: s.url,
-                            title: s.title,
-                        })
-                        .collect(),
-                    uncertain,
-                    latency_ms,
-                    engine,
-                    answered_at: at,
-                    feedback: BTreeMap::new(),
-                });
-            }
-            ConversationEvent::AnswerFailed {
-                question_id,
-                reason,
-                retryable,
-            } => {
-                let i = question(doc, question_id)?;
-                doc.questions[i].status = "failed".into();
-                doc.questions[i].reason = Some(reason);
-                doc.questions[i].retryable = Some(retryable);
-            }
-            ConversationEvent::QuestionBlocked {
-                question_id, rule, ..
-            } => {
-                let i = question(doc, question_id)?;
-                doc.questions[i].status = "blocked".into();
-                doc.questions[i].reason = Some(rule);
-            }
-            ConversationEvent::FeedbackGiven {
-                answer_id,
-                user_id,
-                feedback,
-            }
-            | ConversationEvent::FeedbackChanged {
-                answer_id,
-                user_id,
-                feedback,
-                ..
-            } => {
-                let answer = doc
-                    .questions
-                    .iter_mut()
-                    .filter_map(|q| q.answer.as_mut())
-                    .find(|a| a.answer_id == answer_id)
-                    .ok_or_else(|| {
-                        ApplyError::Poison(format!("no answer {answer_id} in this conversation"))
-                    })?;
-                answer
-                    .feedback
-                    .insert(user_id, feedback_view(&feedback, at));
-            }
-            ConversationEvent::ConversationResolved { by } => {
-                row.status = "resolved".into();
-                doc.resolved_by = Some(by);
-            }
-            ConversationEvent::ConversationEscalated { by, reason } => {
-                row.escalated = true;
-                doc.escalated_by = Some(by);
-                doc.escalation_reason = reason;
-            }
+                answered_at: at,
+                feedback: BTreeMap::new(),
+            });
         }
-        let document = serde_json::to_value(&row.document)
-            .map_err(|e| ApplyError::Transient(e.to_string()))?;
-        sqlx::query(&format!(
-            "INSERT INTO {table} (tenant_id, conversation_id, status, escalated, started_by, channel, \
-               question_count, last_question, created_at, updated_at, version, last_position, document) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET status = $3, escalated = $4, \
-               question_count = $7, last_question = $8, updated_at = $10, version = $11, \
-               last_position = $12, document = $13"
-        ))
-        .bind(&event.tenant_id)
-        .bind(id)
-        .bind(&row.status)
-        .bind(row.escalated)
-        .bind(&row.started_by)
-        .bind(&row.channel)
-        .bind(row.document.questions.len() as i32)
-        .bind(&row.last_question)
-        .bind(row.created_at)
-        .bind(at)
-        .bind(event.sequence)
-        .bind(event.position)
-        .bind(document)
-        .execute(&mut *conn)
-        .await?;
-        Ok(true)
+        ConversationEvent::AnswerFailed {
+            question_id,
+            reason,
+            retryable,
+        } => {
+            let i = question(doc, question_id)?;
+            doc.questions[i].status = "failed".into();
+            doc.questions[i].reason = Some(reason);
+            doc.questions[i].retryable = Some(retryable);
+        }
+        ConversationEvent::QuestionBlocked {
+            question_id, rule, ..
+        } => {
+            let i = question(doc, question_id)?;
+            doc.questions[i].status = "blocked".into();
+            doc.questions[i].reason = Some(rule);
+        }
+        ConversationEvent::FeedbackGiven {
+            answer_id,
+            user_id,
+            feedback,
+        }
+        | ConversationEvent::FeedbackChanged {
+            answer_id,
+            user_id,
+            feedback,
+            ..
+        } => {
+            let answer = doc
+                .questions
+                .iter_mut()
+                .filter_map(|q| q.answer.as_mut())
+                .find(|a| a.answer_id == answer_id)
+                .ok_or_else(|| {
+                    ApplyError::Poison(format!("no answer {answer_id} in this conversation"))
+                })?;
+            answer
+                .feedback
+                .insert(user_id, feedback_view(&feedback, at));
+        }
+        ConversationEvent::ConversationResolved { by } => {
+            row.status = "resolved".into();
+            doc.resolved_by = Some(by);
+        }
+        ConversationEvent::ConversationEscalated { by, reason } => {
+            row.escalated = true;
+            doc.escalated_by = Some(by);
+            doc.escalation_reason = reason;
+        }
     }
+    row.updated_at = at;
+    row.version = event.sequence;
+    row.last_position = event.position;
+    Ok(row)
+}
+
+async fn save(
+    conn: &mut PgConnection,
+    table: &str,
+    tenant: &str,
+    id: Uuid,
+    row: &Current,
+) -> Result<(), ApplyError> {
+    let document =
+        serde_json::to_value(&row.document).map_err(|e| ApplyError::Transient(e.to_string()))?;
+    sqlx::query(&format!(
+        "INSERT INTO {table} (tenant_id, conversation_id, status, escalated, started_by, channel, \
+           question_count, last_question, created_at, updated_at, version, last_position, document) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET status = $3, escalated = $4, \
+           question_count = $7, last_question = $8, updated_at = $10, version = $11, \
+           last_position = $12, document = $13"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .bind(&row.status)
+    .bind(row.escalated)
+    .bind(&row.started_by)
+    .bind(&row.channel)
+    .bind(row.document.questions.len() as i32)
+    .bind(&row.last_question)
+    .bind(row.created_at)
+    .bind(row.updated_at)
+    .bind(row.version)
+    .bind(row.last_position)
+    .bind(document)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// One line of the conversations list.

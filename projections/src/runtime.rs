@@ -78,6 +78,29 @@ pub trait Projection: Send + Sync + 'static {
         table: &str,
         event: &Envelope,
     ) -> Result<bool, ApplyError>;
+
+    /// Applies a rebuild's batch, in order; returns how many events changed something. Poison
+    /// events are skipped (the live runner dead-lettered them). Override to write each object
+    /// once per batch instead of once per event.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        events: &[Envelope],
+    ) -> Result<u64, ApplyError> {
+        let mut applied = 0;
+        for event in events {
+            match self.apply(conn, table, event).await {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(ApplyError::Poison(reason)) => {
+                    tracing::warn!(event_id = %event.event_id, %reason, "rebuild skipped a poison event")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(applied)
+    }
 }
 
 /// Applies one event and moves the projection's status in one transaction.
@@ -562,25 +585,15 @@ async fn replay_batch(
     };
     state.checkpoint = last.checkpoint();
     state.read += batch.len() as u64;
-    for event in &batch {
-        if !projection
-            .aggregate_types()
-            .contains(&event.aggregate_type.as_str())
-        {
-            continue;
-        }
-        match projection
-            .apply(&mut *conn, table, &Envelope::from(event))
-            .await
-        {
-            Ok(true) => state.applied += 1,
-            Ok(false) => {}
-            // The live runner dead-lettered it too; a rebuild skips it the same way.
-            Err(ApplyError::Poison(reason)) => {
-                tracing::warn!(event_id = %event.event_id, %reason, "rebuild skipped a poison event")
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let mine: Vec<Envelope> = batch
+        .iter()
+        .filter(|e| {
+            projection
+                .aggregate_types()
+                .contains(&e.aggregate_type.as_str())
+        })
+        .map(Envelope::from)
+        .collect();
+    state.applied += projection.apply_batch(&mut *conn, table, &mine).await?;
     Ok(true)
 }
