@@ -12,7 +12,7 @@ pub mod sources;
 pub mod tenants;
 
 pub use runtime::{
-    rebuild, retry_dead_letter, ApplyError, DeadLetter, Projection, ProjectionRunner,
+    rebuild, retry_dead_letter, ApplyError, DeadLetter, Freshness, Projection, ProjectionRunner,
     ProjectionStatus, RebuildReport,
 };
 

@@ -343,6 +343,45 @@ impl ProjectionStatus {
     }
 }
 
+/// How fresh a read model is, cheap enough for every read: a lookup of the status row and an
+/// index range over the events stored after the last applied position (so its cost grows with
+/// the lag, not with the history). `lag_events` is a lower bound: events of other partitions
+/// below that position may still be on their way; `ProjectionStatus` has the exact count.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Freshness {
+    /// Highest event position the read model has applied.
+    pub position: i64,
+    /// Events of its aggregate types stored after `position`.
+    pub lag_events: i64,
+    /// Age of the oldest of those events; 0 when there are none.
+    pub lag_seconds: f64,
+}
+
+impl Freshness {
+    pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
+        let types: Vec<String> = projection
+            .aggregate_types()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let row = sqlx::query(
+            "WITH s AS (SELECT coalesce((SELECT last_position FROM projection_status WHERE projection = $1), 0) AS p) \
+             SELECT s.p AS position, count(e.position) AS lag, \
+               extract(epoch FROM now() - min(e.recorded_at))::float8 AS age \
+             FROM s LEFT JOIN events e ON e.position > s.p AND e.aggregate_type = ANY($2) GROUP BY s.p",
+        )
+        .bind(projection.name())
+        .bind(&types)
+        .fetch_one(pool)
+        .await?;
+        Ok(Self {
+            position: row.get("position"),
+            lag_events: row.get("lag"),
+            lag_seconds: row.get::<Option<f64>, _>("age").unwrap_or(0.0).max(0.0),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeadLetter {
     pub id: i64,

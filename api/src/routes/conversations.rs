@@ -5,7 +5,7 @@ use domain::conversation::ConversationCommand;
 use projections::conversations::{
     self, ConversationDetail, ConversationSummary, ConversationsProjection,
 };
-use projections::ProjectionStatus;
+use projections::Freshness;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
@@ -129,26 +129,12 @@ pub async fn escalate(
     Ok(HttpResponse::Ok().json(bus.conversation(&ctx, *id, command).await?))
 }
 
-/// The read model's freshness, returned with every read: compare a command's `version` with the
-/// conversation's `version` to wait for your own write.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Freshness {
-    /// Highest event position the read model has applied.
-    pub position: i64,
-    /// Stored events it has not applied yet.
-    pub lag_events: i64,
-    pub lag_seconds: f64,
-}
-
+/// Returned with every read: compare a command's `version` with the conversation's `version`
+/// to wait for your own write; `freshness` says how far behind the event store the model is.
 async fn freshness(pool: &PgPool) -> Result<Freshness, ApiError> {
-    let status = ProjectionStatus::load(pool, &ConversationsProjection)
+    Freshness::load(pool, &ConversationsProjection)
         .await
-        .map_err(read_error)?;
-    Ok(Freshness {
-        position: status.last_position,
-        lag_events: status.lag_events,
-        lag_seconds: status.lag_seconds,
-    })
+        .map_err(read_error)
 }
 
 pub fn read_error(e: sqlx::Error) -> ApiError {
