@@ -121,6 +121,15 @@ pub struct Analytics {
 const IN_WINDOW: &str =
     "FROM rm_questions WHERE tenant_id = $1 AND asked_at >= $2 AND asked_at < $3";
 
+/// A query over the window's questions: binds the tenant and the window as $1, $2, $3.
+fn in_window<'q>(
+    sql: &'q str,
+    tenant: &'q str,
+    w: &'q Window,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql).bind(tenant).bind(w.from).bind(w.to)
+}
+
 pub async fn valid_time_zone(pool: &PgPool, tz: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
         .bind(tz)
@@ -136,13 +145,14 @@ async fn counts(
     extra: &str,
     limit: i64,
 ) -> Result<Vec<Count>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT key, count(*) AS n FROM (SELECT {select_key} AS key {IN_WINDOW} {extra}) k \
+    let rows = in_window(
+        &format!(
+            "SELECT key, count(*) AS n FROM (SELECT {select_key} AS key {IN_WINDOW} {extra}) k \
          WHERE key IS NOT NULL GROUP BY key ORDER BY n DESC, key LIMIT $4"
-    ))
-    .bind(tenant)
-    .bind(w.from)
-    .bind(w.to)
+        ),
+        tenant,
+        w,
+    )
     .bind(limit)
     .fetch_all(pool)
     .await?;
@@ -160,7 +170,7 @@ fn ratio(a: i64, b: i64) -> Option<f64> {
 }
 
 pub async fn compute(pool: &PgPool, tenant: &str, w: &Window) -> Result<Analytics, sqlx::Error> {
-    let t = sqlx::query(&format!(
+    let t = in_window(&format!(
         "SELECT count(*) AS questions, count(DISTINCT asked_by) AS users, count(DISTINCT conversation_id) AS conversations, \
            count(*) FILTER (WHERE status = 'answered' AND NOT uncertain) AS answered, \
            count(*) FILTER (WHERE status = 'answered' AND uncertain) AS uncertain, \
@@ -175,10 +185,7 @@ pub async fn compute(pool: &PgPool, tenant: &str, w: &Window) -> Result<Analytic
            count(*) FILTER (WHERE resolved) AS resolved, \
            count(DISTINCT conversation_id) FILTER (WHERE escalated) AS escalated \
          {IN_WINDOW}"
-    ))
-    .bind(tenant)
-    .bind(w.from)
-    .bind(w.to)
+    ), tenant, w)
     .fetch_one(pool)
     .await?;
     let active_users: i64 = sqlx::query_scalar(&format!(
@@ -189,13 +196,10 @@ pub async fn compute(pool: &PgPool, tenant: &str, w: &Window) -> Result<Analytic
     .bind(w.to)
     .fetch_one(pool)
     .await?;
-    let volume = sqlx::query(&format!(
+    let volume = in_window(&format!(
         "SELECT to_char(date_trunc($4, asked_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS b, \
            count(*) AS n, count(DISTINCT asked_by) AS u {IN_WINDOW} GROUP BY b ORDER BY b"
-    ))
-    .bind(tenant)
-    .bind(w.from)
-    .bind(w.to)
+    ), tenant, w)
     .bind(&w.bucket)
     .bind(&w.tz)
     .fetch_all(pool)
@@ -203,13 +207,14 @@ pub async fn compute(pool: &PgPool, tenant: &str, w: &Window) -> Result<Analytic
     .iter()
     .map(|r| VolumePoint { bucket_start: r.get("b"), questions: r.get("n"), unique_users: r.get("u") })
     .collect();
-    let top_questions = sqlx::query(&format!(
-        "SELECT normalized, count(*) AS n, min(text) AS example {IN_WINDOW} \
+    let top_questions = in_window(
+        &format!(
+            "SELECT normalized, count(*) AS n, min(text) AS example {IN_WINDOW} \
          GROUP BY normalized ORDER BY n DESC, normalized LIMIT 10"
-    ))
-    .bind(tenant)
-    .bind(w.from)
-    .bind(w.to)
+        ),
+        tenant,
+        w,
+    )
     .fetch_all(pool)
     .await?
     .iter()
@@ -219,15 +224,16 @@ pub async fn compute(pool: &PgPool, tenant: &str, w: &Window) -> Result<Analytic
         example: r.get("example"),
     })
     .collect();
-    let coverage_gaps = sqlx::query(&format!(
-        "SELECT coalesce(topic, '(none)') AS topic, count(*) AS n, \
+    let coverage_gaps = in_window(
+        &format!(
+            "SELECT coalesce(topic, '(none)') AS topic, count(*) AS n, \
            (array_agg(text ORDER BY asked_at))[1:3] AS examples {IN_WINDOW} \
            AND status = 'answered' AND (uncertain OR downvotes > 0) \
          GROUP BY 1 ORDER BY n DESC, topic LIMIT 10"
-    ))
-    .bind(tenant)
-    .bind(w.from)
-    .bind(w.to)
+        ),
+        tenant,
+        w,
+    )
     .fetch_all(pool)
     .await?
     .iter()
