@@ -160,8 +160,9 @@ impl CommandBus {
             .await
     }
 
-    /// The tenant's current state and version, straight from its events.
-    pub async fn tenant_state(&self, tenant_id: &str) -> Result<(Tenant, u64), CommandError> {
+    /// The tenant's current state and version, straight from its events (for the checks
+    /// before a command; readers use the tenants read model).
+    async fn tenant_state(&self, tenant_id: &str) -> Result<(Tenant, u64), CommandError> {
         let context = self
             .tenants
             .load_aggregate(tenant_id)
