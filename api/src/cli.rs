@@ -88,7 +88,8 @@ impl Cli {
             Command::Relay => {
                 telemetry::init(&settings.log);
                 let pool = startup::connect(&settings.database).await?;
-                startup::run_relay(pool, settings.kafka.clone())?.await;
+                let fatal = startup::run_relay(pool, settings.kafka.clone())?.await;
+                return Err(anyhow::Error::new(fatal).context("the relay stopped"));
             }
             Command::Project => {
                 telemetry::init(&settings.log);

@@ -187,7 +187,12 @@ pub fn spawn_streaming(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if kafka.relay.in_process {
-        tasks.push(tokio::spawn(run_relay(pool.clone(), kafka.clone())?));
+        let relay = run_relay(pool.clone(), kafka.clone())?;
+        // A fatal relay error is logged by the relay; commands go on being stored, and the
+        // status route shows the relay no longer moving.
+        tasks.push(tokio::spawn(async move {
+            relay.await;
+        }));
     }
     if kafka.projections_in_process {
         for projection in projections::all() {
@@ -199,11 +204,12 @@ pub fn spawn_streaming(
     Ok(tasks)
 }
 
-/// The relay as a future: topics first (retried until the broker answers), then publishing.
+/// The relay as a future: topics first (retried until the broker answers), then publishing
+/// until a fatal error, which it yields.
 pub fn run_relay(
     pool: PgPool,
     kafka: KafkaSettings,
-) -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+) -> anyhow::Result<impl std::future::Future<Output = streaming::RelayError> + Send> {
     let relay = Relay::new(pool, kafka.clone()).context("invalid Kafka producer configuration")?;
     Ok(async move {
         let topics = topics(&kafka);

@@ -11,7 +11,7 @@ use streaming::Envelope;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::runtime::{decode, object_uuid, ApplyError, Projection};
+use crate::runtime::{decode, object_uuid, stored, stored_for_apply, ApplyError, Projection, ReadError};
 
 pub const TABLE: &str = "rm_conversations";
 
@@ -147,8 +147,8 @@ impl Projection for ConversationsProjection {
                 decode::<ConversationEvent>(event).and_then(|p| Ok((p, object_uuid(event)?)));
             let (payload, id) = match decoded {
                 Ok(v) => v,
-                Err(ApplyError::Poison(reason)) => {
-                    tracing::warn!(event_id = %event.event_id, %reason, "skipped a poison event");
+                Err(e) if e.is_poison() => {
+                    tracing::warn!(event_id = %event.event_id, reason = %e.report(), "skipped a poison event");
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -170,8 +170,8 @@ impl Projection for ConversationsProjection {
                         touched.push(key);
                     }
                 }
-                Err(ApplyError::Poison(reason)) => {
-                    tracing::warn!(event_id = %event.event_id, %reason, "skipped a poison event")
+                Err(e) if e.is_poison() => {
+                    tracing::warn!(event_id = %event.event_id, reason = %e.report(), "skipped a poison event")
                 }
                 Err(e) => return Err(e),
             }
@@ -211,8 +211,7 @@ async fn load(
             updated_at: r.get("updated_at"),
             version: r.get("version"),
             last_position: r.get("last_position"),
-            document: serde_json::from_value(r.get("document"))
-                .map_err(|e| ApplyError::Transient(format!("stored document unreadable: {e}")))?,
+            document: stored_for_apply("conversation document", r.get("document"))?,
         })
     })
     .transpose()
@@ -372,7 +371,7 @@ async fn save(
     row: &Current,
 ) -> Result<(), ApplyError> {
     let document =
-        serde_json::to_value(&row.document).map_err(|e| ApplyError::Transient(e.to_string()))?;
+        serde_json::to_value(&row.document).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
     sqlx::query(&format!(
         "INSERT INTO {table} (tenant_id, conversation_id, status, escalated, started_by, channel, \
            question_count, last_question, created_at, updated_at, version, last_position, document) \
@@ -513,7 +512,7 @@ pub async fn get(
     pool: &PgPool,
     tenant: &str,
     id: Uuid,
-) -> Result<Option<ConversationDetail>, sqlx::Error> {
+) -> Result<Option<ConversationDetail>, ReadError> {
     get_from(pool, TABLE, tenant, id).await
 }
 
@@ -522,7 +521,7 @@ async fn get_from<'e, E: sqlx::PgExecutor<'e>>(
     table: &str,
     tenant: &str,
     id: Uuid,
-) -> Result<Option<ConversationDetail>, sqlx::Error> {
+) -> Result<Option<ConversationDetail>, ReadError> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS}, document FROM {table} WHERE tenant_id = $1 AND conversation_id = $2"
     ))
@@ -530,10 +529,13 @@ async fn get_from<'e, E: sqlx::PgExecutor<'e>>(
     .bind(id)
     .fetch_optional(executor)
     .await?;
-    Ok(row.map(|r| ConversationDetail {
-        summary: summary(&r),
-        document: serde_json::from_value(r.get("document")).unwrap_or_default(),
-    }))
+    row.map(|r| {
+        Ok(ConversationDetail {
+            summary: summary(&r),
+            document: stored("conversation document", r.get("document"))?,
+        })
+    })
+    .transpose()
 }
 
 /// The conversation as the read model had it at `at`: its events recorded up to then, replayed

@@ -13,7 +13,7 @@ pub mod tenants;
 
 pub use runtime::{
     rebuild, retry_dead_letter, ApplyError, DeadLetter, Freshness, Projection, ProjectionRunner,
-    ProjectionStatus, RebuildReport,
+    ProjectionStatus, ReadError, RebuildReport,
 };
 
 use std::sync::Arc;

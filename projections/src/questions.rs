@@ -8,7 +8,7 @@ use sqlx::{PgConnection, Row};
 use streaming::Envelope;
 use uuid::Uuid;
 
-use crate::runtime::{decode, object_uuid, ApplyError, Projection};
+use crate::runtime::{decode, object_uuid, stored_for_apply, ApplyError, Projection};
 
 pub const TABLE: &str = "rm_questions";
 
@@ -227,7 +227,7 @@ async fn record_feedback(
     .await?;
     let Some(row) = row else { return Ok(0) };
     let mut all: BTreeMap<String, (String, Vec<String>)> =
-        serde_json::from_value(row.get("feedback")).unwrap_or_default();
+        stored_for_apply("feedback of the answer", row.get("feedback"))?;
     let reasons: Vec<String> = feedback
         .reasons
         .iter()
@@ -255,7 +255,7 @@ async fn record_feedback(
     ))
     .bind(tenant)
     .bind(answer)
-    .bind(serde_json::to_value(&all).map_err(|e| ApplyError::Transient(e.to_string()))?)
+    .bind(serde_json::to_value(&all).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?)
     .bind(up)
     .bind(down)
     .bind(&down_reasons)

@@ -2,6 +2,7 @@
 //! model change + status row) → offset stored. Poison events go to the dead-letter table and
 //! topic; anything else that fails stops the runner without storing the offset, so the event is
 //! delivered again after the restart and applied then (projections skip what they already hold).
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,15 +23,111 @@ pub enum ApplyError {
     /// The event can never be applied (undecodable payload, impossible for this read model).
     #[error("poison event: {0}")]
     Poison(String),
-    /// Applying failed for a reason that may pass (database down, lock timeout...).
-    #[error("transient failure: {0}")]
-    Transient(String),
+    /// The database refused the change for good: a constraint or a data error. Applying the
+    /// same event again would fail the same way, so it is dead-lettered like a poison event.
+    #[error("the database refused the change")]
+    Refused(#[source] sqlx::Error),
+    /// Applying failed for a reason that may pass (database down, lock timeout, serialisation).
+    #[error("transient failure")]
+    Transient(#[source] sqlx::Error),
+}
+
+impl ApplyError {
+    /// Whether the event itself is at fault (dead-letter it and go on) rather than the
+    /// moment (stop, back off and deliver it again).
+    pub fn is_poison(&self) -> bool {
+        matches!(self, ApplyError::Poison(_) | ApplyError::Refused(_))
+    }
+
+    /// The error with its causes, for the dead-letter record and the status row.
+    pub fn report(&self) -> String {
+        error_chain(self)
+    }
+}
+
+/// An error and its `source()` chain on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// How a database error's SQLSTATE class decides its fate: integrity constraint violations
+/// (23) and data exceptions (22) are the event's fault; everything else (connection 08,
+/// serialisation and deadlocks 40, resources 53, operator intervention 57, ...) may pass.
+pub fn sqlstate_is_permanent(code: &str) -> bool {
+    code.starts_with("23") || code.starts_with("22")
 }
 
 impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {
-        ApplyError::Transient(e.to_string())
+        let permanent = match &e {
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| sqlstate_is_permanent(&c)),
+            // A stored value of the wrong type: retrying reads the same value.
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
+            _ => false,
+        };
+        if permanent {
+            ApplyError::Refused(e)
+        } else {
+            ApplyError::Transient(e)
+        }
     }
+}
+
+/// The pause before restart number `attempt` (1-based) of a failing runner: exponential from
+/// 200 ms, capped at `cap`, with jitter (between half and all of it) so that runners failing
+/// together do not retry in lockstep.
+pub fn backoff(attempt: u32, cap: Duration, jitter: f64) -> Duration {
+    let exp = Duration::from_millis(200).saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let full = exp.min(cap);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// Why a read model could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the read model cannot be queried")]
+    Database(#[from] sqlx::Error),
+    /// A stored row does not decode: an error, never silently an empty value.
+    #[error("a stored {what} is unreadable")]
+    Unreadable {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<ReadError> for ApplyError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Database(e) => e.into(),
+            e @ ReadError::Unreadable { .. } => ApplyError::Poison(error_chain(&e)),
+        }
+    }
+}
+
+/// Decodes a JSON column of a stored row.
+pub fn stored<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: serde_json::Value,
+) -> Result<T, ReadError> {
+    serde_json::from_value(value).map_err(|source| ReadError::Unreadable { what, source })
+}
+
+/// Decodes a JSON column while applying an event: a row that cannot be read makes the event
+/// poison for that row (it is dead-lettered), never a reset to an empty value written back.
+pub fn stored_for_apply<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: serde_json::Value,
+) -> Result<T, ApplyError> {
+    serde_json::from_value(value)
+        .map_err(|e| ApplyError::Poison(format!("the stored {what} is unreadable: {e}")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +136,7 @@ pub enum RunnerError {
     Kafka(#[from] KafkaError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("{0}")]
+    #[error("applying an event failed")]
     Apply(#[from] ApplyError),
 }
 
@@ -93,8 +190,8 @@ pub trait Projection: Send + Sync + 'static {
             match self.apply(conn, table, event).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
-                Err(ApplyError::Poison(reason)) => {
-                    tracing::warn!(event_id = %event.event_id, %reason, "rebuild skipped a poison event")
+                Err(e) if e.is_poison() => {
+                    tracing::warn!(event_id = %event.event_id, reason = %e.report(), "rebuild skipped a poison event")
                 }
                 Err(e) => return Err(e),
             }
@@ -134,6 +231,9 @@ pub struct ProjectionRunner {
     pool: PgPool,
     settings: KafkaSettings,
     projection: Arc<dyn Projection>,
+    /// Events handled (applied, skipped or dead-lettered) since start: restarts that made
+    /// progress reset the backoff.
+    handled: AtomicU64,
 }
 
 impl ProjectionRunner {
@@ -142,6 +242,7 @@ impl ProjectionRunner {
             pool,
             settings,
             projection,
+            handled: AtomicU64::new(0),
         }
     }
 
@@ -153,14 +254,29 @@ impl ProjectionRunner {
         )
     }
 
-    /// Runs until stopped, restarting after every failure with a short pause.
+    /// Runs until stopped, restarting after every failure: the pause grows exponentially (with
+    /// jitter, capped at 30 s) while restarts make no progress, and starts over after one did.
     pub async fn run_supervised(self) {
+        let mut attempt: u32 = 0;
         loop {
-            if let Err(e) = self.run().await {
-                tracing::warn!(projection = self.projection.name(), error = %e, "projection stopped; restarting");
-                let _ = record_error(&self.pool, self.projection.name(), &e.to_string()).await;
+            let before = self.handled.load(Ordering::Relaxed);
+            let result = self.run().await;
+            if self.handled.load(Ordering::Relaxed) > before {
+                attempt = 0;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            attempt = attempt.saturating_add(1);
+            let pause = backoff(attempt, Duration::from_secs(30), rand::random::<f64>());
+            if let Err(e) = result {
+                let report = error_chain(&e);
+                tracing::warn!(projection = self.projection.name(), error = %report, attempt,
+                    pause_ms = pause.as_millis() as u64, "projection stopped; restarting");
+                if let Err(status) = record_error(&self.pool, self.projection.name(), &report).await
+                {
+                    tracing::warn!(projection = self.projection.name(), error = %status,
+                        "could not record the error in the projection status");
+                }
+            }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -190,6 +306,7 @@ impl ProjectionRunner {
             let message = consumer.recv().await?;
             self.handle(&message, &dead_letters).await?;
             consumer.store_offset_from_message(&message)?;
+            self.handled.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -219,8 +336,8 @@ impl ProjectionRunner {
                 tracing::debug!(aggregate_id = %event.aggregate_id, sequence = event.sequence, applied, "handled");
                 Ok(())
             }
-            Err(ApplyError::Poison(reason)) => {
-                self.dead_letter(message, Some(&event), &reason, dead_letters)
+            Err(e) if e.is_poison() => {
+                self.dead_letter(message, Some(&event), &e.report(), dead_letters)
                     .await
             }
             Err(e) => Err(e.into()),
@@ -467,7 +584,7 @@ pub async fn retry_dead_letter(
         Ok(event) => apply_one(pool, projection.as_ref(), &event)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.report()),
         Err(e) => Err(format!("undecodable envelope: {e}")),
     };
     let resolved = outcome.is_ok();
@@ -501,9 +618,9 @@ pub struct RebuildReport {
 pub enum RebuildError {
     #[error("a rebuild of this projection is already running")]
     InProgress,
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] sqlx::Error),
-    #[error("{0}")]
+    #[error("applying an event failed")]
     Apply(#[from] ApplyError),
 }
 
@@ -528,12 +645,26 @@ pub async fn rebuild(
     let result = rebuild_locked(pool, projection).await;
     if let Err(e) = &result {
         // A background rebuild has no caller to tell: the status does.
-        let _ = record_error(pool, projection.name(), &format!("rebuild failed: {e}")).await;
+        let report = format!("rebuild failed: {}", error_chain(e));
+        if let Err(status) = record_error(pool, projection.name(), &report).await {
+            tracing::warn!(error = %status, %report, "could not record the failed rebuild in the status");
+        }
     }
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+    let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
         .bind(format!("answers-rebuild:{}", projection.name()))
-        .execute(&mut *lock)
+        .fetch_one(&mut *lock)
         .await;
+    match unlocked {
+        Ok(true) => {}
+        outcome => {
+            // The lock is the session's: closing the connection is the sure way to drop it,
+            // instead of handing a locked connection back to the pool.
+            tracing::warn!(?outcome, "could not release the rebuild lock; closing its connection");
+            if let Err(e) = lock.close().await {
+                tracing::warn!(error = %e, "closing the rebuild lock's connection failed");
+            }
+        }
+    }
     let (events_read, events_applied) = result?;
     Ok(RebuildReport {
         projection: projection.name().to_string(),
@@ -635,4 +766,35 @@ async fn replay_batch(
         .collect();
     state.applied += projection.apply_batch(&mut *conn, table, &mine).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraint_and_data_errors_are_the_events_fault_the_rest_may_pass() {
+        assert!(sqlstate_is_permanent("23505")); // unique violation
+        assert!(sqlstate_is_permanent("23514")); // check violation
+        assert!(sqlstate_is_permanent("22P02")); // invalid text representation
+        assert!(!sqlstate_is_permanent("40001")); // serialisation failure
+        assert!(!sqlstate_is_permanent("40P01")); // deadlock
+        assert!(!sqlstate_is_permanent("08006")); // connection failure
+        assert!(!sqlstate_is_permanent("57P01")); // admin shutdown
+        assert!(!ApplyError::from(sqlx::Error::PoolTimedOut).is_poison());
+        assert!(ApplyError::Poison("x".into()).is_poison());
+    }
+
+    #[test]
+    fn the_backoff_grows_exponentially_up_to_its_cap_with_jitter() {
+        let cap = Duration::from_secs(30);
+        assert_eq!(backoff(1, cap, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff(2, cap, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff(5, cap, 1.0), Duration::from_millis(3200));
+        assert_eq!(backoff(10, cap, 1.0), cap);
+        assert_eq!(backoff(u32::MAX, cap, 1.0), cap);
+        assert_eq!(backoff(10, cap, 0.0), cap / 2);
+        let jittered = backoff(4, cap, 0.3);
+        assert!(jittered >= Duration::from_millis(800) && jittered < Duration::from_millis(1600));
+    }
 }

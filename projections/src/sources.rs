@@ -8,7 +8,7 @@ use streaming::Envelope;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::runtime::{decode, object_uuid, ApplyError, Projection};
+use crate::runtime::{decode, object_uuid, stored, stored_for_apply, ApplyError, Projection, ReadError};
 
 pub const TABLE: &str = "rm_sources";
 
@@ -110,8 +110,7 @@ impl Projection for SourcesProjection {
         if event.sequence <= row.get::<i64, _>("version") {
             return Ok(false);
         }
-        let mut history: Vec<SyncRun> =
-            serde_json::from_value(row.get("history")).unwrap_or_default();
+        let mut history: Vec<SyncRun> = stored_for_apply("sync history", row.get("history"))?;
         // Columns to set: (sql fragment, values) kept simple by one UPDATE per event kind.
         let (sets, values): (&str, Vec<Option<String>>) = match payload {
             SourceEvent::SourceAdded { .. } => unreachable!("handled above"),
@@ -162,7 +161,7 @@ impl Projection for SourcesProjection {
             }
         };
         let history =
-            serde_json::to_value(&history).map_err(|e| ApplyError::Transient(e.to_string()))?;
+            serde_json::to_value(&history).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
         let sql = format!(
             "UPDATE {table} SET {sets}, updated_at = $3, version = $4, history = ${} \
              WHERE tenant_id = $1 AND source_id = $2 RETURNING version",
@@ -181,7 +180,7 @@ impl Projection for SourcesProjection {
     }
 }
 
-pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<SourceSummary>, sqlx::Error> {
+pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<SourceSummary>, ReadError> {
     let rows = sqlx::query(&format!(
         "SELECT source_id, kind, name, location, status, sync_state, document_count, last_error, last_synced_at, \
            added_at, updated_at, version, history FROM {TABLE} WHERE tenant_id = $1 ORDER BY added_at, source_id"
@@ -189,9 +188,9 @@ pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<SourceSummary>, sql
     .bind(tenant)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| SourceSummary {
+    rows.iter()
+        .map(|r| {
+            Ok(SourceSummary {
             id: r.get("source_id"),
             kind: r.get("kind"),
             name: r.get("name"),
@@ -204,7 +203,8 @@ pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<SourceSummary>, sql
             added_at: r.get("added_at"),
             updated_at: r.get("updated_at"),
             version: r.get("version"),
-            history: serde_json::from_value(r.get("history")).unwrap_or_default(),
+            history: stored("sync history", r.get("history"))?,
+            })
         })
-        .collect())
+        .collect()
 }

@@ -6,7 +6,7 @@ use domain::tenant::{Tenant, TenantEvent};
 use sqlx::{PgConnection, PgPool, Row};
 use streaming::Envelope;
 
-use crate::runtime::{decode, ApplyError, Projection};
+use crate::runtime::{decode, stored, stored_for_apply, ApplyError, Projection, ReadError};
 
 pub const TABLE: &str = "rm_tenants";
 
@@ -41,13 +41,12 @@ impl Projection for TenantsProjection {
         .await?;
         let mut state = match row {
             Some(r) if event.sequence <= r.get::<i64, _>("version") => return Ok(false),
-            Some(r) => serde_json::from_value::<Tenant>(r.get("state"))
-                .map_err(|e| ApplyError::Transient(format!("stored tenant unreadable: {e}")))?,
+            Some(r) => stored_for_apply::<Tenant>("tenant state", r.get("state"))?,
             None => Tenant::default(),
         };
         state.apply(payload);
         let state =
-            serde_json::to_value(&state).map_err(|e| ApplyError::Transient(e.to_string()))?;
+            serde_json::to_value(&state).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
         sqlx::query(&format!(
             "INSERT INTO {table} (tenant_id, version, state, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant_id) DO UPDATE SET version = $2, state = $3, updated_at = $4"
@@ -63,15 +62,16 @@ impl Projection for TenantsProjection {
 }
 
 /// The tenant's state and version, if its events have reached the read model.
-pub async fn get(pool: &PgPool, tenant: &str) -> Result<Option<(Tenant, u64)>, sqlx::Error> {
+pub async fn get(pool: &PgPool, tenant: &str) -> Result<Option<(Tenant, u64)>, ReadError> {
     let row = sqlx::query(&format!(
         "SELECT version, state FROM {TABLE} WHERE tenant_id = $1"
     ))
     .bind(tenant)
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|r| {
-        let state = serde_json::from_value(r.get("state")).ok()?;
-        Some((state, r.get::<i64, _>("version") as u64))
-    }))
+    row.map(|r| {
+        let state = stored("tenant state", r.get("state"))?;
+        Ok((state, r.get::<i64, _>("version") as u64))
+    })
+    .transpose()
 }

@@ -23,6 +23,22 @@ pub enum RelayError {
     Kafka(#[from] KafkaError),
     #[error("the relay lost its lock")]
     LostLock,
+    /// The stored checkpoint cannot be read. Starting over from 0 instead would republish the
+    /// whole store, so the relay stops until an operator repairs the row.
+    #[error("relay `{relay}`: the stored checkpoint transaction id `{value}` is unreadable")]
+    UnreadableCheckpoint {
+        relay: String,
+        value: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
+impl RelayError {
+    /// Errors that retrying cannot mend: the relay stops instead of looping on them.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RelayError::UnreadableCheckpoint { .. })
+    }
 }
 
 /// Where the relay stands, for the status API.
@@ -51,12 +67,18 @@ impl Relay {
         })
     }
 
-    /// Publishes forever: takes the lock when it can, relays, and starts over after any error.
-    pub async fn run(self) {
+    /// Publishes until a fatal error: takes the lock when it can, relays, and starts over
+    /// after any error that may pass (database or broker away, lock lost). A fatal error (an
+    /// unreadable checkpoint) is returned: retrying it would never succeed.
+    pub async fn run(self) -> RelayError {
         loop {
             match self.lead().await {
-                Ok(()) => {}
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(error = %e, "relay stopped");
+                    return e;
+                }
                 Err(e) => tracing::warn!(error = %e, "relay interrupted; retrying"),
+                Ok(()) => {}
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -153,10 +175,17 @@ impl Relay {
         .bind(&self.settings.relay.name)
         .fetch_one(&mut *conn)
         .await?;
-        let tx: String = row.get("tx");
+        let tx: String = row.try_get("tx")?;
+        let transaction_id = tx
+            .parse()
+            .map_err(|source| RelayError::UnreadableCheckpoint {
+                relay: self.settings.relay.name.clone(),
+                value: tx.clone(),
+                source,
+            })?;
         Ok(Checkpoint {
-            transaction_id: tx.parse().unwrap_or(0),
-            position: row.get("position"),
+            transaction_id,
+            position: row.try_get("position")?,
         })
     }
 

@@ -137,13 +137,27 @@ async fn freshness(pool: &PgPool) -> Result<Freshness, ApiError> {
         .map_err(read_error)
 }
 
-pub fn read_error(e: sqlx::Error) -> ApiError {
-    tracing::error!(error = %e, "read model query failed");
-    ApiError::new(
-        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
-        "the read model cannot be queried; retry shortly",
-    )
+/// A read-side failure as a problem: a database that cannot be queried is a 503 (retry), a
+/// stored row that does not decode is a 500 (an operator must look), never an empty value.
+pub fn read_error(e: impl Into<projections::ReadError>) -> ApiError {
+    match e.into() {
+        projections::ReadError::Database(e) => {
+            tracing::error!(error = %e, "read model query failed");
+            ApiError::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "the read model cannot be queried; retry shortly",
+            )
+        }
+        e @ projections::ReadError::Unreadable { .. } => {
+            tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "stored read-model data is unreadable");
+            ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "stored_data_unreadable",
+                format!("{e}; the operators have been alerted by the log"),
+            )
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -14,3 +14,4 @@ mod startup;
 mod store;
 mod streaming_projections;
 mod streaming_relay;
+mod unreadable_rows;

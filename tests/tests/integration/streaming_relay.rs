@@ -349,3 +349,42 @@ async fn commands_go_on_while_the_broker_is_down_and_the_read_model_converges_af
         "every conversation reached the read model"
     );
 }
+
+/// A checkpoint that cannot be read must stop the relay: reading it as 0 would republish the
+/// whole store to every consumer.
+#[tokio::test]
+async fn an_unreadable_checkpoint_stops_the_relay_instead_of_republishing_the_store() {
+    let settings = streaming_settings();
+    let mut quiet = settings.clone();
+    quiet.kafka.relay.in_process = false;
+    quiet.kafka.projections_in_process = false;
+    let app = spawn_app_with(quiet, None).await;
+    app.create_tenant("acme", "alice").await;
+    // Damage the row the way a bad manual repair would: a value that is no transaction id.
+    sqlx::query(
+        "ALTER TABLE relay_checkpoints ALTER COLUMN transaction_id TYPE text USING transaction_id::text",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO relay_checkpoints (relay_name, transaction_id, position) VALUES ($1, 'garbage', 7)")
+        .bind(&settings.kafka.relay.name)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let relay = streaming::Relay::new(app.pool.clone(), settings.kafka.clone()).unwrap();
+    let err = relay
+        .step_once(true)
+        .await
+        .expect_err("an unreadable checkpoint is an error, not position 0");
+    assert!(
+        matches!(err, streaming::RelayError::UnreadableCheckpoint { ref value, .. } if value == "garbage"),
+        "{err}"
+    );
+    // The supervised loop does not retry it forever: it stops with that error.
+    let fatal = tokio::time::timeout(Duration::from_secs(30), relay.run())
+        .await
+        .expect("the relay stops by itself");
+    assert!(fatal.is_fatal(), "{fatal}");
+}
