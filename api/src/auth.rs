@@ -1,5 +1,6 @@
 //! Bearer-token authentication. Tokens are HS256 JWTs; the tenant and the role come from the
 //! verified token, never from the request path or body.
+use domain::Code;
 use std::future::{ready, Ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,6 +9,7 @@ use domain::Role;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::AuthSettings;
 use crate::problem::ApiError;
@@ -96,21 +98,21 @@ impl JwtKeys {
         use jsonwebtoken::errors::ErrorKind as K;
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             let (code, detail) = match e.kind() {
-                K::ExpiredSignature => ("token_expired", "the token has expired"),
-                K::InvalidAudience => ("token_invalid", "the token is not meant for this API"),
-                K::InvalidIssuer => ("token_invalid", "the token comes from an unknown issuer"),
-                K::InvalidSignature => ("token_invalid", "the token's signature is invalid"),
-                _ => ("token_invalid", "the token is malformed or incomplete"),
+                K::ExpiredSignature => (Code::TokenExpired, "the token has expired"),
+                K::InvalidAudience => (Code::TokenInvalid, "the token is not meant for this API"),
+                K::InvalidIssuer => (Code::TokenInvalid, "the token comes from an unknown issuer"),
+                K::InvalidSignature => (Code::TokenInvalid, "the token's signature is invalid"),
+                _ => (Code::TokenInvalid, "the token is malformed or incomplete"),
             };
-            ApiError::unauthorized(code, detail)
+            ApiError::new(code, detail)
         })?;
         let claims = data.claims;
         if !valid_tenant_id(&claims.tenant_id)
             || claims.sub.trim().is_empty()
             || claims.sub.len() > 200
         {
-            return Err(ApiError::unauthorized(
-                "token_invalid",
+            return Err(ApiError::new(
+                Code::TokenInvalid,
                 "the token's subject or tenant is invalid",
             ));
         }
@@ -132,24 +134,99 @@ impl FromRequest for Authenticated {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
-    let keys = req.app_data::<web::Data<JwtKeys>>().ok_or_else(|| {
-        ApiError::unauthorized("token_invalid", "authentication is not configured")
-    })?;
+    let keys = req
+        .app_data::<web::Data<JwtKeys>>()
+        .ok_or_else(|| ApiError::new(Code::TokenInvalid, "authentication is not configured"))?;
+    keys.verify(bearer(req)?).map(Authenticated)
+}
+
+/// The bearer token of the request.
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     let value = req
         .headers()
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::unauthorized("token_missing", "send `Authorization: Bearer <token>`")
-        })?
+        .ok_or_else(|| ApiError::new(Code::TokenMissing, "send `Authorization: Bearer <token>`"))?
         .to_str()
-        .map_err(|_| {
-            ApiError::unauthorized("token_invalid", "the Authorization header is not text")
-        })?;
+        .map_err(|_| ApiError::new(Code::TokenInvalid, "the Authorization header is not text"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| {
-            ApiError::unauthorized("token_missing", "the Authorization scheme must be Bearer")
+            ApiError::new(
+                Code::TokenMissing,
+                "the Authorization scheme must be Bearer",
+            )
         })?;
-    keys.verify(token.trim()).map(Authenticated)
+    Ok(token.trim())
+}
+
+/// The platform operators' credential (`platform.operator_token`): operations that serve every
+/// tenant (rebuilding a projection, the global relay and projection status) need it. It is not a
+/// tenant token, and no tenant token, whatever its role, stands in for it.
+#[derive(Clone)]
+pub struct PlatformCredential(Option<[u8; 32]>);
+
+impl PlatformCredential {
+    pub fn new(token: Option<&secrecy::SecretString>) -> Self {
+        Self(token.map(|t| Sha256::digest(t.expose_secret().as_bytes()).into()))
+    }
+
+    /// Compares digests in constant time, so the comparison leaks nothing of the secret.
+    fn matches(&self, token: &str) -> bool {
+        let Some(expected) = &self.0 else {
+            return false;
+        };
+        let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        expected
+            .iter()
+            .zip(given.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// A request made with the platform credential.
+#[derive(Debug, Clone, Copy)]
+pub struct PlatformOperator;
+
+impl FromRequest for PlatformOperator {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(platform_operator(req))
+    }
+}
+
+fn platform_operator(req: &HttpRequest) -> Result<PlatformOperator, ApiError> {
+    let token = bearer(req).map_err(|e| match e.code {
+        Code::TokenMissing => ApiError::new(
+            Code::PlatformCredentialMissing,
+            "send `Authorization: Bearer <platform operator token>`",
+        ),
+        _ => ApiError::new(Code::PlatformCredentialInvalid, e.detail),
+    })?;
+    let credential = req.app_data::<web::Data<PlatformCredential>>();
+    if credential.is_some_and(|c| c.matches(token)) {
+        return Ok(PlatformOperator);
+    }
+    let is_tenant_token = req
+        .app_data::<web::Data<JwtKeys>>()
+        .is_some_and(|keys| keys.verify(token).is_ok());
+    if is_tenant_token {
+        Err(ApiError::new(
+            Code::PlatformOnly,
+            "this operation serves every tenant: it needs the platform operator credential, not a tenant token",
+        ))
+    } else if credential.is_some_and(|c| c.0.is_none()) {
+        Err(ApiError::new(
+            Code::PlatformCredentialInvalid,
+            "no platform operator credential is configured (platform.operator_token)",
+        ))
+    } else {
+        Err(ApiError::new(
+            Code::PlatformCredentialInvalid,
+            "the platform operator credential is wrong",
+        ))
+    }
 }

@@ -18,6 +18,16 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub log: LogSettings,
     pub kafka: streaming::KafkaSettings,
+    #[serde(default)]
+    pub platform: PlatformSettings,
+}
+
+/// Operating the platform as a whole (not one tenant).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PlatformSettings {
+    /// The platform operators' bearer credential for the routes that serve every tenant
+    /// (projection status and rebuilds). Unset: those routes refuse everyone.
+    pub operator_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +137,16 @@ impl Settings {
         let mut problems = Vec::new();
         if self.auth.jwt_secret.expose_secret().len() < 32 {
             problems.push("auth.jwt_secret must be at least 32 bytes".to_string());
+        }
+        if let Some(token) = &self.platform.operator_token {
+            let token = token.expose_secret();
+            if token.len() < 32 {
+                problems.push("platform.operator_token must be at least 32 bytes".to_string());
+            }
+            if token == self.auth.jwt_secret.expose_secret() {
+                problems
+                    .push("platform.operator_token must differ from auth.jwt_secret".to_string());
+            }
         }
         if self.auth.issuer.trim().is_empty() || self.auth.audience.trim().is_empty() {
             problems.push("auth.issuer and auth.audience must not be empty".to_string());

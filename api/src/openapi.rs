@@ -54,6 +54,17 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "platform",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The platform operator credential (platform.operator_token), not a tenant token",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 

@@ -4,7 +4,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use commands::CommandError;
-use commands::RejectionKindDto;
+use domain::Code;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -24,68 +24,72 @@ pub struct Problem {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{status} {code}: {detail}")]
+#[error("{code}: {detail}")]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: String,
+    /// Decides the status (`Code::status`): the one place a status is chosen.
+    pub code: Code,
     pub detail: String,
-    /// Sent as `WWW-Authenticate` on 401s.
-    pub challenge: Option<&'static str>,
+    /// Extra headers the problem needs (`Allow` on a 405).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
         Self {
-            status,
-            code: code.into(),
+            code,
             detail: detail.into(),
-            challenge: None,
+            headers: Vec::new(),
         }
     }
 
-    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
-    pub fn unauthorized(code: &str, detail: impl Into<String>) -> Self {
-        Self {
-            challenge: Some("Bearer"),
-            ..Self::new(StatusCode::UNAUTHORIZED, code, detail)
-        }
-    }
-
-    pub fn not_found(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, detail)
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     pub fn problem(&self) -> Problem {
+        let status = self.status();
         Problem {
             type_: format!("/problems/{}", self.code),
-            title: self
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_string(),
-            status: self.status.as_u16(),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
             detail: self.detail.clone(),
-            code: self.code.clone(),
+            code: self.code.as_str().to_string(),
         }
+    }
+
+    /// An infrastructure failure: logged with its whole cause chain, shown without it.
+    pub fn infrastructure(
+        code: Code,
+        shown: &str,
+        cause: &(dyn std::error::Error + 'static),
+    ) -> Self {
+        tracing::error!(code = %code, error = %projections::runtime::error_chain(cause), "{shown}");
+        Self::new(code, shown)
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        self.status()
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status);
+        let status = self.status();
+        let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE)));
-        if let Some(challenge) = self.challenge {
-            response.insert_header((header::WWW_AUTHENTICATE, challenge));
+        if status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        for (name, value) in &self.headers {
+            response.insert_header((name.clone(), value.clone()));
         }
         response.body(serde_json::to_string(&self.problem()).unwrap_or_default())
     }
@@ -94,48 +98,25 @@ impl ResponseError for ApiError {
 impl From<CommandError> for ApiError {
     fn from(err: CommandError) -> Self {
         match err {
-            CommandError::Rejected(r) => {
-                let status = match r.kind {
-                    RejectionKindDto::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-                    RejectionKindDto::Conflict => StatusCode::CONFLICT,
-                    RejectionKindDto::NotFound => StatusCode::NOT_FOUND,
-                };
-                Self::new(status, r.code, r.message)
+            CommandError::Rejected(r) => Self::new(r.code, r.message),
+            e @ CommandError::Forbidden { .. } => Self::new(Code::Forbidden, e.to_string()),
+            e @ CommandError::Concurrency => Self::new(Code::ConcurrentModification, e.to_string()),
+            e @ CommandError::IdempotencyKeyReused => {
+                Self::new(Code::IdempotencyKeyReused, e.to_string())
             }
-            e @ CommandError::Forbidden { .. } => {
-                Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            e @ CommandError::IdempotencyKeyInProgress => {
+                Self::new(Code::IdempotencyKeyInProgress, e.to_string())
             }
-            e @ CommandError::Concurrency => Self::new(
-                StatusCode::CONFLICT,
-                "concurrent_modification",
-                e.to_string(),
+            e @ CommandError::Unavailable(_) => Self::infrastructure(
+                Code::ServiceUnavailable,
+                "the service cannot reach its database; retry shortly",
+                &e,
             ),
-            e @ CommandError::IdempotencyKeyReused => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                e.to_string(),
+            e @ CommandError::Internal { .. } => Self::infrastructure(
+                Code::InternalError,
+                "an internal error occurred; it has been logged",
+                &e,
             ),
-            e @ CommandError::IdempotencyKeyInProgress => Self::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_progress",
-                e.to_string(),
-            ),
-            CommandError::Unavailable(detail) => {
-                tracing::error!(%detail, "event store unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    "the service cannot reach its database; retry shortly",
-                )
-            }
-            CommandError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "an internal error occurred; it has been logged",
-                )
-            }
         }
     }
 }
@@ -145,30 +126,82 @@ pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
     use actix_web::error::JsonPayloadError as E;
     match &err {
         E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!("the request body exceeds {limit} bytes"),
         ),
         E::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Code::UnsupportedMediaType,
             "send the body as application/json",
         ),
         E::Deserialize(e) if e.is_data() => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            Code::InvalidBody,
             format!("the body does not match the expected shape: {e}"),
         ),
-        E::Deserialize(e) => {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-        }
-        _ => ApiError::bad_request("unreadable_body", "the request body could not be read"),
+        E::Deserialize(e) => ApiError::new(
+            Code::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        ),
+        _ => ApiError::new(Code::UnreadableBody, "the request body could not be read"),
     }
 }
 
+/// Turns the path extractor's failures into problems.
 pub fn path_error(err: actix_web::error::PathError) -> ApiError {
-    ApiError::bad_request(
-        "invalid_path",
+    ApiError::new(
+        Code::InvalidPath,
         format!("a path parameter is invalid: {err}"),
     )
+}
+
+/// Turns the query-string extractor's failures into problems.
+pub fn query_error(err: actix_web::error::QueryPayloadError) -> ApiError {
+    ApiError::new(
+        Code::InvalidQuery,
+        format!("the query string is invalid: {err}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/errors.md has one row per code, with its anchor and the catalogue's status.
+    #[test]
+    fn error_catalogue_matches_the_docs() {
+        let docs = include_str!("../../docs/errors.md");
+        let documented: Vec<(String, u16)> = docs
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("| <a id=\"")?;
+                let (anchor, rest) = rest.split_once("\"></a>`")?;
+                let (name, rest) = rest.split_once("` | ")?;
+                assert_eq!(anchor, name, "the anchor of `{name}`");
+                let status = rest.split(" |").next()?.trim().parse().ok()?;
+                Some((name.to_string(), status))
+            })
+            .collect();
+        let catalogue: Vec<(String, u16)> = Code::ALL
+            .iter()
+            .map(|c| (c.as_str().to_string(), c.status()))
+            .collect();
+        assert_eq!(documented, catalogue);
+        for code in Code::ALL {
+            assert!(docs.contains(&format!(
+                "<a id=\"{}\"></a>",
+                code.doc_anchor().rsplit('#').next().unwrap_or_default()
+            )));
+        }
+    }
+
+    #[test]
+    fn the_status_comes_from_the_code_and_5xx_hide_their_cause() {
+        let cause = std::io::Error::other("password=hunter2 at db:5432");
+        let e = ApiError::infrastructure(Code::ServiceUnavailable, "retry shortly", &cause);
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.problem().detail.contains("hunter2"));
+        assert_eq!(
+            ApiError::new(Code::MethodNotAllowed, "x").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
 }

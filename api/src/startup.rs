@@ -15,9 +15,9 @@ use sqlx::{PgPool, Postgres};
 use streaming::{KafkaSettings, Relay};
 use tokio::task::JoinHandle;
 
-use crate::auth::JwtKeys;
+use crate::auth::{JwtKeys, PlatformCredential};
 use crate::config::{DatabaseSettings, Settings, DEV_JWT_SECRET};
-use crate::problem::{self, ApiError};
+use crate::problem;
 use crate::{middleware, routes};
 
 pub struct Application {
@@ -77,6 +77,9 @@ impl Application {
             settings.idempotency(),
         ));
         let keys = web::Data::new(JwtKeys::new(&settings.auth));
+        let platform = web::Data::new(PlatformCredential::new(
+            settings.platform.operator_token.as_ref(),
+        ));
         let pool_data = web::Data::new(pool.clone());
         let kafka = web::Data::new(settings.kafka.clone());
         let json_limit = settings.limits.json_body_bytes;
@@ -92,17 +95,17 @@ impl Application {
                     web::PathConfig::default()
                         .error_handler(|err, _| problem::path_error(err).into()),
                 )
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|err, _| problem::query_error(err).into()),
+                )
                 .app_data(bus.clone())
                 .app_data(keys.clone())
+                .app_data(platform.clone())
                 .app_data(pool_data.clone())
                 .app_data(kafka.clone())
                 .configure(routes::configure)
-                .default_service(web::to(|| async {
-                    Err::<actix_web::HttpResponse, _>(ApiError::not_found(
-                        "route_not_found",
-                        "no route matches this method and path",
-                    ))
-                }))
+                .default_service(web::to(routes::fallback::unmatched))
         })
         .listen(listener)?;
         if settings.server.workers > 0 {

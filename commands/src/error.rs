@@ -1,32 +1,17 @@
-use domain::error::RejectionKind;
-use domain::DomainError;
+use domain::{Code, DomainError};
 use serde::{Deserialize, Serialize};
 
 /// A domain rejection in a form that can be stored with an idempotency key and replayed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
-    pub kind: RejectionKindDto,
-    pub code: String,
+    pub code: Code,
     pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectionKindDto {
-    Invalid,
-    Conflict,
-    NotFound,
 }
 
 impl From<DomainError> for Rejection {
     fn from(e: DomainError) -> Self {
         Self {
-            kind: match e.kind {
-                RejectionKind::Invalid => RejectionKindDto::Invalid,
-                RejectionKind::Conflict => RejectionKindDto::Conflict,
-                RejectionKind::NotFound => RejectionKindDto::NotFound,
-            },
-            code: e.code.to_string(),
+            code: e.code,
             message: e.message,
         }
     }
@@ -50,12 +35,19 @@ pub enum CommandError {
     #[error("a request with this idempotency key is still in progress")]
     IdempotencyKeyInProgress,
     /// The database could not be reached or answered too slowly (503).
-    #[error("the event store is unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else that is our fault (500). The message is logged, never shown.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("the event store is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else that is our fault (500). Logged with its cause, never shown.
+    #[error("internal error: {context}")]
+    Internal {
+        context: &'static str,
+        #[source]
+        source: BoxError,
+    },
 }
+
+/// The cause of an infrastructure failure, kept whole for the logs.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl CommandError {
     pub(crate) fn from_aggregate(err: cqrs_es::AggregateError<DomainError>) -> Self {
@@ -63,9 +55,15 @@ impl CommandError {
         match err {
             E::UserError(e) => Self::Rejected(e.into()),
             E::AggregateConflict => Self::Concurrency,
-            E::DatabaseConnectionError(e) => Self::Unavailable(e.to_string()),
-            E::DeserializationError(e) => Self::Internal(format!("stored event unreadable: {e}")),
-            E::UnexpectedError(e) => Self::Internal(e.to_string()),
+            E::DatabaseConnectionError(e) => Self::Unavailable(e),
+            E::DeserializationError(source) => Self::Internal {
+                context: "a stored event is unreadable",
+                source,
+            },
+            E::UnexpectedError(source) => Self::Internal {
+                context: "the event store failed",
+                source,
+            },
         }
     }
 
@@ -75,8 +73,11 @@ impl CommandError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(err.to_string()),
-            other => Self::Internal(other.to_string()),
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(Box::new(err)),
+            other => Self::Internal {
+                context: "a database statement failed",
+                source: Box::new(other),
+            },
         }
     }
 }

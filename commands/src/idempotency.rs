@@ -112,8 +112,11 @@ impl IdempotencyStore {
                 }
                 "rejected" => {
                     let body: serde_json::Value = row.get("response_body");
-                    let rejection = serde_json::from_value(body)
-                        .map_err(|e| CommandError::Internal(e.to_string()))?;
+                    let rejection =
+                        serde_json::from_value(body).map_err(|e| CommandError::Internal {
+                            context: "a stored idempotent response is unreadable",
+                            source: Box::new(e),
+                        })?;
                     return Ok(Claim::Replay(Settled::Rejected(rejection)));
                 }
                 _ => {}
@@ -157,8 +160,10 @@ impl IdempotencyStore {
         key: &str,
         rejection: &Rejection,
     ) -> Result<(), CommandError> {
-        let body =
-            serde_json::to_value(rejection).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let body = serde_json::to_value(rejection).map_err(|e| CommandError::Internal {
+            context: "a rejection cannot be stored",
+            source: Box::new(e),
+        })?;
         sqlx::query(
             "UPDATE idempotency_keys SET state = 'rejected', response_body = $4, settled_at = now() \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",

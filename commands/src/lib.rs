@@ -14,7 +14,7 @@ mod outcome;
 pub use bus::{AskQuestion, CommandBus};
 pub use clock::{Clock, SystemClock};
 pub use context::CommandContext;
-pub use error::{CommandError, Rejection, RejectionKindDto};
+pub use error::{CommandError, Rejection};
 pub use idempotency::IdempotencySettings;
 pub use local_engine::LocalAnswerEngine;
 pub use outcome::{AnswerOutcome, AnswerStatus, CommandOutcome};

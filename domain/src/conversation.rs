@@ -1,4 +1,5 @@
 //! A conversation is one thread of questions and answers, with the feedback given on them.
+use crate::code::Code;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -158,8 +159,8 @@ pub struct Conversation {
 impl Conversation {
     fn ensure_started(&self) -> Result<(), DomainError> {
         if self.status == ConversationStatus::NotStarted {
-            return Err(DomainError::not_found(
-                "conversation_not_found",
+            return Err(DomainError::new(
+                Code::ConversationNotFound,
                 "no such conversation",
             ));
         }
@@ -169,8 +170,8 @@ impl Conversation {
     fn ensure_open(&self) -> Result<(), DomainError> {
         self.ensure_started()?;
         if self.status == ConversationStatus::Resolved {
-            return Err(DomainError::conflict(
-                "conversation_resolved",
+            return Err(DomainError::new(
+                Code::ConversationResolved,
                 "the conversation is resolved",
             ));
         }
@@ -185,8 +186,8 @@ impl Conversation {
     ) -> Result<Vec<ConversationEvent>, DomainError> {
         self.ensure_started()?;
         let answer = self.answers.get(&answer_id).ok_or_else(|| {
-            DomainError::not_found(
-                "answer_not_found",
+            DomainError::new(
+                Code::AnswerNotFound,
                 "this conversation has no answer with that id",
             )
         })?;
@@ -195,14 +196,14 @@ impl Conversation {
         reasons.sort();
         reasons.dedup();
         if feedback.reaction == Reaction::Upvote && !reasons.is_empty() {
-            return Err(DomainError::invalid(
-                "reasons_need_downvote",
+            return Err(DomainError::new(
+                Code::ReasonsNeedDownvote,
                 "reasons (incorrect, irrelevant, unaddressed) describe a downvote",
             ));
         }
         let comment = validate::optional_text(
             "comment",
-            "invalid_comment",
+            Code::InvalidComment,
             feedback.comment.as_deref(),
             MAX_COMMENT_CHARS,
         )?;
@@ -257,13 +258,13 @@ impl Aggregate for Conversation {
                 if follow_up {
                     self.ensure_open()?;
                 } else if self.status != ConversationStatus::NotStarted {
-                    return Err(DomainError::conflict(
-                        "conversation_exists",
+                    return Err(DomainError::new(
+                        Code::ConversationExists,
                         "a conversation with this id has already started",
                     ));
                 }
                 let text =
-                    validate::text("question", "invalid_question", &text, MAX_QUESTION_CHARS)?;
+                    validate::text("question", Code::InvalidQuestion, &text, MAX_QUESTION_CHARS)?;
                 let channel = validate::identifier("channel", &channel)?;
                 let asked_by = validate::identifier("user id", &asked_by)?;
                 let integration_id = match integration_id.as_deref() {
@@ -339,13 +340,17 @@ impl Aggregate for Conversation {
             ConversationCommand::Escalate { by, reason } => {
                 self.ensure_open()?;
                 if self.escalated {
-                    return Err(DomainError::conflict(
-                        "conversation_escalated",
+                    return Err(DomainError::new(
+                        Code::ConversationEscalated,
                         "the conversation has already been escalated",
                     ));
                 }
-                let reason =
-                    validate::optional_text("reason", "invalid_reason", reason.as_deref(), 1000)?;
+                let reason = validate::optional_text(
+                    "reason",
+                    Code::InvalidReason,
+                    reason.as_deref(),
+                    1000,
+                )?;
                 sink.write(
                     ConversationEvent::ConversationEscalated { by, reason },
                     self,
@@ -544,7 +549,7 @@ mod tests {
                 .await
                 .inspect_result()
                 .unwrap_err();
-            assert_eq!(err.code, "invalid_question");
+            assert_eq!(err.code, Code::InvalidQuestion);
         }
     }
 
@@ -556,7 +561,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "conversation_not_found");
+        assert_eq!(err.code, Code::ConversationNotFound);
         let mut resolved = asked_and_answered();
         resolved.push(ConversationEvent::ConversationResolved { by: "alice".into() });
         let err = TestFramework::<Conversation>::with(services(Ok(answer())))
@@ -565,7 +570,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "conversation_resolved");
+        assert_eq!(err.code, Code::ConversationResolved);
     }
 
     #[tokio::test]
@@ -580,7 +585,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "answer_not_found");
+        assert_eq!(err.code, Code::AnswerNotFound);
     }
 
     #[tokio::test]
@@ -641,7 +646,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "reasons_need_downvote");
+        assert_eq!(err.code, Code::ReasonsNeedDownvote);
     }
 
     #[tokio::test]
@@ -660,7 +665,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "conversation_escalated");
+        assert_eq!(err.code, Code::ConversationEscalated);
         TestFramework::<Conversation>::with(services(Ok(answer())))
             .given(asked_and_answered())
             .when_async(ConversationCommand::Resolve { by: "alice".into() })

@@ -1,43 +1,21 @@
 use std::fmt;
 
-/// Why an aggregate refused a command. Every variant is the caller's to fix (a 4xx), never an
-/// infrastructure failure; those travel separately as `cqrs_es::AggregateError` variants.
+pub use crate::code::Code;
+
+/// Why an aggregate refused a command. Every variant is the caller's to fix (a 4xx, decided by
+/// the code), never an infrastructure failure; those travel separately as
+/// `cqrs_es::AggregateError` variants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainError {
-    pub kind: RejectionKind,
-    /// Stable, machine-readable code (snake_case); clients switch on it.
-    pub code: &'static str,
+    /// Stable, machine-readable code; clients switch on it, and it decides the HTTP status.
+    pub code: Code,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectionKind {
-    /// The command itself is invalid (422).
-    Invalid,
-    /// The command is valid but the aggregate's state forbids it now (409).
-    Conflict,
-    /// The command addresses something that does not exist (404).
-    NotFound,
-}
-
 impl DomainError {
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        debug_assert!(code.is_client_error(), "{code} is not a rejection");
         Self {
-            kind: RejectionKind::Invalid,
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind: RejectionKind::Conflict,
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind: RejectionKind::NotFound,
             code,
             message: message.into(),
         }

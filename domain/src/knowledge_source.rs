@@ -1,5 +1,6 @@
 //! A knowledge source is one body of company knowledge (a website, docs, a GitHub repository,
 //! a help desk...) that the answer engine is grounded in, and the history of its syncs.
+use crate::code::Code;
 use std::collections::BTreeMap;
 
 use cqrs_es::event_sink::EventSink;
@@ -29,20 +30,20 @@ impl SourceKind {
         match self {
             SourceKind::Website | SourceKind::Docs => validate::http_url("location", location),
             SourceKind::Github => {
-                let v = validate::text("location", "invalid_location", location, 2000)?;
+                let v = validate::text("location", Code::InvalidLocation, location, 2000)?;
                 let is_repo = v.split('/').count() == 2
                     && v.split('/')
                         .all(|p| !p.is_empty() && !p.contains(char::is_whitespace));
                 if is_repo || v.starts_with("https://github.com/") {
                     Ok(v)
                 } else {
-                    Err(DomainError::invalid(
-                        "invalid_location",
+                    Err(DomainError::new(
+                        Code::InvalidLocation,
                         "a github source's location is `owner/repo` or a https://github.com/ URL",
                     ))
                 }
             }
-            _ => validate::text("location", "invalid_location", location, 2000),
+            _ => validate::text("location", Code::InvalidLocation, location, 2000),
         }
     }
 }
@@ -150,16 +151,16 @@ pub struct KnowledgeSource {
 
 fn settings(value: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, DomainError> {
     if value.len() > MAX_SETTINGS {
-        return Err(DomainError::invalid(
-            "invalid_settings",
+        return Err(DomainError::new(
+            Code::InvalidSettings,
             format!("at most {MAX_SETTINGS} settings are allowed"),
         ));
     }
     for (k, v) in &value {
-        validate::text("setting name", "invalid_settings", k, 100)?;
+        validate::text("setting name", Code::InvalidSettings, k, 100)?;
         if v.chars().count() > 2000 {
-            return Err(DomainError::invalid(
-                "invalid_settings",
+            return Err(DomainError::new(
+                Code::InvalidSettings,
                 format!("setting `{k}` is longer than 2000 characters"),
             ));
         }
@@ -167,8 +168,8 @@ fn settings(value: BTreeMap<String, String>) -> Result<BTreeMap<String, String>,
             || k.to_ascii_lowercase().contains("password")
             || k.to_ascii_lowercase().contains("token")
         {
-            return Err(DomainError::invalid(
-                "invalid_settings",
+            return Err(DomainError::new(
+                Code::InvalidSettings,
                 format!("setting `{k}` looks like a credential; store a secret reference instead"),
             ));
         }
@@ -180,12 +181,12 @@ impl KnowledgeSource {
     fn ensure_active(&self) -> Result<(), DomainError> {
         match self.status {
             SourceStatus::Active => Ok(()),
-            SourceStatus::NotAdded => Err(DomainError::not_found(
-                "source_not_found",
+            SourceStatus::NotAdded => Err(DomainError::new(
+                Code::SourceNotFound,
                 "no such knowledge source",
             )),
-            SourceStatus::Removed => Err(DomainError::conflict(
-                "source_removed",
+            SourceStatus::Removed => Err(DomainError::new(
+                Code::SourceRemoved,
                 "the knowledge source has been removed",
             )),
         }
@@ -194,8 +195,8 @@ impl KnowledgeSource {
     fn running(&self, sync_id: Uuid) -> Result<(), DomainError> {
         match self.sync {
             SyncState::Running { sync_id: running } if running == sync_id => Ok(()),
-            _ => Err(DomainError::conflict(
-                "sync_not_running",
+            _ => Err(DomainError::new(
+                Code::SyncNotRunning,
                 "no sync with that id is running for this source",
             )),
         }
@@ -210,14 +211,14 @@ impl KnowledgeSource {
         } = command
         {
             if self.status != SourceStatus::NotAdded {
-                return Err(DomainError::conflict(
-                    "source_exists",
+                return Err(DomainError::new(
+                    Code::SourceExists,
                     "a knowledge source with this id exists",
                 ));
             }
             return Ok(SourceEvent::SourceAdded {
                 kind,
-                name: validate::text("name", "invalid_name", &name, 200)?,
+                name: validate::text("name", Code::InvalidName, &name, 200)?,
                 location: kind.validate_location(&location)?,
                 settings: settings(s)?,
             });
@@ -231,15 +232,15 @@ impl KnowledgeSource {
                 settings: s,
             } => {
                 if name.is_none() && location.is_none() && s.is_none() {
-                    return Err(DomainError::invalid(
-                        "empty_update",
+                    return Err(DomainError::new(
+                        Code::EmptyUpdate,
                         "give at least one of name, location, settings",
                     ));
                 }
                 let kind = self.kind.unwrap_or(SourceKind::File);
                 SourceEvent::SourceUpdated {
                     name: name
-                        .map(|n| validate::text("name", "invalid_name", &n, 200))
+                        .map(|n| validate::text("name", Code::InvalidName, &n, 200))
                         .transpose()?,
                     location: location.map(|l| kind.validate_location(&l)).transpose()?,
                     settings: s.map(settings).transpose()?,
@@ -248,8 +249,8 @@ impl KnowledgeSource {
             SourceCommand::Remove => SourceEvent::SourceRemoved {},
             SourceCommand::RequestSync { requested_by } => {
                 if self.sync != SyncState::Idle {
-                    return Err(DomainError::conflict(
-                        "sync_in_progress",
+                    return Err(DomainError::new(
+                        Code::SyncInProgress,
                         "a sync of this source is already requested or running",
                     ));
                 }
@@ -257,8 +258,8 @@ impl KnowledgeSource {
             }
             SourceCommand::StartSync { sync_id } => {
                 if self.sync != SyncState::Requested {
-                    return Err(DomainError::conflict(
-                        "sync_not_requested",
+                    return Err(DomainError::new(
+                        Code::SyncNotRequested,
                         "a sync starts only after it was requested",
                     ));
                 }
@@ -278,7 +279,7 @@ impl KnowledgeSource {
                 self.running(sync_id)?;
                 SourceEvent::SyncFailed {
                     sync_id,
-                    error: validate::text("error", "invalid_error", &error, 2000)?,
+                    error: validate::text("error", Code::InvalidError, &error, 2000)?,
                 }
             }
         })
@@ -386,7 +387,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "invalid_location");
+        assert_eq!(err.code, Code::InvalidLocation);
     }
 
     #[tokio::test]
@@ -402,7 +403,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "invalid_settings");
+        assert_eq!(err.code, Code::InvalidSettings);
     }
 
     #[tokio::test]
@@ -417,7 +418,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "source_removed");
+        assert_eq!(err.code, Code::SourceRemoved);
     }
 
     #[tokio::test]
@@ -435,7 +436,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "sync_in_progress");
+        assert_eq!(err.code, Code::SyncInProgress);
         given.push(SourceEvent::SyncStarted { sync_id });
         let err = Given::with(())
             .given(given.clone())
@@ -446,7 +447,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "sync_not_running");
+        assert_eq!(err.code, Code::SyncNotRunning);
         Given::with(())
             .given(given)
             .when_async(SourceCommand::CompleteSync {
@@ -470,7 +471,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "sync_not_requested");
+        assert_eq!(err.code, Code::SyncNotRequested);
     }
 
     #[tokio::test]
@@ -485,13 +486,13 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "empty_update");
+        assert_eq!(err.code, Code::EmptyUpdate);
         let err = Given::with(())
             .given_no_previous_events()
             .when_async(SourceCommand::Remove)
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "source_not_found");
+        assert_eq!(err.code, Code::SourceNotFound);
     }
 }

@@ -4,6 +4,7 @@
 //! Nothing in this crate performs I/O. The one outside capability an aggregate needs, an answer
 //! engine, is a trait injected by cqrs-es as the aggregate's `Services`.
 
+pub mod code;
 pub mod conversation;
 pub mod engine;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod role;
 pub mod tenant;
 mod validate;
 
+pub use code::Code;
 pub use error::DomainError;
 pub use role::{Action, Role};
 

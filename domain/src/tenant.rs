@@ -1,4 +1,5 @@
 //! A tenant is one customer company: its name, its Kapa settings, feature flags and members.
+use crate::code::Code;
 use std::collections::BTreeMap;
 
 use cqrs_es::event_sink::EventSink;
@@ -150,12 +151,12 @@ impl Tenant {
     pub fn ensure_accepts_commands(&self) -> Result<(), DomainError> {
         match self.status {
             TenantStatus::Active => Ok(()),
-            TenantStatus::Unprovisioned => Err(DomainError::not_found(
-                "tenant_not_found",
+            TenantStatus::Unprovisioned => Err(DomainError::new(
+                Code::TenantNotFound,
                 "this tenant has not been created yet (POST /v1/tenant)",
             )),
-            TenantStatus::Suspended => Err(DomainError::conflict(
-                "tenant_suspended",
+            TenantStatus::Suspended => Err(DomainError::new(
+                Code::TenantSuspended,
                 "this tenant is suspended and accepts no commands",
             )),
         }
@@ -181,7 +182,7 @@ impl Tenant {
 
     fn member(&self, user_id: &str) -> Result<&Member, DomainError> {
         self.members.get(user_id).ok_or_else(|| {
-            DomainError::not_found("member_not_found", format!("`{user_id}` is not a member"))
+            DomainError::new(Code::MemberNotFound, format!("`{user_id}` is not a member"))
         })
     }
 
@@ -192,12 +193,12 @@ impl Tenant {
         } = command
         {
             if self.status != TenantStatus::Unprovisioned {
-                return Err(DomainError::conflict(
-                    "tenant_exists",
+                return Err(DomainError::new(
+                    Code::TenantExists,
                     "this tenant has already been created",
                 ));
             }
-            let name = validate::text("name", "invalid_name", &name, MAX_TENANT_NAME_CHARS)?;
+            let name = validate::text("name", Code::InvalidName, &name, MAX_TENANT_NAME_CHARS)?;
             let admin = validate::identifier("admin user id", &admin_user_id)?;
             return Ok(vec![
                 TenantEvent::TenantCreated {
@@ -214,8 +215,8 @@ impl Tenant {
         if let TenantCommand::Reactivate = command {
             return match self.status {
                 TenantStatus::Suspended => Ok(vec![TenantEvent::TenantReactivated {}]),
-                TenantStatus::Active => Err(DomainError::conflict(
-                    "tenant_not_suspended",
+                TenantStatus::Active => Err(DomainError::new(
+                    Code::TenantNotSuspended,
                     "the tenant is not suspended",
                 )),
                 TenantStatus::Unprovisioned => self.ensure_accepts_commands().map(|_| vec![]),
@@ -227,7 +228,7 @@ impl Tenant {
                 unreachable!("handled above")
             }
             TenantCommand::Rename { name } => TenantEvent::TenantRenamed {
-                name: validate::text("name", "invalid_name", &name, MAX_TENANT_NAME_CHARS)?,
+                name: validate::text("name", Code::InvalidName, &name, MAX_TENANT_NAME_CHARS)?,
             },
             TenantCommand::SetKapaSettings {
                 project_id,
@@ -239,14 +240,18 @@ impl Tenant {
                     None | Some("") => None,
                     Some(id) => Some(validate::identifier("integration id", id)?),
                 };
-                let api_key_ref =
-                    validate::text("api key reference", "invalid_secret_ref", &api_key_ref, 500)?;
+                let api_key_ref = validate::text(
+                    "api key reference",
+                    Code::InvalidSecretRef,
+                    &api_key_ref,
+                    500,
+                )?;
                 let has_scheme = SECRET_REF_SCHEMES
                     .iter()
                     .any(|s| api_key_ref.starts_with(s) && api_key_ref.len() > s.len());
                 if !has_scheme {
-                    return Err(DomainError::invalid(
-                        "invalid_secret_ref",
+                    return Err(DomainError::new(
+                        Code::InvalidSecretRef,
                         format!(
                             "api_key_ref must reference a secret ({}), not contain the key",
                             SECRET_REF_SCHEMES.join(", ")
@@ -265,8 +270,8 @@ impl Tenant {
                 rollout_percentage,
             } => {
                 if rollout_percentage > 100 {
-                    return Err(DomainError::invalid(
-                        "invalid_rollout",
+                    return Err(DomainError::new(
+                        Code::InvalidRollout,
                         "rollout_percentage must be between 0 and 100",
                     ));
                 }
@@ -279,8 +284,8 @@ impl Tenant {
             TenantCommand::ClearFeatureFlag { flag } => {
                 let flag = flag_name(&flag)?;
                 if !self.feature_flags.contains_key(&flag) {
-                    return Err(DomainError::not_found(
-                        "feature_flag_not_found",
+                    return Err(DomainError::new(
+                        Code::FeatureFlagNotFound,
                         format!("feature flag `{flag}` is not set"),
                     ));
                 }
@@ -293,17 +298,17 @@ impl Tenant {
             } => {
                 let user_id = validate::identifier("user id", &user_id)?;
                 if self.members.contains_key(&user_id) {
-                    return Err(DomainError::conflict(
-                        "member_exists",
+                    return Err(DomainError::new(
+                        Code::MemberExists,
                         format!("`{user_id}` is already a member"),
                     ));
                 }
                 let email =
-                    validate::optional_text("email", "invalid_email", email.as_deref(), 320)?;
+                    validate::optional_text("email", Code::InvalidEmail, email.as_deref(), 320)?;
                 if let Some(e) = &email {
                     if !e.contains('@') || e.contains(char::is_whitespace) {
-                        return Err(DomainError::invalid(
-                            "invalid_email",
+                        return Err(DomainError::new(
+                            Code::InvalidEmail,
                             "email is not an e-mail address",
                         ));
                     }
@@ -317,14 +322,14 @@ impl Tenant {
             TenantCommand::ChangeMemberRole { user_id, role } => {
                 let member = self.member(&user_id)?;
                 if member.role == role {
-                    return Err(DomainError::conflict(
-                        "role_unchanged",
+                    return Err(DomainError::new(
+                        Code::RoleUnchanged,
                         format!("`{user_id}` already has the role {role}"),
                     ));
                 }
                 if member.role == Role::Admin && self.admin_count() == 1 {
-                    return Err(DomainError::conflict(
-                        "last_admin",
+                    return Err(DomainError::new(
+                        Code::LastAdmin,
                         "the last admin of a tenant cannot be demoted",
                     ));
                 }
@@ -337,15 +342,15 @@ impl Tenant {
             TenantCommand::RemoveMember { user_id } => {
                 let member = self.member(&user_id)?;
                 if member.role == Role::Admin && self.admin_count() == 1 {
-                    return Err(DomainError::conflict(
-                        "last_admin",
+                    return Err(DomainError::new(
+                        Code::LastAdmin,
                         "the last admin of a tenant cannot be removed",
                     ));
                 }
                 TenantEvent::MemberRemoved { user_id }
             }
             TenantCommand::Suspend { reason } => TenantEvent::TenantSuspended {
-                reason: validate::text("reason", "invalid_reason", &reason, 1000)?,
+                reason: validate::text("reason", Code::InvalidReason, &reason, 1000)?,
             },
         };
         Ok(vec![event])
@@ -362,8 +367,8 @@ fn flag_name(flag: &str) -> Result<String, DomainError> {
     if valid {
         Ok(flag.to_string())
     } else {
-        Err(DomainError::invalid(
-            "invalid_feature_flag",
+        Err(DomainError::new(
+            Code::InvalidFeatureFlag,
             "a feature flag name is 1-64 characters of a-z, 0-9, `_`, `.` or `-`",
         ))
     }
@@ -487,7 +492,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "tenant_exists");
+        assert_eq!(err.code, Code::TenantExists);
     }
 
     #[tokio::test]
@@ -501,7 +506,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(demote.code, "last_admin");
+        assert_eq!(demote.code, Code::LastAdmin);
         let remove = Given::with(())
             .given(created())
             .when_async(TenantCommand::RemoveMember {
@@ -510,7 +515,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(remove.code, "last_admin");
+        assert_eq!(remove.code, Code::LastAdmin);
     }
 
     #[tokio::test]
@@ -547,7 +552,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "tenant_suspended");
+        assert_eq!(err.code, Code::TenantSuspended);
         Given::with(())
             .given(given)
             .when_async(TenantCommand::Reactivate)
@@ -567,7 +572,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "invalid_secret_ref");
+        assert_eq!(err.code, Code::InvalidSecretRef);
         Given::with(())
             .given(created())
             .when_async(TenantCommand::SetKapaSettings {
@@ -595,7 +600,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "invalid_rollout");
+        assert_eq!(err.code, Code::InvalidRollout);
         let mut given = created();
         given.push(TenantEvent::FeatureFlagSet {
             flag: "beta".into(),
@@ -619,7 +624,7 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(missing.code, "feature_flag_not_found");
+        assert_eq!(missing.code, Code::FeatureFlagNotFound);
     }
 
     #[tokio::test]
@@ -630,6 +635,6 @@ mod tests {
             .await
             .inspect_result()
             .unwrap_err();
-        assert_eq!(err.code, "tenant_not_found");
+        assert_eq!(err.code, Code::TenantNotFound);
     }
 }

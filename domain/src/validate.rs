@@ -1,23 +1,21 @@
 //! Small field checks shared by the aggregates.
+use crate::code::Code;
 use crate::DomainError;
 
 /// Trims `value` and checks its length in characters.
 pub(crate) fn text(
     field: &'static str,
-    code: &'static str,
+    code: Code,
     value: &str,
     max_chars: usize,
 ) -> Result<String, DomainError> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
-        return Err(DomainError::invalid(
-            code,
-            format!("{field} must not be empty"),
-        ));
+        return Err(DomainError::new(code, format!("{field} must not be empty")));
     }
     let chars = trimmed.chars().count();
     if chars > max_chars {
-        return Err(DomainError::invalid(
+        return Err(DomainError::new(
             code,
             format!("{field} is {chars} characters long; at most {max_chars} are allowed"),
         ));
@@ -28,7 +26,7 @@ pub(crate) fn text(
 /// Like [`text`] but an absent or blank value is `None`.
 pub(crate) fn optional_text(
     field: &'static str,
-    code: &'static str,
+    code: Code,
     value: Option<&str>,
     max_chars: usize,
 ) -> Result<Option<String>, DomainError> {
@@ -39,10 +37,10 @@ pub(crate) fn optional_text(
 }
 
 pub(crate) fn identifier(field: &'static str, value: &str) -> Result<String, DomainError> {
-    let v = text(field, "invalid_identifier", value, 200)?;
+    let v = text(field, Code::InvalidIdentifier, value, 200)?;
     if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(DomainError::invalid(
-            "invalid_identifier",
+        return Err(DomainError::new(
+            Code::InvalidIdentifier,
             format!("{field} must not contain white space or control characters"),
         ));
     }
@@ -50,7 +48,7 @@ pub(crate) fn identifier(field: &'static str, value: &str) -> Result<String, Dom
 }
 
 pub(crate) fn http_url(field: &'static str, value: &str) -> Result<String, DomainError> {
-    let v = text(field, "invalid_location", value, 2000)?;
+    let v = text(field, Code::InvalidLocation, value, 2000)?;
     let rest = v
         .strip_prefix("https://")
         .or_else(|| v.strip_prefix("http://"));
@@ -60,8 +58,8 @@ pub(crate) fn http_url(field: &'static str, value: &str) -> Result<String, Domai
         {
             Ok(v)
         }
-        _ => Err(DomainError::invalid(
-            "invalid_location",
+        _ => Err(DomainError::new(
+            Code::InvalidLocation,
             format!("{field} must be an http(s) URL"),
         )),
     }

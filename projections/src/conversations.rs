@@ -11,7 +11,9 @@ use streaming::Envelope;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::runtime::{decode, object_uuid, stored, stored_for_apply, ApplyError, Projection, ReadError};
+use crate::runtime::{
+    decode, object_uuid, stored, stored_for_apply, ApplyError, Projection, ReadError,
+};
 
 pub const TABLE: &str = "rm_conversations";
 
@@ -370,8 +372,8 @@ async fn save(
     id: Uuid,
     row: &Current,
 ) -> Result<(), ApplyError> {
-    let document =
-        serde_json::to_value(&row.document).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
+    let document = serde_json::to_value(&row.document)
+        .map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
     sqlx::query(&format!(
         "INSERT INTO {table} (tenant_id, conversation_id, status, escalated, started_by, channel, \
            question_count, last_question, created_at, updated_at, version, last_position, document) \

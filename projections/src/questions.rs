@@ -255,7 +255,10 @@ async fn record_feedback(
     ))
     .bind(tenant)
     .bind(answer)
-    .bind(serde_json::to_value(&all).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?)
+    .bind(
+        serde_json::to_value(&all)
+            .map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?,
+    )
     .bind(up)
     .bind(down)
     .bind(&down_reasons)

@@ -650,16 +650,20 @@ pub async fn rebuild(
             tracing::warn!(error = %status, %report, "could not record the failed rebuild in the status");
         }
     }
-    let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-        .bind(format!("answers-rebuild:{}", projection.name()))
-        .fetch_one(&mut *lock)
-        .await;
+    let unlocked =
+        sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(format!("answers-rebuild:{}", projection.name()))
+            .fetch_one(&mut *lock)
+            .await;
     match unlocked {
         Ok(true) => {}
         outcome => {
             // The lock is the session's: closing the connection is the sure way to drop it,
             // instead of handing a locked connection back to the pool.
-            tracing::warn!(?outcome, "could not release the rebuild lock; closing its connection");
+            tracing::warn!(
+                ?outcome,
+                "could not release the rebuild lock; closing its connection"
+            );
             if let Err(e) = lock.close().await {
                 tracing::warn!(error = %e, "closing the rebuild lock's connection failed");
             }

@@ -8,7 +8,9 @@ use streaming::Envelope;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::runtime::{decode, object_uuid, stored, stored_for_apply, ApplyError, Projection, ReadError};
+use crate::runtime::{
+    decode, object_uuid, stored, stored_for_apply, ApplyError, Projection, ReadError,
+};
 
 pub const TABLE: &str = "rm_sources";
 
@@ -160,8 +162,8 @@ impl Projection for SourcesProjection {
                 ("sync_state = 'idle', last_error = $5", vec![Some(error)])
             }
         };
-        let history =
-            serde_json::to_value(&history).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
+        let history = serde_json::to_value(&history)
+            .map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
         let sql = format!(
             "UPDATE {table} SET {sets}, updated_at = $3, version = $4, history = ${} \
              WHERE tenant_id = $1 AND source_id = $2 RETURNING version",
@@ -191,19 +193,19 @@ pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<SourceSummary>, Rea
     rows.iter()
         .map(|r| {
             Ok(SourceSummary {
-            id: r.get("source_id"),
-            kind: r.get("kind"),
-            name: r.get("name"),
-            location: r.get("location"),
-            status: r.get("status"),
-            sync_state: r.get("sync_state"),
-            document_count: r.get("document_count"),
-            last_error: r.get("last_error"),
-            last_synced_at: r.get("last_synced_at"),
-            added_at: r.get("added_at"),
-            updated_at: r.get("updated_at"),
-            version: r.get("version"),
-            history: stored("sync history", r.get("history"))?,
+                id: r.get("source_id"),
+                kind: r.get("kind"),
+                name: r.get("name"),
+                location: r.get("location"),
+                status: r.get("status"),
+                sync_state: r.get("sync_state"),
+                document_count: r.get("document_count"),
+                last_error: r.get("last_error"),
+                last_synced_at: r.get("last_synced_at"),
+                added_at: r.get("added_at"),
+                updated_at: r.get("updated_at"),
+                version: r.get("version"),
+                history: stored("sync history", r.get("history"))?,
             })
         })
         .collect()

@@ -45,8 +45,8 @@ impl Projection for TenantsProjection {
             None => Tenant::default(),
         };
         state.apply(payload);
-        let state =
-            serde_json::to_value(&state).map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
+        let state = serde_json::to_value(&state)
+            .map_err(|e| ApplyError::Poison(format!("cannot store the row: {e}")))?;
         sqlx::query(&format!(
             "INSERT INTO {table} (tenant_id, version, state, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant_id) DO UPDATE SET version = $2, state = $3, updated_at = $4"

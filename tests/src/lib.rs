@@ -25,6 +25,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub keys: JwtKeys,
     pub settings: Settings,
+    /// The platform operator credential this app was configured with.
+    pub platform_token: String,
 }
 
 /// Settings for a fresh, uniquely named database and a free port.
@@ -37,6 +39,14 @@ pub fn test_settings() -> Settings {
     settings.server.workers = 2;
     // Tests that need the broker turn streaming on (`streaming_settings`).
     settings.kafka.enabled = false;
+    settings.platform.operator_token = Some(
+        format!(
+            "platform-{}{}",
+            Uuid::new_v4().simple(),
+            Uuid::new_v4().simple()
+        )
+        .into(),
+    );
     settings
 }
 
@@ -178,6 +188,12 @@ fn finish_spawn(app: Application, settings: Settings) -> TestApp {
         pool,
         client: reqwest::Client::new(),
         keys: JwtKeys::new(&settings.auth),
+        platform_token: settings
+            .platform
+            .operator_token
+            .as_ref()
+            .map(|t| secrecy::ExposeSecret::expose_secret(t).to_string())
+            .unwrap_or_default(),
         settings,
     }
 }

@@ -1,7 +1,7 @@
 //! Operating the read side (admin only): projection status, rebuilds, dead letters.
+use domain::Code;
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
 use domain::Role;
 use projections::runtime::{RebuildError, RetryError};
@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use streaming::{KafkaSettings, Relay, RelayStatus};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::Authenticated;
+use crate::auth::{Authenticated, PlatformOperator};
 use crate::problem::ApiError;
 use crate::routes::conversations::read_error;
 use crate::routes::CommandProblems;
@@ -28,8 +28,7 @@ fn admin(auth: &Authenticated) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            Code::Forbidden,
             "only an admin operates the read side",
         ))
     }
@@ -40,8 +39,8 @@ fn find(name: &str) -> Result<Arc<dyn Projection>, ApiError> {
         .into_iter()
         .find(|p| p.name() == name)
         .ok_or_else(|| {
-            ApiError::not_found(
-                "projection_not_found",
+            ApiError::new(
+                Code::ProjectionNotFound,
                 format!("no projection named `{name}`"),
             )
         })
@@ -55,16 +54,16 @@ pub struct ReadSideStatus {
     pub relay: Option<RelayStatus>,
 }
 
-/// Every projection's position, lag and last error, and the relay's position.
+/// Every projection's position, lag and last error, and the relay's position. These serve
+/// every tenant: the platform operator credential, not a tenant token, is needed.
 #[utoipa::path(get, path = "/v1/admin/projections", tag = "admin",
-    responses((status = 200, body = ReadSideStatus), CommandProblems), security(("bearer" = [])))]
+    responses((status = 200, body = ReadSideStatus), CommandProblems), security(("platform" = [])))]
 #[get("/admin/projections")]
 pub async fn status(
     pool: web::Data<PgPool>,
     kafka: web::Data<KafkaSettings>,
-    auth: Authenticated,
+    _operator: PlatformOperator,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&auth)?;
     let mut list = Vec::new();
     for p in projections::all() {
         list.push(
@@ -83,24 +82,26 @@ pub async fn status(
 }
 
 /// Rebuild a projection from position 0 of the event store into a shadow table and swap it in;
-/// reads keep answering meanwhile. Runs in the background: follow it in the status.
+/// reads keep answering meanwhile. Runs in the background: follow it in the status. A
+/// projection serves every tenant: the platform operator credential is needed.
 #[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
     params(("name" = String, Path)),
-    responses((status = 202, description = "Rebuild started"), CommandProblems), security(("bearer" = [])))]
+    responses((status = 202, description = "Rebuild started"), CommandProblems), security(("platform" = [])))]
 #[post("/admin/projections/{name}/rebuild")]
 pub async fn start_rebuild(
     pool: web::Data<PgPool>,
-    auth: Authenticated,
+    _operator: PlatformOperator,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&auth)?;
     let projection = find(&name)?;
     let pool = pool.get_ref().clone();
     tokio::spawn(async move {
         match projections::rebuild(&pool, projection.as_ref()).await {
             Ok(report) => tracing::info!(?report, "rebuild finished"),
             Err(RebuildError::InProgress) => tracing::info!("a rebuild was already running"),
-            Err(e) => tracing::error!(error = %e, "rebuild failed"),
+            Err(e) => {
+                tracing::error!(error = %projections::runtime::error_chain(&e), "rebuild failed")
+            }
         }
     });
     Ok(HttpResponse::Accepted()
@@ -145,15 +146,11 @@ pub async fn retry(
     admin(&auth)?;
     match projections::retry_dead_letter(&pool, &projections::all(), &auth.0.tenant_id, *id).await {
         Ok(letter) => Ok(HttpResponse::Ok().json(letter)),
-        Err(RetryError::NotFound) => Err(ApiError::not_found(
-            "dead_letter_not_found",
+        Err(RetryError::NotFound) => Err(ApiError::new(
+            Code::DeadLetterNotFound,
             "no open dead letter with that id",
         )),
-        Err(RetryError::StillFailing(e)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "dead_letter_still_failing",
-            e,
-        )),
+        Err(RetryError::StillFailing(e)) => Err(ApiError::new(Code::DeadLetterStillFailing, e)),
         Err(RetryError::Database(e)) => Err(read_error(e)),
     }
 }

@@ -2,6 +2,7 @@
 //! topics, coverage gaps, sources, and cost allocation.
 use actix_web::{get, web, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
+use domain::Code;
 use projections::analytics::{self, Analytics, CostRow, Window};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -40,15 +41,15 @@ async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
         (None, None | Some("7d")) => (now - Duration::days(7), now, "day"),
         (None, Some("30d")) => (now - Duration::days(30), now, "day"),
         (None, Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_range",
+            return Err(ApiError::new(
+                Code::InvalidRange,
                 "range is `24h`, `7d` or `30d`",
             ))
         }
     };
     if from >= to || to - from > Duration::days(366) {
-        return Err(ApiError::bad_request(
-            "invalid_window",
+        return Err(ApiError::new(
+            Code::InvalidWindow,
             "`from` must be before `to`, at most 366 days apart",
         ));
     }
@@ -57,8 +58,8 @@ async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
         .clone()
         .unwrap_or_else(|| default_bucket.to_string());
     if !matches!(bucket.as_str(), "hour" | "day" | "week") {
-        return Err(ApiError::bad_request(
-            "invalid_bucket",
+        return Err(ApiError::new(
+            Code::InvalidBucket,
             "bucket is `hour`, `day` or `week`",
         ));
     }
@@ -67,8 +68,8 @@ async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
         .await
         .map_err(read_error)?
     {
-        return Err(ApiError::bad_request(
-            "invalid_time_zone",
+        return Err(ApiError::new(
+            Code::InvalidTimeZone,
             format!("`{tz}` is not an IANA time zone"),
         ));
     }
@@ -110,8 +111,8 @@ pub async fn cost(
         None | Some("json") => false,
         Some("csv") => true,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_format",
+            return Err(ApiError::new(
+                Code::InvalidFormat,
                 "format is `json` or `csv`",
             ))
         }

@@ -1,10 +1,10 @@
 //! The audit trail for compliance reviewers (admin only). Every read here is itself recorded.
-use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use domain::knowledge_source::SourceEvent;
 use domain::tenant::TenantEvent;
+use domain::Code;
 use domain::Role;
 use projections::audit::{self, AuditEntry, AuditFilter, AuditRead};
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn admit(pool: &PgPool, auth: &Authenticated, req: &HttpRequest) -> Result<(), ApiError> {
     if auth.0.role != Role::Admin {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            Code::Forbidden,
             "only an admin reads the audit trail",
         ));
     }
@@ -100,8 +99,8 @@ pub async fn list(
     admit(&pool, &auth, &req).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
+        return Err(ApiError::new(
+            Code::InvalidLimit,
             "limit must be between 1 and 500",
         ));
     }
@@ -138,8 +137,8 @@ pub async fn export(
         None | Some("ndjson") => false,
         Some("csv") => true,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_format",
+            return Err(ApiError::new(
+                Code::InvalidFormat,
                 "format is `ndjson` or `csv`",
             ))
         }
@@ -243,26 +242,33 @@ pub async fn state_at(
     let (object_type, object_id) = path.into_inner();
     let tenant = &auth.0.tenant_id;
     let not_found = || {
-        ApiError::not_found(
-            "object_not_found",
+        ApiError::new(
+            Code::ObjectNotFound,
             "the object did not exist at that moment",
         )
     };
     let uuid = || {
         Uuid::parse_str(&object_id)
-            .map_err(|_| ApiError::bad_request("invalid_path", "the object id is not a UUID"))
+            .map_err(|_| ApiError::new(Code::InvalidPath, "the object id is not a UUID"))
     };
     let state = match object_type.as_str() {
         "conversation" => {
             let detail = projections::conversations::state_at(&pool, tenant, uuid()?, query.at)
                 .await
                 .map_err(|e| {
-                    tracing::error!(error = %e, "point-in-time replay failed");
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "service_unavailable",
-                        "the replay failed; retry shortly",
-                    )
+                    if e.is_poison() {
+                        ApiError::infrastructure(
+                            Code::StoredDataUnreadable,
+                            "a stored event of this object cannot be replayed",
+                            &e,
+                        )
+                    } else {
+                        ApiError::infrastructure(
+                            Code::ServiceUnavailable,
+                            "the replay failed; retry shortly",
+                            &e,
+                        )
+                    }
                 })?
                 .ok_or_else(not_found)?;
             serde_json::to_value(detail)
@@ -289,19 +295,13 @@ pub async fn state_at(
             serde_json::to_value(SourceView::new(id, state, version))
         }
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_object_type",
+            return Err(ApiError::new(
+                Code::InvalidObjectType,
                 "object_type is `tenant`, `knowledge_source` or `conversation`",
             ))
         }
     }
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            e.to_string(),
-        )
-    })?;
+    .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
     Ok(HttpResponse::Ok().json(PointInTime {
         object_type,
         object_id,
@@ -325,8 +325,8 @@ where
         .await
         .map_err(read_error)?;
     if events.is_empty() {
-        return Err(ApiError::not_found(
-            "object_not_found",
+        return Err(ApiError::new(
+            Code::ObjectNotFound,
             "the object did not exist at that moment",
         ));
     }
@@ -335,8 +335,7 @@ where
         let event: E = serde_json::from_value(e.payload.clone()).map_err(|err| {
             tracing::error!(error = %err, event_id = %e.event_id, "stored event unreadable");
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
+                Code::StoredDataUnreadable,
                 "a stored event could not be read",
             )
         })?;

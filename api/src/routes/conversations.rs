@@ -2,6 +2,7 @@ use actix_web::{get, post, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use commands::{AskQuestion, CommandBus, CommandOutcome};
 use domain::conversation::ConversationCommand;
+use domain::Code;
 use projections::conversations::{
     self, ConversationDetail, ConversationSummary, ConversationsProjection,
 };
@@ -141,22 +142,16 @@ async fn freshness(pool: &PgPool) -> Result<Freshness, ApiError> {
 /// stored row that does not decode is a 500 (an operator must look), never an empty value.
 pub fn read_error(e: impl Into<projections::ReadError>) -> ApiError {
     match e.into() {
-        projections::ReadError::Database(e) => {
-            tracing::error!(error = %e, "read model query failed");
-            ApiError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "the read model cannot be queried; retry shortly",
-            )
-        }
-        e @ projections::ReadError::Unreadable { .. } => {
-            tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "stored read-model data is unreadable");
-            ApiError::new(
-                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "stored_data_unreadable",
-                format!("{e}; the operators have been alerted by the log"),
-            )
-        }
+        e @ projections::ReadError::Database(_) => ApiError::infrastructure(
+            Code::ServiceUnavailable,
+            "the read model cannot be queried; retry shortly",
+            &e,
+        ),
+        e @ projections::ReadError::Unreadable { .. } => ApiError::infrastructure(
+            Code::StoredDataUnreadable,
+            &format!("{e}; an operator has to repair it"),
+            &e,
+        ),
     }
 }
 
@@ -187,27 +182,27 @@ pub struct ListQuery {
 
 impl ListQuery {
     fn filter(&self) -> Result<conversations::ConversationFilter, ApiError> {
-        let one_of = |value: &Option<String>, allowed: &[&str], code: &str| match value {
-            Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::bad_request(
+        let one_of = |value: &Option<String>, allowed: &[&str], code: Code| match value {
+            Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::new(
                 code,
                 format!("expected one of {}", allowed.join(", ")),
             )),
             _ => Ok(()),
         };
-        one_of(&self.status, &["open", "resolved"], "invalid_status")?;
+        one_of(&self.status, &["open", "resolved"], Code::InvalidStatus)?;
         one_of(
             &self.reaction,
             &["upvote", "downvote", "none"],
-            "invalid_reaction",
+            Code::InvalidReaction,
         )?;
         one_of(
             &self.intent,
             &["troubleshooting", "guiding", "lookup", "off_topic", "other"],
-            "invalid_intent",
+            Code::InvalidIntent,
         )?;
         if self.q.as_ref().is_some_and(|q| q.chars().count() > 200) {
-            return Err(ApiError::bad_request(
-                "invalid_search",
+            return Err(ApiError::new(
+                Code::InvalidSearch,
                 "q is at most 200 characters",
             ));
         }
@@ -259,15 +254,18 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
+        return Err(ApiError::new(
+            Code::InvalidLimit,
             "limit must be between 1 and 100",
         ));
     }
     let before = match &query.cursor {
         None => None,
         Some(c) => Some(parse_cursor(c).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
+            ApiError::new(
+                Code::InvalidCursor,
+                "the cursor is not one this API gave out",
+            )
         })?),
     };
     let filter = query.filter()?;
@@ -301,8 +299,8 @@ pub async fn get_one(
         .await
         .map_err(read_error)?
         .ok_or_else(|| {
-            ApiError::not_found(
-                "conversation_not_found",
+            ApiError::new(
+                Code::ConversationNotFound,
                 "no such conversation in the read model (a new one may not have arrived yet)",
             )
         })?;

@@ -1,6 +1,7 @@
+use domain::Code;
 use std::time::Duration;
 
-use actix_web::{get, http::StatusCode, web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use sqlx::PgPool;
 
 use crate::dto::HealthStatus;
@@ -40,9 +41,5 @@ pub async fn ready(pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
 }
 
 fn not_ready() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_ready",
-        "the database does not answer",
-    )
+    ApiError::new(Code::NotReady, "the database does not answer")
 }

@@ -1,4 +1,5 @@
 //! The HTTP routes. Handlers only translate: HTTP in, a command to the bus, HTTP out.
+use domain::Code;
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
@@ -16,6 +17,7 @@ pub mod analytics;
 pub mod audit;
 pub mod conversations;
 pub mod docs;
+pub mod fallback;
 pub mod health;
 pub mod sources;
 pub mod tenant;
@@ -67,8 +69,8 @@ fn caller(req: &HttpRequest, payload: &mut Payload) -> Result<Caller, ApiError> 
             });
             Some(
                 key.ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
+                    ApiError::new(
+                        Code::InvalidIdempotencyKey,
                         "Idempotency-Key must be 1-255 visible ASCII characters",
                     )
                 })?

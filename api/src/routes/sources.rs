@@ -1,6 +1,7 @@
 use actix_web::{delete, get, patch, post, web, HttpResponse};
 use commands::{CommandBus, CommandOutcome};
 use domain::knowledge_source::{SourceCommand, SourceStatus};
+use domain::Code;
 use uuid::Uuid;
 
 use crate::auth::Authenticated;
@@ -61,8 +62,8 @@ pub async fn get_source(
 ) -> Result<HttpResponse, ApiError> {
     let (source, version) = bus.source_state(&auth.0.tenant_id, *id).await?;
     if source.status == SourceStatus::NotAdded {
-        return Err(ApiError::not_found(
-            "source_not_found",
+        return Err(ApiError::new(
+            Code::SourceNotFound,
             "no such knowledge source",
         ));
     }

@@ -1,6 +1,7 @@
 use actix_web::{delete, get, post, put, web, HttpResponse};
 use commands::{CommandBus, CommandOutcome};
 use domain::tenant::TenantCommand;
+use domain::Code;
 
 use crate::auth::Authenticated;
 use crate::dto::*;
@@ -62,8 +63,8 @@ pub async fn get_tenant(
         .await
         .map_err(crate::routes::conversations::read_error)?
         .ok_or_else(|| {
-            ApiError::not_found(
-                "tenant_not_found",
+            ApiError::new(
+                Code::TenantNotFound,
                 "this tenant has not been created yet (or its creation has not reached the read model)",
             )
         })?;

@@ -155,3 +155,133 @@ async fn health_endpoints_answer_without_a_token() {
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
 }
+
+/// The framework's own rejections are problems too: a query string that does not parse, a path
+/// parameter of the wrong type, a method the path does not have (405 with `Allow`).
+#[tokio::test]
+async fn extractor_rejections_and_wrong_methods_are_problems() {
+    let app = spawn_app().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let cases: Vec<(reqwest::Method, &str, u16, &str)> = vec![
+        (
+            reqwest::Method::GET,
+            "/v1/conversations?limit=many",
+            400,
+            "invalid_query",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/conversations?uncertain=perhaps",
+            400,
+            "invalid_query",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/audit/state/conversation/x",
+            400,
+            "invalid_query",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/conversations/not-a-uuid",
+            400,
+            "invalid_path",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/conversations",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/sources/0191e4c2-0000-7000-8000-000000000000",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            "/health/live",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/conversations/a/b/c/d",
+            404,
+            "route_not_found",
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let response = app.send(method.clone(), path, &admin, None).await;
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "application/problem+json",
+            "{method} {path}"
+        );
+        let allow = response
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_string());
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], code, "{method} {path}: {problem}");
+        assert_eq!(problem["status"], status);
+        match path {
+            "/v1/conversations" => assert_eq!(allow.as_deref(), Some("GET, POST")),
+            "/health/live" => assert_eq!(allow.as_deref(), Some("GET")),
+            p if p.starts_with("/v1/sources/") => {
+                assert_eq!(allow.as_deref(), Some("DELETE, GET, PATCH"))
+            }
+            _ => assert_eq!(allow, None, "{path}"),
+        }
+    }
+}
+
+/// Operations that serve every tenant need the platform credential: a tenant admin is refused.
+#[tokio::test]
+async fn platform_routes_take_the_platform_credential_and_no_tenant_token() {
+    let app = spawn_app().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let (status, problem) = app
+        .call(reqwest::Method::GET, "/v1/admin/projections", &admin, None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("platform_only"))
+    );
+    let (status, problem) = app
+        .call(
+            reqwest::Method::GET,
+            "/v1/admin/projections",
+            "not-the-credential",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("platform_credential_invalid"))
+    );
+    let response = app
+        .client
+        .get(format!("{}/v1/admin/projections", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let (status, body) = app
+        .call(
+            reqwest::Method::GET,
+            "/v1/admin/projections",
+            &app.platform_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["projections"].is_array());
+    // The tenant's own dead letters stay the tenant admin's.
+    let (status, _) = app
+        .call(reqwest::Method::GET, "/v1/admin/dead-letters", &admin, None)
+        .await;
+    assert_eq!(status, 200);
+}

@@ -8,13 +8,18 @@ use integration_tests::{spawn_app_with, streaming_settings, wait_for, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn all_caught_up(app: &TestApp, admin: &str) {
+async fn all_caught_up(app: &TestApp) {
     wait_for(
         "every projection to catch up",
         Duration::from_secs(90),
         || async {
             let (_, status) = app
-                .call(Method::GET, "/v1/admin/projections", admin, None)
+                .call(
+                    Method::GET,
+                    "/v1/admin/projections",
+                    &app.platform_token,
+                    None,
+                )
                 .await;
             let caught_up = status["projections"].as_array().is_some_and(|ps| {
                 ps.len() == 5
@@ -173,7 +178,7 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
         Some(json!({"name": "API docs"})),
     )
     .await;
-    all_caught_up(&app, &admin).await;
+    all_caught_up(&app).await;
 
     // Filters, each against what the inputs above say.
     let expectations: Vec<(&str, BTreeSet<String>)> = vec![
@@ -260,7 +265,7 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
         )
         .await;
     assert_eq!(theirs, json!([]));
-    all_caught_up(&app, &admin).await;
+    all_caught_up(&app).await;
 
     // Every read route, before and after rebuilding every projection from 0.
     let mut routes: Vec<String> = expectations
@@ -289,7 +294,7 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
             .call(
                 Method::POST,
                 &format!("/v1/admin/projections/{name}/rebuild"),
-                &admin,
+                &app.platform_token,
                 None,
             )
             .await;
@@ -300,7 +305,12 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
         Duration::from_secs(90),
         || async {
             let (_, status) = app
-                .call(Method::GET, "/v1/admin/projections", &admin, None)
+                .call(
+                    Method::GET,
+                    "/v1/admin/projections",
+                    &app.platform_token,
+                    None,
+                )
                 .await;
             status["projections"]
                 .as_array()
@@ -342,7 +352,7 @@ async fn a_token_for_tenant_b_gets_nothing_of_tenant_a_from_any_read_route() {
         .await;
     let source = source["id"].as_str().unwrap().to_string();
     let b = app.create_tenant("tenant-b", "bob").await;
-    all_caught_up(&app, &a).await;
+    all_caught_up(&app).await;
 
     let window = recent_window();
     // The audit-read log first: later it holds B's own attempts on A's ids, which are B's, not A's.

@@ -321,7 +321,12 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
 
     // The status reports the error and the open letter.
     let (_, status_body) = app
-        .call(Method::GET, "/v1/admin/projections", &admin, None)
+        .call(
+            Method::GET,
+            "/v1/admin/projections",
+            &app.platform_token,
+            None,
+        )
         .await;
     let conversations = &status_body["projections"][0];
     assert_eq!(conversations["projection"], "conversations");
@@ -404,7 +409,9 @@ impl Projection for FailOnce {
         event: &Envelope,
     ) -> Result<bool, ApplyError> {
         if self.seen.fetch_add(1, Ordering::SeqCst) == self.after {
-            return Err(ApplyError::Transient("injected failure".into()));
+            return Err(ApplyError::Transient(sqlx::Error::Protocol(
+                "injected failure".into(),
+            )));
         }
         ConversationsProjection.apply(conn, table, event).await
     }
@@ -512,14 +519,19 @@ async fn a_rebuild_from_zero_equals_the_live_model_while_reads_keep_answering() 
         .call(
             Method::POST,
             "/v1/admin/projections/conversations/rebuild",
-            &admin,
+            &app.platform_token,
             None,
         )
         .await;
     assert_eq!(status, 202);
     wait_for("the rebuild to finish", Duration::from_secs(60), || async {
         let (_, body) = app
-            .call(Method::GET, "/v1/admin/projections", &admin, None)
+            .call(
+                Method::GET,
+                "/v1/admin/projections",
+                &app.platform_token,
+                None,
+            )
             .await;
         body["projections"][0]["rebuilt_at"]
             .is_string()
@@ -539,19 +551,23 @@ async fn a_rebuild_from_zero_equals_the_live_model_while_reads_keep_answering() 
         .call(
             Method::POST,
             "/v1/admin/projections/nope/rebuild",
-            &admin,
+            &app.platform_token,
             None,
         )
         .await;
     assert_eq!(status, 404);
+    // A projection serves every tenant: no tenant token operates it, an admin's neither.
     let operator = app.token("acme", domain::Role::Operator, "olga");
-    let (status, _) = app
-        .call(
-            Method::POST,
-            "/v1/admin/projections/conversations/rebuild",
-            &operator,
-            None,
-        )
-        .await;
-    assert_eq!(status, 403);
+    for token in [&admin, &operator] {
+        for (method, path) in [
+            (Method::POST, "/v1/admin/projections/conversations/rebuild"),
+            (Method::GET, "/v1/admin/projections"),
+        ] {
+            let (status, problem) = app.call(method, path, token, None).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (403, Some("platform_only"))
+            );
+        }
+    }
 }

@@ -67,7 +67,10 @@ async fn assert_unreadable(app: &TestApp, path: &str, token: &str) {
         "{path}"
     );
     let problem: Value = response.json().await.unwrap();
-    assert_eq!(problem["code"], "stored_data_unreadable", "{path}: {problem}");
+    assert_eq!(
+        problem["code"], "stored_data_unreadable",
+        "{path}: {problem}"
+    );
 }
 
 #[tokio::test]
@@ -143,7 +146,10 @@ async fn unreadable_feedback_is_dead_lettered_and_the_vote_counts_stay_as_they_w
         .await;
     assert_eq!(status, 200, "{body}");
     let error = dead_letter(&app, "questions").await;
-    assert!(error.contains("feedback of the answer is unreadable"), "{error}");
+    assert!(
+        error.contains("feedback of the answer is unreadable"),
+        "{error}"
+    );
     let (feedback, upvotes): (Value, i32) =
         sqlx::query_as("SELECT feedback, upvotes FROM rm_questions WHERE answer_id = $1::uuid")
             .bind(&answer)
@@ -192,14 +198,26 @@ async fn unreadable_conversation_and_tenant_rows_are_errors_on_read_and_on_apply
         .await;
     assert_eq!(status, 200, "{body}");
     let error = dead_letter(&app, "conversations").await;
-    assert!(error.contains("conversation document is unreadable"), "{error}");
+    assert!(
+        error.contains("conversation document is unreadable"),
+        "{error}"
+    );
     let (other, _) = app.ask(&admin, "Another conversation").await;
-    wait_for("the other conversation", Duration::from_secs(60), || async {
-        let (status, _) = app
-            .call(Method::GET, &format!("/v1/conversations/{other}"), &admin, None)
-            .await;
-        (status == 200).then_some(())
-    })
+    wait_for(
+        "the other conversation",
+        Duration::from_secs(60),
+        || async {
+            let (status, _) = app
+                .call(
+                    Method::GET,
+                    &format!("/v1/conversations/{other}"),
+                    &admin,
+                    None,
+                )
+                .await;
+            (status == 200).then_some(())
+        },
+    )
     .await;
 }
 
@@ -208,10 +226,12 @@ async fn a_change_the_database_refuses_for_good_is_dead_lettered_and_the_runner_
     let app = spawn_app_with(streaming_settings(), None).await;
     let admin = app.create_tenant("acme", "alice").await;
     // A rule the read model's table enforces and the command side knows nothing of.
-    sqlx::query("ALTER TABLE rm_sources ADD CONSTRAINT no_forbidden_names CHECK (name <> 'Forbidden')")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "ALTER TABLE rm_sources ADD CONSTRAINT no_forbidden_names CHECK (name <> 'Forbidden')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let id = add_source(&app, &admin, "Docs").await;
     source_at(&app, &admin, &id, 1).await;
     let (status, body) = app
