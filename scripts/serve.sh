@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
-exec cargo run --release -p answers-api -- "$@"
+exec cargo run --release -p answers -- "$@"

@@ -1,17 +1,13 @@
-//! The HTTP face of the platform and the `answers` binary.
+//! The HTTP face of the platform: routes, authentication, problems, OpenAPI, configuration and
+//! start-up. The `answers` binary (crate `answers`) runs it; the tools (`answers-tools`) drive it.
 
 pub mod auth;
-pub mod bench;
-pub mod bench_audit;
-pub mod bench_streaming;
-pub mod cli;
 pub mod config;
 pub mod dto;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
-pub mod seed;
 pub mod startup;
 pub mod telemetry;
 

@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` attributes. The
 //! committed copy is `docs/openapi.json`; a test fails when the two drift apart
-//! (`cargo run -- openapi > docs/openapi.json` refreshes it).
+//! (`cargo run -p answers -- openapi > docs/openapi.json` refreshes it).
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 

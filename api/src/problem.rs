@@ -68,7 +68,7 @@ impl ApiError {
         shown: &str,
         cause: &(dyn std::error::Error + 'static),
     ) -> Self {
-        tracing::error!(code = %code, error = %projections::runtime::error_chain(cause), "{shown}");
+        tracing::error!(code = %code, error = %projections::error_chain(cause), "{shown}");
         Self::new(code, shown)
     }
 }

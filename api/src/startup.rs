@@ -173,9 +173,9 @@ fn unreachable_message(target: &str) -> String {
 
 /// Every topic the relay writes to.
 pub fn topics(kafka: &KafkaSettings) -> Vec<String> {
-    let mut topics: Vec<String> = domain::AGGREGATE_TYPES
+    let mut topics: Vec<String> = domain::AggregateType::ALL
         .iter()
-        .map(|t| kafka.topic(t))
+        .map(|t| kafka.topic(t.as_str()))
         .collect();
     topics.push(kafka.dead_letter_topic());
     topics
@@ -199,8 +199,8 @@ pub fn spawn_streaming(
     }
     if kafka.projections_in_process {
         for projection in projections::all() {
-            let runner =
-                projections::ProjectionRunner::new(pool.clone(), kafka.clone(), projection);
+            let source = streaming::KafkaSource::for_projection(kafka.clone(), projection.as_ref());
+            let runner = projections::ProjectionRunner::new(pool.clone(), projection, source);
             tasks.push(tokio::spawn(runner.run_supervised()));
         }
     }

@@ -7,7 +7,7 @@ use domain::conversation::{Conversation, ConversationCommand, ConversationServic
 use domain::engine::AnswerEngine;
 use domain::knowledge_source::{KnowledgeSource, SourceCommand};
 use domain::tenant::{Tenant, TenantCommand};
-use domain::{Action, DomainError};
+use domain::{Action, DomainError, ScopedId, TenantId};
 use event_store::{EventMetadata, PgEventRepository};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -37,17 +37,15 @@ pub struct CommandBus {
     clock: Arc<dyn Clock>,
 }
 
-/// Conversations and sources live under their tenant: the id a client sees is a UUID, the
-/// aggregate id is `tenant/uuid`, so one tenant can never address another's aggregates.
+/// Conversations and sources live under their tenant (`domain::ScopedId`), so one tenant can
+/// never address another's aggregates.
 fn scoped(ctx: &CommandContext, id: Uuid) -> String {
-    format!("{}/{}", ctx.tenant_id, id)
+    ctx.tenant_id.scope(id).to_string()
 }
 
+/// The id a client sees: the UUID of a scoped aggregate, the tenant id of a tenant.
 fn public_id(aggregate_id: &str) -> String {
-    aggregate_id
-        .rsplit_once('/')
-        .map_or(aggregate_id, |(_, id)| id)
-        .to_string()
+    ScopedId::parse(aggregate_id).map_or_else(|_| aggregate_id.to_string(), |s| s.id.to_string())
 }
 
 fn authorize(ctx: &CommandContext, action: Action) -> Result<(), CommandError> {
@@ -90,7 +88,7 @@ impl CommandBus {
         command: TenantCommand,
     ) -> Result<CommandOutcome, CommandError> {
         authorize(ctx, Action::AdministerTenant)?;
-        self.run(&self.tenants, &(), ctx, ctx.tenant_id.clone(), command)
+        self.run(&self.tenants, &(), ctx, ctx.tenant_id.to_string(), command)
             .await
     }
 
@@ -109,10 +107,10 @@ impl CommandBus {
             answer_id: Uuid::now_v7(),
             follow_up,
             text: question.text,
-            asked_by: ctx.user_id.clone(),
+            asked_by: ctx.user_id.to_string(),
             channel: question.channel,
             integration_id: question.integration_id,
-            tenant_id: ctx.tenant_id.clone(),
+            tenant_id: ctx.tenant_id.to_string(),
             engine: tenant.engine_context(),
         };
         self.run(
@@ -162,10 +160,10 @@ impl CommandBus {
 
     /// The tenant's current state and version, straight from its events (for the checks
     /// before a command; readers use the tenants read model).
-    async fn tenant_state(&self, tenant_id: &str) -> Result<(Tenant, u64), CommandError> {
+    async fn tenant_state(&self, tenant_id: &TenantId) -> Result<(Tenant, u64), CommandError> {
         let context = self
             .tenants
-            .load_aggregate(tenant_id)
+            .load_aggregate(tenant_id.as_str())
             .await
             .map_err(CommandError::from_aggregate)?;
         Ok((context.aggregate, context.current_sequence as u64))
@@ -174,12 +172,12 @@ impl CommandBus {
     /// A knowledge source's current state and version, straight from its events.
     pub async fn source_state(
         &self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         source_id: Uuid,
     ) -> Result<(KnowledgeSource, u64), CommandError> {
         let context = self
             .sources
-            .load_aggregate(&format!("{tenant_id}/{source_id}"))
+            .load_aggregate(&tenant_id.scope(source_id).to_string())
             .await
             .map_err(CommandError::from_aggregate)?;
         Ok((context.aggregate, context.current_sequence as u64))
@@ -264,8 +262,8 @@ impl CommandBus {
             .map_err(|e| CommandError::Rejected(e.into()))?;
         let events = sink.collect().await;
         let metadata = EventMetadata {
-            tenant_id: ctx.tenant_id.clone(),
-            user_id: ctx.user_id.clone(),
+            tenant_id: ctx.tenant_id.to_string(),
+            user_id: ctx.user_id.to_string(),
             role: ctx.role.to_string(),
             correlation_id: ctx.correlation_id.clone(),
             causation_id: ctx.causation_id.clone(),

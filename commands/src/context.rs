@@ -1,11 +1,11 @@
-use domain::Role;
+use domain::{Role, TenantId, UserId};
 
 /// Who sends a command and in what frame: taken from the verified token and the request,
 /// never from the request body.
 #[derive(Debug, Clone)]
 pub struct CommandContext {
-    pub tenant_id: String,
-    pub user_id: String,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
     pub role: Role,
     pub correlation_id: String,
     pub causation_id: Option<String>,

@@ -14,19 +14,21 @@ use crate::{domain_event, guardrail, validate, DomainError};
 pub const MAX_QUESTION_CHARS: usize = 4_000;
 pub const MAX_COMMENT_CHARS: usize = 2_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reaction {
-    Upvote,
-    Downvote,
+crate::text_enum! {
+    /// A user's reaction to an answer.
+    pub enum Reaction {
+        Upvote = "upvote",
+        Downvote = "downvote",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DownvoteReason {
-    Incorrect,
-    Irrelevant,
-    Unaddressed,
+crate::text_enum! {
+    /// Why an answer was downvoted.
+    pub enum DownvoteReason {
+        Incorrect = "incorrect",
+        Irrelevant = "irrelevant",
+        Unaddressed = "unaddressed",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

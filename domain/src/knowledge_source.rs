@@ -12,17 +12,18 @@ use crate::{domain_event, validate, DomainError};
 
 pub const MAX_SETTINGS: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    Website,
-    Docs,
-    Github,
-    Zendesk,
-    Confluence,
-    Notion,
-    Slack,
-    File,
+crate::text_enum! {
+    /// What kind of knowledge a source holds.
+    pub enum SourceKind {
+        Website = "website",
+        Docs = "docs",
+        Github = "github",
+        Zendesk = "zendesk",
+        Confluence = "confluence",
+        Notion = "notion",
+        Slack = "slack",
+        File = "file",
+    }
 }
 
 impl SourceKind {

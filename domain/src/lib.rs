@@ -8,15 +8,20 @@ pub mod code;
 pub mod conversation;
 pub mod engine;
 pub mod error;
+pub mod event;
 pub mod guardrail;
-pub mod intent;
+pub mod ids;
 pub mod knowledge_source;
 pub mod role;
 pub mod tenant;
+#[doc(hidden)]
+pub mod text_enum;
 mod validate;
 
 pub use code::Code;
 pub use error::DomainError;
+pub use event::{AggregateType, AnyEvent};
+pub use ids::{IdError, ScopedId, TenantId, UserId};
 pub use role::{Action, Role};
 
 /// Version written with every event of this crate. Bump it per event when its payload changes
@@ -40,23 +45,3 @@ macro_rules! domain_event {
     };
 }
 pub(crate) use domain_event;
-
-/// Every aggregate type this domain stores (each gets its own Kafka topic).
-pub const AGGREGATE_TYPES: [&str; 3] = ["tenant", "conversation", "knowledge_source"];
-
-#[cfg(test)]
-mod tests {
-    use cqrs_es::Aggregate;
-
-    #[test]
-    fn aggregate_types_lists_every_aggregate() {
-        assert_eq!(
-            super::AGGREGATE_TYPES,
-            [
-                crate::tenant::Tenant::TYPE,
-                crate::conversation::Conversation::TYPE,
-                crate::knowledge_source::KnowledgeSource::TYPE
-            ]
-        );
-    }
-}

@@ -6,10 +6,12 @@
 //! the command's idempotency key in the same transaction. [`EventReader`] reads every committed
 //! event in commit-safe order, for the relay and for replays.
 
+mod envelope;
 mod metadata;
 mod reader;
 mod repository;
 
+pub use envelope::{Envelope, EnvelopeMetadata};
 pub use metadata::{EventMetadata, MetadataError};
 pub use reader::{
     aggregate_events, read_batch, tenant_events_page, Checkpoint, EventReader, StoredEvent,

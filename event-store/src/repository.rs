@@ -129,6 +129,48 @@ impl PgEventRepository {
         Ok(())
     }
 
+    /// Appends the events of many aggregates in one transaction and one statement, for bulk
+    /// loads (benchmarks, imports). Each event carries its own metadata, as from `persist`;
+    /// the same constraints hold (a duplicate sequence is an `OptimisticLockError`).
+    pub async fn append_bulk(&self, events: &[SerializedEvent]) -> Result<(), PersistenceError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut columns = BulkColumns::default();
+        for event in events {
+            let meta = EventMetadata::from_value(&event.metadata)
+                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+            columns.push(event, meta)?;
+        }
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+               payload, metadata, event_id, tenant_id, recorded_at, actor_id, actor_role, \
+               correlation_id, causation_id) \
+             SELECT t, i, s, et, ev, p, m, id, tn, COALESCE(at, now()), a, r, c, cz \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], \
+               $7::jsonb[], $8::uuid[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], \
+               $13::text[], $14::text[]) AS u(t, i, s, et, ev, p, m, id, tn, at, a, r, c, cz)",
+        )
+        .bind(columns.aggregate_type)
+        .bind(columns.aggregate_id)
+        .bind(columns.sequence)
+        .bind(columns.event_type)
+        .bind(columns.event_version)
+        .bind(columns.payload)
+        .bind(columns.metadata)
+        .bind(columns.event_id)
+        .bind(columns.tenant_id)
+        .bind(columns.recorded_at)
+        .bind(columns.actor_id)
+        .bind(columns.actor_role)
+        .bind(columns.correlation_id)
+        .bind(columns.causation_id)
+        .execute(&self.pool)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
     fn replay(&self, query: String, binds: Vec<String>) -> ReplayStream {
         let (mut feed, stream) = ReplayStream::new(self.stream_channel_size);
         let pool = self.pool.clone();
@@ -216,6 +258,50 @@ impl PersistedEventRepository for PgEventRepository {
             format!("{SELECT_EVENTS} WHERE aggregate_type = $1 ORDER BY position"),
             vec![A::TYPE.to_string()],
         ))
+    }
+}
+
+/// The bulk append's columns, one array each.
+#[derive(Default)]
+struct BulkColumns {
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<String>,
+    event_version: Vec<String>,
+    payload: Vec<Value>,
+    metadata: Vec<Value>,
+    event_id: Vec<Uuid>,
+    tenant_id: Vec<String>,
+    recorded_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    actor_id: Vec<String>,
+    actor_role: Vec<String>,
+    correlation_id: Vec<String>,
+    causation_id: Vec<Option<String>>,
+}
+
+impl BulkColumns {
+    fn push(
+        &mut self,
+        event: &SerializedEvent,
+        meta: EventMetadata,
+    ) -> Result<(), PersistenceError> {
+        self.aggregate_type.push(event.aggregate_type.clone());
+        self.aggregate_id.push(event.aggregate_id.clone());
+        self.sequence
+            .push(i64::try_from(event.sequence).map_err(unknown)?);
+        self.event_type.push(event.event_type.clone());
+        self.event_version.push(event.event_version.clone());
+        self.payload.push(event.payload.clone());
+        self.metadata.push(event.metadata.clone());
+        self.event_id.push(Uuid::now_v7());
+        self.tenant_id.push(meta.tenant_id);
+        self.recorded_at.push(meta.occurred_at);
+        self.actor_id.push(meta.user_id);
+        self.actor_role.push(meta.role);
+        self.correlation_id.push(meta.correlation_id);
+        self.causation_id.push(meta.causation_id);
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The analytics of one tenant over a window, computed from the `questions` read model
 //! (docs/analytics.md defines every figure).
 use chrono::{DateTime, Utc};
+use domain::TenantId;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 use utoipa::ToSchema;
@@ -124,7 +125,7 @@ const IN_WINDOW: &str =
 /// A query over the window's questions: binds the tenant and the window as $1, $2, $3.
 fn in_window<'q>(
     sql: &'q str,
-    tenant: &'q str,
+    tenant: &'q TenantId,
     w: &'q Window,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(sql).bind(tenant).bind(w.from).bind(w.to)
@@ -139,7 +140,7 @@ pub async fn valid_time_zone(pool: &PgPool, tz: &str) -> Result<bool, sqlx::Erro
 
 async fn counts(
     pool: &PgPool,
-    tenant: &str,
+    tenant: &TenantId,
     w: &Window,
     select_key: &str,
     extra: &str,
@@ -169,7 +170,11 @@ fn ratio(a: i64, b: i64) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
 }
 
-pub async fn compute(pool: &PgPool, tenant: &str, w: &Window) -> Result<Analytics, sqlx::Error> {
+pub async fn compute(
+    pool: &PgPool,
+    tenant: &TenantId,
+    w: &Window,
+) -> Result<Analytics, sqlx::Error> {
     let t = in_window(&format!(
         "SELECT count(*) AS questions, count(DISTINCT asked_by) AS users, count(DISTINCT conversation_id) AS conversations, \
            count(*) FILTER (WHERE status = 'answered' AND NOT uncertain) AS answered, \
@@ -321,7 +326,11 @@ pub struct CostRow {
 }
 
 /// Cost allocation per period (bucket) for the tenant.
-pub async fn cost(pool: &PgPool, tenant: &str, w: &Window) -> Result<Vec<CostRow>, sqlx::Error> {
+pub async fn cost(
+    pool: &PgPool,
+    tenant: &TenantId,
+    w: &Window,
+) -> Result<Vec<CostRow>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH q AS (SELECT to_char(date_trunc($4, asked_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS p, \
                       count(*) AS questions, count(*) FILTER (WHERE status IN ('answered', 'failed')) AS calls, \

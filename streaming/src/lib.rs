@@ -5,9 +5,12 @@
 mod admin;
 mod config;
 mod envelope;
+mod kafka_source;
 mod relay;
 
 pub use admin::ensure_topics;
 pub use config::{KafkaSettings, RelaySettings};
-pub use envelope::{headers, traceparent, Envelope, EnvelopeMetadata};
+pub use envelope::{headers, traceparent};
+pub use event_store::{Envelope, EnvelopeMetadata};
+pub use kafka_source::KafkaSource;
 pub use relay::{Relay, RelayError, RelayStatus};

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use actix_web::{get, post, web, HttpResponse};
 use domain::Role;
-use projections::runtime::{RebuildError, RetryError};
 use projections::{DeadLetter, Projection, ProjectionStatus};
+use projections::{RebuildError, RetryError};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use streaming::{KafkaSettings, Relay, RelayStatus};
@@ -100,7 +100,7 @@ pub async fn start_rebuild(
             Ok(report) => tracing::info!(?report, "rebuild finished"),
             Err(RebuildError::InProgress) => tracing::info!("a rebuild was already running"),
             Err(e) => {
-                tracing::error!(error = %projections::runtime::error_chain(&e), "rebuild failed")
+                tracing::error!(error = %projections::error_chain(&e), "rebuild failed")
             }
         }
     });
@@ -124,7 +124,7 @@ pub async fn dead_letters(
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
-    let letters = DeadLetter::list(
+    let letters = projections::dead_letters::list(
         &pool,
         &auth.0.tenant_id,
         query.include_resolved.unwrap_or(false),
@@ -144,7 +144,8 @@ pub async fn retry(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
-    match projections::retry_dead_letter(&pool, &projections::all(), &auth.0.tenant_id, *id).await {
+    match projections::dead_letters::retry(&pool, &projections::all(), &auth.0.tenant_id, *id).await
+    {
         Ok(letter) => Ok(HttpResponse::Ok().json(letter)),
         Err(RetryError::NotFound) => Err(ApiError::new(
             Code::DeadLetterNotFound,

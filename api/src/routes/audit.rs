@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use domain::knowledge_source::SourceEvent;
 use domain::tenant::TenantEvent;
 use domain::Code;
-use domain::Role;
+use domain::{Role, TenantId};
 use projections::audit::{self, AuditEntry, AuditFilter, AuditRead};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -37,7 +37,7 @@ async fn admit(pool: &PgPool, auth: &Authenticated, req: &HttpRequest) -> Result
     audit::record_read(
         pool,
         &auth.0.tenant_id,
-        &auth.0.sub,
+        auth.0.sub.as_str(),
         auth.0.role.as_str(),
         req.path(),
         req.query_string(),
@@ -200,7 +200,7 @@ pub async fn export(
 
 struct ExportState {
     pool: PgPool,
-    tenant: String,
+    tenant: TenantId,
     filter: AuditFilter,
     after: i64,
     header: bool,
@@ -274,13 +274,17 @@ pub async fn state_at(
             serde_json::to_value(detail)
         }
         "tenant" => {
-            if object_id != *tenant {
+            if object_id != tenant.as_str() {
                 return Err(not_found());
             }
-            let (state, version) =
-                replay::<domain::tenant::Tenant, TenantEvent>(&pool, "tenant", tenant, query.at)
-                    .await?;
-            serde_json::to_value(TenantView::new(tenant.clone(), state, version))
+            let (state, version) = replay::<domain::tenant::Tenant, TenantEvent>(
+                &pool,
+                "tenant",
+                tenant.as_str(),
+                query.at,
+            )
+            .await?;
+            serde_json::to_value(TenantView::new(tenant.to_string(), state, version))
         }
         "knowledge_source" => {
             let id = uuid()?;
@@ -288,7 +292,7 @@ pub async fn state_at(
                 replay::<domain::knowledge_source::KnowledgeSource, SourceEvent>(
                     &pool,
                     "knowledge_source",
-                    &format!("{tenant}/{id}"),
+                    &tenant.scope(id).to_string(),
                     query.at,
                 )
                 .await?;
@@ -375,8 +379,15 @@ pub async fn raw_events(
             if done {
                 return None;
             }
-            match event_store::tenant_events_page(&pool, &tenant, from, to, after, EXPORT_PAGE)
-                .await
+            match event_store::tenant_events_page(
+                &pool,
+                tenant.as_str(),
+                from,
+                to,
+                after,
+                EXPORT_PAGE,
+            )
+            .await
             {
                 Ok(events) => {
                     let next = events.last().map_or(after, |e| e.position);

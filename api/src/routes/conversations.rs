@@ -3,10 +3,12 @@ use chrono::{DateTime, Utc};
 use commands::{AskQuestion, CommandBus, CommandOutcome};
 use domain::conversation::ConversationCommand;
 use domain::Code;
+use projections::conversations::queries::ReactionFilter;
 use projections::conversations::{
-    self, ConversationDetail, ConversationSummary, ConversationsProjection,
+    self, ConversationDetail, ConversationState, ConversationSummary, Conversations,
 };
-use projections::Freshness;
+use projections::intent::Intent;
+use projections::{Folded, Freshness};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
@@ -87,7 +89,7 @@ pub async fn feedback(
     let ctx = caller.context(&*body);
     let command = ConversationCommand::GiveFeedback {
         answer_id,
-        user_id: ctx.user_id.clone(),
+        user_id: ctx.user_id.to_string(),
         feedback: body.into_inner().into(),
     };
     Ok(HttpResponse::Ok().json(bus.conversation(&ctx, id, command).await?))
@@ -105,7 +107,7 @@ pub async fn resolve(
 ) -> Result<HttpResponse, ApiError> {
     let ctx = caller.context(&());
     let command = ConversationCommand::Resolve {
-        by: ctx.user_id.clone(),
+        by: ctx.user_id.to_string(),
     };
     Ok(HttpResponse::Ok().json(bus.conversation(&ctx, *id, command).await?))
 }
@@ -124,7 +126,7 @@ pub async fn escalate(
 ) -> Result<HttpResponse, ApiError> {
     let ctx = caller.context(&*body);
     let command = ConversationCommand::Escalate {
-        by: ctx.user_id.clone(),
+        by: ctx.user_id.to_string(),
         reason: body.into_inner().reason,
     };
     Ok(HttpResponse::Ok().json(bus.conversation(&ctx, *id, command).await?))
@@ -133,7 +135,7 @@ pub async fn escalate(
 /// Returned with every read: compare a command's `version` with the conversation's `version`
 /// to wait for your own write; `freshness` says how far behind the event store the model is.
 async fn freshness(pool: &PgPool) -> Result<Freshness, ApiError> {
-    Freshness::load(pool, &ConversationsProjection)
+    Freshness::load(pool, &Folded(Conversations))
         .await
         .map_err(read_error)
 }
@@ -167,39 +169,37 @@ pub struct ListQuery {
     pub from: Option<DateTime<Utc>>,
     /// Started before (RFC 3339).
     pub to: Option<DateTime<Utc>>,
-    /// `open` or `resolved`.
+    #[param(value_type = Option<ConversationState>)]
     pub status: Option<String>,
     /// Has an uncertain (true) or a certain (false) answer.
     pub uncertain: Option<bool>,
     /// Has an answer with an `upvote`, a `downvote`, or `none` without reactions.
+    #[param(value_type = Option<ReactionFilter>)]
     pub reaction: Option<String>,
-    /// `troubleshooting`, `guiding`, `lookup`, `off_topic` or `other`.
+    #[param(value_type = Option<Intent>)]
     pub intent: Option<String>,
     pub topic: Option<String>,
     /// Case-insensitive text search in questions and answers.
+    #[param(max_length = 200)]
     pub q: Option<String>,
+}
+
+/// Parses a filter word into its enum; a word that names nothing is the filter's own code.
+fn word<T: std::str::FromStr<Err = domain::text_enum::UnknownWord>>(
+    value: &Option<String>,
+    code: Code,
+) -> Result<Option<T>, ApiError> {
+    value
+        .as_deref()
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| ApiError::new(code, e.to_string()))
+        })
+        .transpose()
 }
 
 impl ListQuery {
     fn filter(&self) -> Result<conversations::ConversationFilter, ApiError> {
-        let one_of = |value: &Option<String>, allowed: &[&str], code: Code| match value {
-            Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::new(
-                code,
-                format!("expected one of {}", allowed.join(", ")),
-            )),
-            _ => Ok(()),
-        };
-        one_of(&self.status, &["open", "resolved"], Code::InvalidStatus)?;
-        one_of(
-            &self.reaction,
-            &["upvote", "downvote", "none"],
-            Code::InvalidReaction,
-        )?;
-        one_of(
-            &self.intent,
-            &["troubleshooting", "guiding", "lookup", "off_topic", "other"],
-            Code::InvalidIntent,
-        )?;
         if self.q.as_ref().is_some_and(|q| q.chars().count() > 200) {
             return Err(ApiError::new(
                 Code::InvalidSearch,
@@ -210,10 +210,10 @@ impl ListQuery {
             user: self.user.clone(),
             from: self.from,
             to: self.to,
-            status: self.status.clone(),
+            status: word(&self.status, Code::InvalidStatus)?,
             uncertain: self.uncertain,
-            reaction: self.reaction.clone(),
-            intent: self.intent.clone(),
+            reaction: word(&self.reaction, Code::InvalidReaction)?,
+            intent: word(&self.intent, Code::InvalidIntent)?,
             topic: self.topic.clone(),
             search: self.q.clone().filter(|q| !q.trim().is_empty()),
         })

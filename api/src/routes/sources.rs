@@ -111,7 +111,7 @@ pub async fn request_sync(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let command = SourceCommand::RequestSync {
-        requested_by: caller.claims.sub.clone(),
+        requested_by: caller.claims.sub.to_string(),
     };
     Ok(HttpResponse::Ok().json(send(&bus, &caller, *id, &(), command).await?))
 }

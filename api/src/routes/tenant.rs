@@ -43,7 +43,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let command = TenantCommand::Create {
         name: body.name.clone(),
-        admin_user_id: caller.claims.sub.clone(),
+        admin_user_id: caller.claims.sub.to_string(),
     };
     let outcome = send(&bus, &caller, &*body, command).await?;
     Ok(HttpResponse::Created().json(outcome))
@@ -68,7 +68,7 @@ pub async fn get_tenant(
                 "this tenant has not been created yet (or its creation has not reached the read model)",
             )
         })?;
-    Ok(HttpResponse::Ok().json(TenantView::new(tenant_id, tenant, version)))
+    Ok(HttpResponse::Ok().json(TenantView::new(tenant_id.to_string(), tenant, version)))
 }
 
 #[utoipa::path(put, path = "/v1/tenant/name", tag = "tenant", request_body = RenameTenantRequest,

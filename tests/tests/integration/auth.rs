@@ -8,14 +8,23 @@ use serde_json::json;
 
 fn claims(app: &integration_tests::TestApp) -> Claims {
     Claims {
-        sub: "alice".into(),
-        tenant_id: "acme".into(),
+        sub: "alice".parse().unwrap(),
+        tenant_id: "acme".parse().unwrap(),
         role: Role::Admin,
         exp: now_secs() + 600,
         iat: now_secs(),
         iss: app.settings.auth.issuer.clone(),
         aud: app.settings.auth.audience.clone(),
     }
+}
+
+fn sign_json(claims: &serde_json::Value, secret: &[u8]) -> String {
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
 }
 
 fn sign(claims: &Claims, secret: &[u8]) -> String {
@@ -47,6 +56,8 @@ async fn bad_tokens_are_401_problems_and_store_nothing() {
         aud: "someone-else".into(),
         ..good.clone()
     };
+    let mut bad_tenant = serde_json::to_value(&good).unwrap();
+    bad_tenant["tenant_id"] = json!("Acme Corp/../x");
     let wrong_issuer = Claims {
         iss: "evil".into(),
         ..good.clone()
@@ -69,6 +80,11 @@ async fn bad_tokens_are_401_problems_and_store_nothing() {
             "token_invalid",
         ),
         ("garbage", "not.a.jwt".to_string(), "token_invalid"),
+        (
+            "a tenant id outside the alphabet, correctly signed",
+            sign_json(&bad_tenant, &secret),
+            "token_invalid",
+        ),
     ];
     for (what, token, code) in cases {
         let response = app

@@ -7,7 +7,7 @@ fn the_committed_openapi_document_matches_the_code() {
     let generated = answers_api::openapi::document();
     assert!(
         generated == COMMITTED,
-        "docs/openapi.json is out of date: run `cargo run -p answers-api -- openapi > docs/openapi.json` and commit it"
+        "docs/openapi.json is out of date: run `cargo run -p answers -- openapi > docs/openapi.json` and commit it"
     );
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));

@@ -1,4 +1,4 @@
-use answers_api::seed::{run, SeedArgs};
+use answers_tools::seed::{run, SeedArgs};
 use integration_tests::test_settings;
 use sqlx::PgPool;
 

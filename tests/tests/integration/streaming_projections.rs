@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use domain::AggregateType;
 use integration_tests::{
     read_model, spawn_app_with, streaming_settings, wait_for, wait_until_projected, TestApp,
 };
-use projections::conversations::ConversationsProjection;
-use projections::{ApplyError, Projection, ProjectionRunner};
+use projections::conversations::Conversations;
+use projections::{ApplyError, Folded, Projected, Projection, ProjectionRunner};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgConnection;
-use streaming::Envelope;
 
 /// A realistic mix: questions, follow-ups, feedback changes, resolutions, escalations, a block.
 async fn activity(app: &TestApp, token: &str, conversations: usize) {
@@ -394,27 +394,31 @@ struct FailOnce {
 #[async_trait]
 impl Projection for FailOnce {
     fn name(&self) -> &'static str {
-        ConversationsProjection.name()
+        Folded(Conversations).name()
     }
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        ConversationsProjection.aggregate_types()
+    fn aggregate_types(&self) -> &'static [AggregateType] {
+        Folded(Conversations).aggregate_types()
     }
-    fn table(&self) -> &'static str {
-        ConversationsProjection.table()
+    fn tables(&self) -> &'static [&'static str] {
+        Folded(Conversations).tables()
     }
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        table: &str,
-        event: &Envelope,
-    ) -> Result<bool, ApplyError> {
+    async fn apply(&self, conn: &mut PgConnection, event: &Projected) -> Result<bool, ApplyError> {
         if self.seen.fetch_add(1, Ordering::SeqCst) == self.after {
             return Err(ApplyError::Transient(sqlx::Error::Protocol(
                 "injected failure".into(),
             )));
         }
-        ConversationsProjection.apply(conn, table, event).await
+        Folded(Conversations).apply(conn, event).await
     }
+}
+
+fn kafka_runner(
+    app: &TestApp,
+    kafka: &streaming::KafkaSettings,
+    projection: Arc<dyn Projection>,
+) -> ProjectionRunner<streaming::KafkaSource> {
+    let source = streaming::KafkaSource::for_projection(kafka.clone(), projection.as_ref());
+    ProjectionRunner::new(app.pool.clone(), projection, source)
 }
 
 #[tokio::test]
@@ -436,9 +440,9 @@ async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
     })
     .await;
 
-    let failing = ProjectionRunner::new(
-        app.pool.clone(),
-        kafka.clone(),
+    let mut failing = kafka_runner(
+        &app,
+        &kafka,
         Arc::new(FailOnce {
             after: 9,
             seen: AtomicUsize::new(0),
@@ -448,13 +452,13 @@ async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
         .await
         .expect("the injected failure stops the runner")
         .unwrap_err();
-    assert!(err.to_string().contains("injected failure"), "{err}");
+    let report = projections::error_chain(&err);
+    assert!(report.contains("injected failure"), "{report}");
     drop(failing);
     let partial = integration_tests::applied_conversation_events(&app.pool).await;
     assert_eq!(partial, 9, "nine applied before the failure");
 
-    let restarted =
-        ProjectionRunner::new(app.pool.clone(), kafka, Arc::new(ConversationsProjection));
+    let restarted = kafka_runner(&app, &kafka, Arc::new(Folded(Conversations)));
     let task = tokio::spawn(restarted.run_supervised());
     wait_until_projected(&app.pool, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -466,7 +470,7 @@ async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
         "each applied once"
     );
     let live = read_model(&app.pool).await;
-    projections::rebuild(&app.pool, &ConversationsProjection)
+    projections::rebuild(&app.pool, &Folded(Conversations))
         .await
         .unwrap();
     assert_eq!(read_model(&app.pool).await, live);

@@ -218,7 +218,7 @@ async fn a_relay_killed_between_publish_and_checkpoint_duplicates_but_the_read_m
     assert_eq!(live.len(), 10);
     projections::rebuild(
         &app.pool,
-        &projections::conversations::ConversationsProjection,
+        &projections::Folded(projections::conversations::Conversations),
     )
     .await
     .unwrap();

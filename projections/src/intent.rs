@@ -3,27 +3,15 @@
 //!
 //! Intents follow Kapa.ai's dashboards: Troubleshooting (something is broken), Guiding (how do
 //! I...), Lookup (a fact), Off-Topic (nothing to do with the product), Other.
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Intent {
-    Troubleshooting,
-    Guiding,
-    Lookup,
-    OffTopic,
-    Other,
-}
-
-impl Intent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Intent::Troubleshooting => "troubleshooting",
-            Intent::Guiding => "guiding",
-            Intent::Lookup => "lookup",
-            Intent::OffTopic => "off_topic",
-            Intent::Other => "other",
-        }
+domain::text_enum! {
+    /// What a question is after.
+    pub enum Intent {
+        Troubleshooting = "troubleshooting",
+        Guiding = "guiding",
+        Lookup = "lookup",
+        OffTopic = "off_topic",
+        Other = "other",
     }
 }
 

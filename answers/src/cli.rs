@@ -5,8 +5,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use domain::Role;
 
-use crate::auth::JwtKeys;
-use crate::{bench, openapi, startup, telemetry, Application, Settings};
+use answers_api::auth::JwtKeys;
+use answers_api::{openapi, startup, telemetry, Application, Settings};
+use answers_tools::{bench, seed, write_stdout};
 
 #[derive(Debug, Parser)]
 #[command(name = "answers", version, about = "The AI answers platform backend")]
@@ -46,7 +47,7 @@ pub enum Command {
         name: String,
     },
     /// Write a realistic demo data set through the command path, over past days.
-    Seed(crate::seed::SeedArgs),
+    Seed(seed::SeedArgs),
     /// Print the OpenAPI document.
     Openapi,
     /// Drive a freshly started service with concurrent clients and compare it with plain inserts.
@@ -95,8 +96,10 @@ impl Cli {
                 telemetry::init(&settings.log);
                 let pool = startup::connect(&settings.database).await?;
                 let runners = projections::all().into_iter().map(|p| {
+                    let source =
+                        streaming::KafkaSource::for_projection(settings.kafka.clone(), p.as_ref());
                     tokio::spawn(
-                        projections::ProjectionRunner::new(pool.clone(), settings.kafka.clone(), p)
+                        projections::ProjectionRunner::new(pool.clone(), p, source)
                             .run_supervised(),
                     )
                 });
@@ -115,19 +118,10 @@ impl Cli {
                     report.projection, report.events_read, report.events_applied, report.seconds
                 ))?;
             }
-            Command::Seed(args) => crate::seed::run(settings, args).await?,
+            Command::Seed(args) => seed::run(settings, args).await?,
             Command::Openapi => write_stdout(&openapi::document())?,
             Command::Bench(args) => bench::run(settings, args).await?,
         }
         Ok(())
     }
-}
-
-/// Command output (a token, a document, a report) is the program's product, not a log line.
-pub fn write_stdout(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
 }

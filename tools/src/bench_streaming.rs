@@ -17,10 +17,10 @@ use streaming::{Envelope, Relay};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::auth::JwtKeys;
 use crate::bench::{header, ms, percentile, BenchArgs, Measurement};
-use crate::cli::write_stdout;
-use crate::{startup, Application, Settings};
+use crate::write_stdout;
+use answers_api::auth::JwtKeys;
+use answers_api::{startup, Application, Settings};
 
 type Fresh = fn(&Settings, usize) -> (Settings, String);
 
@@ -56,17 +56,10 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
     topics.push(ceiling_topic.clone());
     streaming::ensure_topics(&kafka, &topics).await?;
 
-    // Relay: N knowledge-source events over 100 aggregates.
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-           metadata, event_id, tenant_id, actor_id, actor_role, correlation_id) \
-         SELECT 'knowledge_source', 'bench/' || (g % 100), g / 100 + 1, 'SyncRequested', '1.0', \
-           '{\"SyncRequested\": {\"requested_by\": \"bench\"}}', '{}', gen_random_uuid(), 'bench', \
-           'bench', 'operator', 'c' || g FROM generate_series(0, $1 - 1) g",
-    )
-    .bind(args.relay_events as i64)
-    .execute(&pool)
-    .await?;
+    // Relay: N knowledge-source events over 100 aggregates, written through the event store.
+    let store = event_store::PgEventRepository::new(pool.clone());
+    let tenant: domain::TenantId = "bench".parse()?;
+    crate::events::append_sync_requests(&store, &tenant, args.relay_events).await?;
     let mut relay_kafka = kafka.clone();
     relay_kafka.relay.batch_size = 2000;
     let relay = Relay::new(pool.clone(), relay_kafka)?;
@@ -125,7 +118,7 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
     let started = Instant::now();
     seed_conversations(&pool, conversations).await?;
     let seeded = started.elapsed();
-    let projection = projections::conversations::ConversationsProjection;
+    let projection = projections::Folded(projections::conversations::Conversations);
     let report = projections::rebuild(&pool, &projection).await?;
     let rebuild_m = measurement(
         "rebuild conversations from 0",
@@ -178,40 +171,12 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
     Ok(out)
 }
 
-/// QuestionAsked, AnswerRecorded, FeedbackGiven, ConversationResolved for each conversation.
+/// QuestionAsked, AnswerRecorded, FeedbackGiven, ConversationResolved for each conversation,
+/// written through the event store.
 async fn seed_conversations(pool: &PgPool, conversations: i64) -> anyhow::Result<()> {
-    const CHUNK: i64 = 50_000;
-    let mut from = 0;
-    while from < conversations {
-        let to = (from + CHUNK).min(conversations);
-        sqlx::query(
-            "WITH c AS (SELECT g, md5('c' || g)::uuid AS id, md5('q' || g)::uuid AS q, md5('a' || g)::uuid AS a \
-                        FROM generate_series($1, $2 - 1) g), \
-             e AS ( \
-               SELECT c.id, c.g, 1 AS seq, 'QuestionAsked' AS t, jsonb_build_object('QuestionAsked', \
-                 jsonb_build_object('question_id', c.q, 'text', 'How do I configure feature ' || c.g || '?', \
-                   'asked_by', 'user' || (c.g % 500), 'channel', 'web', 'integration_id', null)) AS p FROM c \
-               UNION ALL SELECT c.id, c.g, 2, 'AnswerRecorded', jsonb_build_object('AnswerRecorded', \
-                 jsonb_build_object('question_id', c.q, 'answer_id', c.a, 'text', 'Open settings, then features.', \
-                   'sources', '[]'::jsonb, 'uncertain', c.g % 7 = 0, 'latency_ms', 800, 'engine', 'bench', \
-                   'engine_answer_id', c.g::text, 'engine_thread_id', null)) FROM c \
-               UNION ALL SELECT c.id, c.g, 3, 'FeedbackGiven', jsonb_build_object('FeedbackGiven', \
-                 jsonb_build_object('answer_id', c.a, 'user_id', 'user' || (c.g % 500), 'feedback', \
-                   jsonb_build_object('reaction', 'upvote', 'reasons', '[]'::jsonb, 'comment', null))) FROM c \
-               UNION ALL SELECT c.id, c.g, 4, 'ConversationResolved', \
-                 jsonb_build_object('ConversationResolved', jsonb_build_object('by', 'user' || (c.g % 500))) FROM c) \
-             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-               metadata, event_id, tenant_id, actor_id, actor_role, correlation_id) \
-             SELECT 'conversation', 'bench/' || e.id, e.seq, e.t, '1.0', e.p, '{}', gen_random_uuid(), 'bench', \
-               'bench', 'operator', 'c' || e.g FROM e ORDER BY e.g, e.seq",
-        )
-        .bind(from)
-        .bind(to)
-        .execute(pool)
-        .await?;
-        from = to;
-    }
-    Ok(())
+    let store = event_store::PgEventRepository::new(pool.clone());
+    let tenant: domain::TenantId = "bench".parse()?;
+    crate::events::append_conversations(&store, &tenant, usize::try_from(conversations)?).await
 }
 
 /// Commands at a steady rate on a running service with the relay and projections inside; the

@@ -17,8 +17,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-use crate::cli::write_stdout;
-use crate::{startup, Settings};
+use crate::write_stdout;
+use answers_api::{startup, Settings};
 
 #[derive(Debug, Clone, Args)]
 pub struct SeedArgs {
@@ -101,16 +101,16 @@ impl AnswerEngine for SeedEngine {
     }
 }
 
-fn ctx(tenant: &str, user: &str, role: Role) -> CommandContext {
-    CommandContext {
-        tenant_id: tenant.to_string(),
-        user_id: user.to_string(),
+fn ctx(tenant: &str, user: &str, role: Role) -> anyhow::Result<CommandContext> {
+    Ok(CommandContext {
+        tenant_id: domain::TenantId::parse(tenant)?,
+        user_id: domain::UserId::parse(user)?,
         role,
         correlation_id: format!("seed-{}", Uuid::now_v7()),
         causation_id: None,
         idempotency_key: None,
         request_fingerprint: String::new(),
-    }
+    })
 }
 
 /// A domain rejection (say, the tenant exists from an earlier seed) is fine; anything else stops.
@@ -144,7 +144,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
     let tenants: Vec<String> = (1..=args.tenants).map(|t| format!("demo-{t}")).collect();
     for tenant in &tenants {
         set(start);
-        let admin = ctx(tenant, "admin", Role::Admin);
+        let admin = ctx(tenant, "admin", Role::Admin)?;
         tolerate(
             bus.tenant(
                 &admin,
@@ -246,7 +246,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
         set(at.min(now));
         let tenant = &tenants[q % tenants.len()];
         let user = format!("user{}", rng.gen_range(0..4));
-        let asker = ctx(tenant, &user, Role::Operator);
+        let asker = ctx(tenant, &user, Role::Operator)?;
         let topic = TOPICS[rng.gen_range(0..TOPICS.len())];
         let text = QUESTIONS[rng.gen_range(0..QUESTIONS.len())].replace("{t}", topic);
         let channel = ["web", "slack", "zendesk"][rng.gen_range(0..3)];

@@ -3,9 +3,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match answers_api::cli::Cli::parse().run().await {
+    match cli::Cli::parse().run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The cause chain, readable, without a backtrace: start-up failures are the

@@ -7,8 +7,8 @@ use domain::Role;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::Postgres;
 
-use crate::auth::JwtKeys;
-use crate::{Application, Settings};
+use answers_api::auth::JwtKeys;
+use answers_api::{Application, Settings};
 
 type Fresh = fn(&Settings, usize) -> (Settings, String);
 

@@ -1,0 +1,143 @@
+//! What the API reads from the audit trail: pages, exports, and the record of its own reads.
+use chrono::{DateTime, Utc};
+use domain::TenantId;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use super::AuditEntry;
+
+/// Filters of the trail; all optional, combined with AND.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub object_type: Option<String>,
+    pub object_id: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// One page of the tenant's trail in position order, after `after_position`.
+pub async fn page(
+    pool: &PgPool,
+    tenant: &TenantId,
+    filter: &AuditFilter,
+    after_position: i64,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT event_id, position, recorded_at, actor_id, actor_role, action, object_type, object_id, \
+           sequence, correlation_id, causation_id, outcome, details FROM rm_audit \
+         WHERE tenant_id = $1 AND position > $2 \
+           AND ($3::text IS NULL OR actor_id = $3) AND ($4::text IS NULL OR action = $4) \
+           AND ($5::text IS NULL OR object_type = $5) AND ($6::text IS NULL OR object_id = $6) \
+           AND ($7::timestamptz IS NULL OR recorded_at >= $7) AND ($8::timestamptz IS NULL OR recorded_at < $8) \
+         ORDER BY position LIMIT $9",
+    )
+    .bind(tenant)
+    .bind(after_position)
+    .bind(&filter.actor)
+    .bind(&filter.action)
+    .bind(&filter.object_type)
+    .bind(&filter.object_id)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub const CSV_HEADER: &str =
+    "position,recorded_at,actor_id,actor_role,action,object_type,object_id,sequence,correlation_id,outcome,event_id\n";
+
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+impl AuditEntry {
+    pub fn csv_line(&self) -> String {
+        let fields = [
+            self.position.to_string(),
+            self.recorded_at.to_rfc3339(),
+            self.actor_id.clone(),
+            self.actor_role.clone(),
+            self.action.clone(),
+            self.object_type.to_string(),
+            self.object_id.clone(),
+            self.sequence.to_string(),
+            self.correlation_id.clone(),
+            self.outcome.to_string(),
+            self.event_id.to_string(),
+        ];
+        let mut line = fields
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(",");
+        line.push('\n');
+        line
+    }
+}
+
+/// Records that `actor` read the trail (route and query), before the read is answered.
+pub async fn record_read(
+    pool: &PgPool,
+    tenant: &TenantId,
+    actor: &str,
+    role: &str,
+    route: &str,
+    query: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_reads (tenant_id, actor_id, actor_role, route, query) VALUES ($1, $2, $3, $4, $5)")
+        .bind(tenant)
+        .bind(actor)
+        .bind(role)
+        .bind(route)
+        .bind(query)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct AuditRead {
+    pub id: i64,
+    pub actor_id: String,
+    pub actor_role: String,
+    pub route: String,
+    pub query: String,
+    pub read_at: DateTime<Utc>,
+}
+
+pub async fn reads(
+    pool: &PgPool,
+    tenant: &TenantId,
+    limit: i64,
+) -> Result<Vec<AuditRead>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, actor_id, actor_role, route, query, read_at FROM audit_reads WHERE tenant_id = $1 \
+         ORDER BY id DESC LIMIT $2",
+    )
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+}

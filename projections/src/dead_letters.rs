@@ -1,0 +1,139 @@
+//! Events a projection could not apply: kept as they were delivered, listed to the tenant's
+//! admin, and applied again on request once their cause is gone.
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use domain::TenantId;
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::event::Projected;
+use crate::projection::Projection;
+use crate::runner::apply_one;
+use crate::source::Delivery;
+use crate::status::record_error;
+
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub projection: String,
+    pub topic: String,
+    #[sqlx(rename = "kafka_partition")]
+    pub partition: i32,
+    #[sqlx(rename = "kafka_offset")]
+    pub offset: i64,
+    pub error: String,
+    pub event_id: Option<uuid::Uuid>,
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    pub retried_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, projection, topic, kafka_partition, kafka_offset, error, event_id, \
+    payload, created_at, retried_at, resolved_at";
+
+/// Records a dead letter and the projection's error. `event` is the decoded event when the
+/// envelope could be read (it carries the tenant, so the tenant's admin sees the letter).
+pub async fn record(
+    pool: &PgPool,
+    projection: &str,
+    delivery: &Delivery,
+    event: Option<&Projected>,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::warn!(projection, %error, "dead-lettering an event");
+    let payload = String::from_utf8_lossy(&delivery.payload).to_string();
+    sqlx::query(
+        "INSERT INTO dead_letters (projection, topic, kafka_partition, kafka_offset, message_key, \
+           payload, error, event_id, tenant_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(projection)
+    .bind(&delivery.origin.channel)
+    .bind(delivery.origin.partition)
+    .bind(delivery.origin.offset)
+    .bind(&delivery.key)
+    .bind(&payload)
+    .bind(error)
+    .bind(event.map(|e| e.meta.event_id))
+    .bind(event.map(|e| &e.meta.tenant))
+    .execute(pool)
+    .await?;
+    record_error(pool, projection, error).await
+}
+
+/// The tenant's dead letters, newest first (undecodable letters have no tenant and are shown
+/// to no tenant).
+pub async fn list(
+    pool: &PgPool,
+    tenant: &TenantId,
+    include_resolved: bool,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM dead_letters \
+         WHERE tenant_id = $1 AND ($2 OR resolved_at IS NULL) ORDER BY id DESC LIMIT 500"
+    ))
+    .bind(tenant)
+    .bind(include_resolved)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no open dead letter with that id")]
+    NotFound,
+    #[error("still failing: {0}")]
+    StillFailing(String),
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(sqlx::FromRow)]
+struct Letter {
+    projection: String,
+    payload: String,
+}
+
+/// Applies a dead letter again (after a fix); marks it resolved when that works.
+pub async fn retry(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+    tenant: &TenantId,
+    id: i64,
+) -> Result<DeadLetter, RetryError> {
+    let letter: Letter = sqlx::query_as(
+        "SELECT projection, payload FROM dead_letters WHERE id = $1 AND tenant_id = $2 AND resolved_at IS NULL",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(RetryError::NotFound)?;
+    let projection = projections
+        .iter()
+        .find(|p| p.name() == letter.projection)
+        .ok_or(RetryError::NotFound)?;
+    let outcome = match Projected::decode_bytes(letter.payload.as_bytes()) {
+        Ok(event) => apply_one(pool, projection.as_ref(), &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.report()),
+        Err(e) => Err(e.report()),
+    };
+    let resolved = outcome.is_ok();
+    let letter: DeadLetter = sqlx::query_as(&format!(
+        "UPDATE dead_letters SET retried_at = now(), resolved_at = CASE WHEN $2 THEN now() END, \
+           error = COALESCE($3, error) WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(resolved)
+    .bind(outcome.as_ref().err())
+    .fetch_one(pool)
+    .await?;
+    match outcome {
+        Ok(()) => Ok(letter),
+        Err(e) => Err(RetryError::StillFailing(e)),
+    }
+}

@@ -1,0 +1,141 @@
+//! Where the questions read model's rows live (`rm_questions`).
+use std::collections::BTreeMap;
+
+use domain::conversation::{DownvoteReason, Reaction};
+use domain::ScopedId;
+use sqlx::PgConnection;
+
+use super::{ConversationQuestions, QuestionRow};
+use crate::conversations::QuestionStatus;
+use crate::intent::Intent;
+use crate::projection::{stored, to_json, ApplyError, ReadError};
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    question_id: uuid::Uuid,
+    asked_at: chrono::DateTime<chrono::Utc>,
+    asked_by: String,
+    channel: String,
+    integration_id: Option<String>,
+    text: String,
+    normalized: String,
+    intent: Intent,
+    topic: Option<String>,
+    status: QuestionStatus,
+    uncertain: bool,
+    latency_ms: Option<i64>,
+    engine: Option<String>,
+    answer_id: Option<uuid::Uuid>,
+    question_chars: i32,
+    answer_chars: i32,
+    cited_sources: Vec<String>,
+    feedback: serde_json::Value,
+    resolved: bool,
+    escalated: bool,
+    conversation_version: i64,
+}
+
+pub async fn load(
+    conn: &mut PgConnection,
+    key: &ScopedId,
+) -> Result<Option<ConversationQuestions>, ReadError> {
+    let rows: Vec<Stored> = sqlx::query_as(
+        "SELECT question_id, asked_at, asked_by, channel, integration_id, text, normalized, intent, \
+           topic, status, uncertain, latency_ms, engine, answer_id, question_chars, answer_chars, \
+           cited_sources, feedback, resolved, escalated, conversation_version \
+         FROM rm_questions WHERE tenant_id = $1 AND conversation_id = $2 \
+         ORDER BY asked_at, question_id FOR UPDATE",
+    )
+    .bind(&key.tenant)
+    .bind(key.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let version = rows
+        .iter()
+        .map(|r| r.conversation_version)
+        .max()
+        .unwrap_or(0);
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            let feedback: BTreeMap<String, (Reaction, Vec<DownvoteReason>)> =
+                stored("feedback of the answer", r.feedback)?;
+            Ok(QuestionRow {
+                question_id: r.question_id,
+                asked_at: r.asked_at,
+                asked_by: r.asked_by,
+                channel: r.channel,
+                integration_id: r.integration_id,
+                text: r.text,
+                normalized: r.normalized,
+                intent: r.intent,
+                topic: r.topic,
+                status: r.status,
+                uncertain: r.uncertain,
+                latency_ms: r.latency_ms,
+                engine: r.engine,
+                answer_id: r.answer_id,
+                question_chars: r.question_chars,
+                answer_chars: r.answer_chars,
+                cited_sources: r.cited_sources,
+                feedback,
+                resolved: r.resolved,
+                escalated: r.escalated,
+            })
+        })
+        .collect::<Result<Vec<_>, ReadError>>()?;
+    Ok(Some(ConversationQuestions { version, rows }))
+}
+
+pub async fn save(
+    conn: &mut PgConnection,
+    key: &ScopedId,
+    state: &ConversationQuestions,
+) -> Result<(), ApplyError> {
+    for r in &state.rows {
+        sqlx::query(
+            "INSERT INTO rm_questions (tenant_id, question_id, conversation_id, asked_at, asked_by, channel, \
+               integration_id, text, normalized, intent, topic, status, uncertain, latency_ms, engine, \
+               answer_id, question_chars, answer_chars, cited_sources, feedback, upvotes, downvotes, \
+               downvote_reasons, resolved, escalated, conversation_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+               $19, $20, $21, $22, $23, $24, $25, $26) \
+             ON CONFLICT (tenant_id, question_id) DO UPDATE SET topic = $11, status = $12, \
+               uncertain = $13, latency_ms = $14, engine = $15, answer_id = $16, answer_chars = $18, \
+               cited_sources = $19, feedback = $20, upvotes = $21, downvotes = $22, \
+               downvote_reasons = $23, resolved = $24, escalated = $25, conversation_version = $26",
+        )
+        .bind(&key.tenant)
+        .bind(r.question_id)
+        .bind(key.id)
+        .bind(r.asked_at)
+        .bind(&r.asked_by)
+        .bind(&r.channel)
+        .bind(&r.integration_id)
+        .bind(&r.text)
+        .bind(&r.normalized)
+        .bind(r.intent)
+        .bind(&r.topic)
+        .bind(r.status)
+        .bind(r.uncertain)
+        .bind(r.latency_ms)
+        .bind(&r.engine)
+        .bind(r.answer_id)
+        .bind(r.question_chars)
+        .bind(r.answer_chars)
+        .bind(&r.cited_sources)
+        .bind(to_json(&r.feedback)?)
+        .bind(r.upvotes())
+        .bind(r.downvotes())
+        .bind(r.downvote_reasons())
+        .bind(r.resolved)
+        .bind(r.escalated)
+        .bind(state.version)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

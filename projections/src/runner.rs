@@ -1,0 +1,166 @@
+//! The projection runtime: events from a source → one Postgres transaction per event (read
+//! model change + status row) → acknowledged. Decoding, poison handling and dead letters happen
+//! here, once, for every projection; anything else that fails stops the run without the
+//! acknowledgement, so the event is delivered again after the restart (projections skip what
+//! they already hold).
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::dead_letters;
+use crate::event::Projected;
+use crate::projection::{error_chain, ApplyError, Projection};
+use crate::source::{Delivery, EventSource, SourceError};
+use crate::status::{self, mark_applied, record_error};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("the event source failed")]
+    Source(#[source] SourceError),
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+    #[error("applying an event failed")]
+    Apply(#[from] ApplyError),
+}
+
+/// Applies one event and moves the projection's status in one transaction.
+pub async fn apply_one(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    event: &Projected,
+) -> Result<bool, ApplyError> {
+    let mut tx = pool.begin().await?;
+    let applied = projection.apply(&mut tx, event).await?;
+    if applied {
+        mark_applied(&mut tx, projection.name(), &event.meta).await?;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// The pause before restart number `attempt` (1-based) of a failing runner: exponential from
+/// 200 ms, capped at `cap`, with jitter (between half and all of it) so that runners failing
+/// together do not retry in lockstep.
+pub fn backoff(attempt: u32, cap: Duration, jitter: f64) -> Duration {
+    let exp = Duration::from_millis(200).saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    exp.min(cap).mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+pub struct ProjectionRunner<S> {
+    pool: PgPool,
+    projection: Arc<dyn Projection>,
+    source: S,
+    /// Events handled (applied, skipped or dead-lettered) since start: restarts that made
+    /// progress reset the backoff.
+    handled: AtomicU64,
+}
+
+impl<S: EventSource> ProjectionRunner<S> {
+    pub fn new(pool: PgPool, projection: Arc<dyn Projection>, source: S) -> Self {
+        Self {
+            pool,
+            projection,
+            source,
+            handled: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs until stopped, restarting after every failure: the pause grows exponentially (with
+    /// jitter, capped at 30 s) while restarts make no progress, and starts over after one did.
+    pub async fn run_supervised(mut self) {
+        let mut attempt: u32 = 0;
+        loop {
+            let before = self.handled.load(Ordering::Relaxed);
+            let result = self.run().await;
+            self.source.close().await;
+            if self.handled.load(Ordering::Relaxed) > before {
+                attempt = 0;
+            }
+            attempt = attempt.saturating_add(1);
+            let pause = backoff(attempt, Duration::from_secs(30), rand::random::<f64>());
+            if let Err(e) = result {
+                let report = error_chain(&e);
+                tracing::warn!(projection = self.projection.name(), error = %report, attempt,
+                    pause_ms = pause.as_millis() as u64, "projection stopped; restarting");
+                if let Err(status) = record_error(&self.pool, self.projection.name(), &report).await
+                {
+                    tracing::warn!(projection = self.projection.name(), error = %status,
+                        "could not record the error in the projection status");
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Consumes until the first error that is not a poison event.
+    pub async fn run(&mut self) -> Result<(), RunnerError> {
+        self.source.open().await.map_err(RunnerError::Source)?;
+        status::ensure(&self.pool, self.projection.name()).await?;
+        tracing::info!(projection = self.projection.name(), "projection consuming");
+        loop {
+            let delivery = self.source.next().await.map_err(RunnerError::Source)?;
+            self.handle(&delivery).await?;
+            self.source
+                .ack(&delivery)
+                .await
+                .map_err(RunnerError::Source)?;
+            self.handled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(projection = self.projection.name(),
+        channel = %delivery.origin.channel, partition = delivery.origin.partition,
+        offset = delivery.origin.offset), err)]
+    async fn handle(&self, delivery: &Delivery) -> Result<(), RunnerError> {
+        let event = match Projected::decode_bytes(&delivery.payload) {
+            Ok(event) => event,
+            Err(e) => return self.dead_letter(delivery, None, &e).await,
+        };
+        match apply_one(&self.pool, self.projection.as_ref(), &event).await {
+            Ok(applied) => {
+                tracing::debug!(aggregate_id = %event.meta.aggregate_id, sequence = event.meta.sequence, applied, "handled");
+                Ok(())
+            }
+            Err(e) if e.is_poison() => self.dead_letter(delivery, Some(&event), &e).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        event: Option<&Projected>,
+        error: &ApplyError,
+    ) -> Result<(), RunnerError> {
+        dead_letters::record(
+            &self.pool,
+            self.projection.name(),
+            delivery,
+            event,
+            &error.report(),
+        )
+        .await?;
+        self.source.publish_dead_letter(delivery).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_grows_exponentially_up_to_its_cap_with_jitter() {
+        let cap = Duration::from_secs(30);
+        assert_eq!(backoff(1, cap, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff(2, cap, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff(5, cap, 1.0), Duration::from_millis(3200));
+        assert_eq!(backoff(10, cap, 1.0), cap);
+        assert_eq!(backoff(u32::MAX, cap, 1.0), cap);
+        assert_eq!(backoff(10, cap, 0.0), cap / 2);
+        let jittered = backoff(4, cap, 0.3);
+        assert!(jittered >= Duration::from_millis(800) && jittered < Duration::from_millis(1600));
+    }
+}

@@ -1,0 +1,93 @@
+//! Where a runner's events come from. The runtime knows only this trait: the Kafka consumer
+//! (`streaming::KafkaSource`) is one source, the event store read in commit-safe order
+//! ([`StoreSource`], used by rebuilds) is another, and an in-process source for a broker-less
+//! mode would be a third.
+use async_trait::async_trait;
+use domain::AggregateType;
+use event_store::{read_batch, Checkpoint, Envelope};
+use sqlx::PgConnection;
+
+/// An event as delivered, not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The serialised envelope, as delivered (a dead letter keeps it as it came).
+    pub payload: Vec<u8>,
+    pub key: Option<String>,
+    /// Where it came from: topic/partition/offset for Kafka, `store`/0/position for the store.
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub channel: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a source failed; the runner restarts it with a backoff.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[async_trait]
+pub trait EventSource: Send + Sync {
+    /// Connects and subscribes; called at the start of every run (after a restart, too).
+    async fn open(&mut self) -> Result<(), SourceError>;
+    /// Waits for the next event.
+    async fn next(&mut self) -> Result<Delivery, SourceError>;
+    /// The delivery is handled (applied, skipped or dead-lettered): it is not delivered again.
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), SourceError>;
+    /// Lets go of connections after a failed run (the next run opens anew).
+    async fn close(&mut self) {}
+    /// Also publishes a dead letter where other tools see it (Kafka: the dead-letter topic).
+    /// The dead-letter table is the record; this is best effort.
+    async fn publish_dead_letter(&self, _delivery: &Delivery) {}
+}
+
+/// The event store from a checkpoint on, in commit-safe order, for the given aggregate types.
+/// Rebuilds read it a batch at a time on their own connection.
+pub struct StoreSource {
+    types: &'static [AggregateType],
+    checkpoint: Checkpoint,
+    batch_size: i64,
+    /// Events read, of every type.
+    pub read: u64,
+}
+
+impl StoreSource {
+    pub fn new(types: &'static [AggregateType], batch_size: i64) -> Self {
+        Self {
+            types,
+            checkpoint: Checkpoint::START,
+            batch_size,
+            read: 0,
+        }
+    }
+
+    /// The highest position read so far.
+    pub fn position(&self) -> i64 {
+        self.checkpoint.position
+    }
+
+    /// The next batch of this source's events; `None` when the store has nothing more now.
+    pub async fn next_batch(
+        &mut self,
+        conn: &mut PgConnection,
+    ) -> Result<Option<Vec<Envelope>>, sqlx::Error> {
+        let batch = read_batch(&mut *conn, self.checkpoint, self.batch_size).await?;
+        let Some(last) = batch.last() else {
+            return Ok(None);
+        };
+        self.checkpoint = last.checkpoint();
+        self.read += batch.len() as u64;
+        Ok(Some(
+            batch
+                .iter()
+                .filter(|e| {
+                    self.types
+                        .iter()
+                        .any(|t| t.as_str() == e.aggregate_type.as_str())
+                })
+                .map(Envelope::from)
+                .collect(),
+        ))
+    }
+}

@@ -1,0 +1,177 @@
+//! Where each projection stands: the status row written with every applied event, its errors,
+//! and how far behind the store it is.
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+
+use crate::event::EventMeta;
+use crate::projection::Projection;
+
+/// Moves the projection's status past `meta` (inside the transaction that applied it).
+pub async fn mark_applied(
+    conn: &mut PgConnection,
+    projection: &str,
+    meta: &EventMeta,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_status (projection, applied_events, last_position, last_event_id, \
+           last_recorded_at, last_applied_at) VALUES ($1, 1, $2, $3, $4, now()) \
+         ON CONFLICT (projection) DO UPDATE SET applied_events = projection_status.applied_events + 1, \
+           last_position = GREATEST(projection_status.last_position, $2), last_event_id = $3, \
+           last_recorded_at = $4, last_applied_at = now()",
+    )
+    .bind(projection)
+    .bind(meta.position)
+    .bind(meta.event_id)
+    .bind(meta.recorded_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Creates the status row if it is missing.
+pub async fn ensure(pool: &PgPool, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO projection_status (projection) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(projection)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn record_error(pool: &PgPool, projection: &str, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_status (projection, last_error, last_error_at) VALUES ($1, $2, now()) \
+         ON CONFLICT (projection) DO UPDATE SET last_error = $2, last_error_at = now()",
+    )
+    .bind(projection)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// After a rebuild: the counts start over from what the rebuild applied.
+pub async fn mark_rebuilt(
+    conn: &mut PgConnection,
+    projection: &str,
+    applied: u64,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_status (projection, applied_events, last_position, rebuilt_at) \
+         VALUES ($1, $2, $3, now()) ON CONFLICT (projection) DO UPDATE SET applied_events = $2, \
+           last_position = $3, rebuilt_at = now(), last_error = NULL, last_error_at = NULL",
+    )
+    .bind(projection)
+    .bind(applied as i64)
+    .bind(position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn type_words(projection: &dyn Projection) -> Vec<&'static str> {
+    projection
+        .aggregate_types()
+        .iter()
+        .map(|t| t.as_str())
+        .collect()
+}
+
+/// What a projection has done, and how far behind the event store it is.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProjectionStatus {
+    pub projection: String,
+    pub applied_events: i64,
+    /// Highest global position applied (events of different aggregates arrive in partition order,
+    /// so lower positions may still be on their way while this one is applied).
+    pub last_position: i64,
+    /// Events of its aggregate types in the store that it has not applied (including dead letters).
+    pub lag_events: i64,
+    /// When behind: how old the newest applied event is; 0 when caught up.
+    pub lag_seconds: f64,
+    pub last_applied_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub rebuilt_at: Option<DateTime<Utc>>,
+    pub open_dead_letters: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    applied_events: Option<i64>,
+    last_position: Option<i64>,
+    last_applied_at: Option<DateTime<Utc>>,
+    last_recorded_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    last_error_at: Option<DateTime<Utc>>,
+    rebuilt_at: Option<DateTime<Utc>>,
+    stored: i64,
+    open: i64,
+}
+
+impl ProjectionStatus {
+    pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
+        let row: StatusRow = sqlx::query_as(
+            "SELECT s.applied_events, s.last_position, s.last_applied_at, s.last_recorded_at, s.last_error, \
+               s.last_error_at, s.rebuilt_at, \
+               (SELECT count(*) FROM events WHERE aggregate_type = ANY($2)) AS stored, \
+               (SELECT count(*) FROM dead_letters d WHERE d.projection = $1 AND d.resolved_at IS NULL) AS open \
+             FROM (SELECT $1::text AS projection) p \
+             LEFT JOIN projection_status s ON s.projection = p.projection",
+        )
+        .bind(projection.name())
+        .bind(type_words(projection))
+        .fetch_one(pool)
+        .await?;
+        let applied = row.applied_events.unwrap_or(0);
+        let lag_events = (row.stored - applied).max(0);
+        let lag_seconds = match (lag_events, row.last_recorded_at) {
+            (0, _) => 0.0,
+            (_, Some(t)) => (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0,
+            (_, None) => 1e9,
+        };
+        Ok(Self {
+            projection: projection.name().to_string(),
+            applied_events: applied,
+            last_position: row.last_position.unwrap_or(0),
+            lag_events,
+            lag_seconds,
+            last_applied_at: row.last_applied_at,
+            last_error: row.last_error,
+            last_error_at: row.last_error_at,
+            rebuilt_at: row.rebuilt_at,
+            open_dead_letters: row.open,
+        })
+    }
+}
+
+/// How fresh a read model is, cheap enough for every read: a lookup of the status row and an
+/// index range over the events stored after the last applied position (so its cost grows with
+/// the lag, not with the history). `lag_events` is a lower bound: events of other partitions
+/// below that position may still be on their way; `ProjectionStatus` has the exact count.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Freshness {
+    /// Highest event position the read model has applied.
+    pub position: i64,
+    /// Events of its aggregate types stored after `position`.
+    pub lag_events: i64,
+    /// Age of the oldest of those events; 0 when there are none.
+    pub lag_seconds: f64,
+}
+
+impl Freshness {
+    pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
+        sqlx::query_as(
+            "WITH s AS (SELECT coalesce((SELECT last_position FROM projection_status WHERE projection = $1), 0) AS p) \
+             SELECT s.p AS position, count(e.position) AS lag_events, \
+               greatest(coalesce(extract(epoch FROM now() - min(e.recorded_at))::float8, 0), 0) AS lag_seconds \
+             FROM s LEFT JOIN events e ON e.position > s.p AND e.aggregate_type = ANY($2) GROUP BY s.p",
+        )
+        .bind(projection.name())
+        .bind(type_words(projection))
+        .fetch_one(pool)
+        .await
+    }
+}
