@@ -119,7 +119,7 @@ impl Cli {
                 ))?;
             }
             Command::Seed(args) => seed::run(settings, args).await?,
-            Command::Openapi => write_stdout(&openapi::document())?,
+            Command::Openapi => write_stdout(&openapi::document()?)?,
             Command::Bench(args) => bench::run(settings, args).await?,
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! transaction as the command's events (see `event_store::PgEventRepository::persist`).
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::error::{CommandError, Rejection};
 use crate::CommandContext;
@@ -53,6 +53,53 @@ pub(crate) struct IdempotencyStore {
     settings: IdempotencySettings,
 }
 
+domain::text_enum! {
+    /// Where a claimed idempotency key stands.
+    pub enum KeyState {
+        Pending = "pending",
+        Committed = "committed",
+        Rejected = "rejected",
+    }
+}
+
+/// A stored key, as read back by a retry.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    request_fingerprint: String,
+    state: KeyState,
+    expired: bool,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    first_sequence: Option<i64>,
+    last_sequence: Option<i64>,
+    response_body: Option<serde_json::Value>,
+}
+
+impl KeyRow {
+    /// A committed key names the events it stored; one that does not is unreadable.
+    fn committed(self) -> Result<Settled, CommandError> {
+        match (
+            self.aggregate_type,
+            self.aggregate_id,
+            self.first_sequence,
+            self.last_sequence,
+        ) {
+            (Some(aggregate_type), Some(aggregate_id), Some(first), Some(last)) => {
+                Ok(Settled::Committed {
+                    aggregate_type,
+                    aggregate_id,
+                    first_sequence: first.max(0) as u64,
+                    last_sequence: last.max(0) as u64,
+                })
+            }
+            _ => Err(CommandError::Internal {
+                context: "a committed idempotency key names no events",
+                source: "aggregate or sequences missing".into(),
+            }),
+        }
+    }
+}
+
 impl IdempotencyStore {
     pub fn new(pool: PgPool, settings: IdempotencySettings) -> Self {
         Self { pool, settings }
@@ -80,7 +127,7 @@ impl IdempotencyStore {
             if inserted.rows_affected() == 1 {
                 return Ok(Claim::Owned);
             }
-            let row = sqlx::query(
+            let row: Option<KeyRow> = sqlx::query_as(
                 "SELECT request_fingerprint, state, locked_until < now() AS expired, \
                    aggregate_type, aggregate_id, first_sequence, last_sequence, response_body \
                  FROM idempotency_keys \
@@ -94,35 +141,22 @@ impl IdempotencyStore {
             .map_err(CommandError::from_sqlx)?;
             // Released between our insert and select: claim again.
             let Some(row) = row else { continue };
-            let fingerprint: String = row.get("request_fingerprint");
-            if fingerprint != ctx.request_fingerprint {
+            if row.request_fingerprint != ctx.request_fingerprint {
                 return Err(CommandError::IdempotencyKeyReused);
             }
-            let state: String = row.get("state");
-            match state.as_str() {
-                "committed" => {
-                    let first: i64 = row.get("first_sequence");
-                    let last: i64 = row.get("last_sequence");
-                    return Ok(Claim::Replay(Settled::Committed {
-                        aggregate_type: row.get("aggregate_type"),
-                        aggregate_id: row.get("aggregate_id"),
-                        first_sequence: first as u64,
-                        last_sequence: last as u64,
-                    }));
-                }
-                "rejected" => {
-                    let body: serde_json::Value = row.get("response_body");
-                    let rejection =
-                        serde_json::from_value(body).map_err(|e| CommandError::Internal {
-                            context: "a stored idempotent response is unreadable",
-                            source: Box::new(e),
-                        })?;
+            match row.state {
+                KeyState::Committed => return Ok(Claim::Replay(row.committed()?)),
+                KeyState::Rejected => {
+                    let rejection = serde_json::from_value(row.response_body.unwrap_or_default())
+                        .map_err(|e| CommandError::Internal {
+                        context: "a stored idempotent response is unreadable",
+                        source: Box::new(e),
+                    })?;
                     return Ok(Claim::Replay(Settled::Rejected(rejection)));
                 }
-                _ => {}
+                KeyState::Pending => {}
             }
-            let expired: bool = row.get("expired");
-            if expired && self.take_over(ctx, key, lease_ms).await? {
+            if row.expired && self.take_over(ctx, key, lease_ms).await? {
                 return Ok(Claim::Owned);
             }
             if tokio::time::Instant::now() >= deadline {

@@ -12,7 +12,7 @@ mod local_engine;
 mod outcome;
 
 pub use bus::{AskQuestion, CommandBus};
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::CommandContext;
 pub use error::{CommandError, Rejection};
 pub use idempotency::IdempotencySettings;

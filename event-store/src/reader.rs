@@ -56,8 +56,12 @@ impl StoredEvent {
             position: self.position,
         }
     }
+}
 
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+/// Read by column name with `try_get` (a type mismatch is an error, never a panic); the
+/// transaction id arrives as text and is parsed here.
+impl<'r> sqlx::FromRow<'r, PgRow> for StoredEvent {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         // Selected as text (sqlx has no xid8 type) under another name: an ORDER BY on the
         // column's own name would otherwise sort the text, putting 10000 before 9999.
         let tx: String = row.try_get("transaction_id_text")?;
@@ -163,7 +167,7 @@ pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "{STORED_COLUMNS} \
          WHERE (transaction_id, position) > ($1::text::xid8, $2) \
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -174,8 +178,7 @@ pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
     .bind(after.position)
     .bind(limit)
     .fetch_all(executor)
-    .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
+    .await
 }
 
 /// One aggregate's events in sequence order, up to `until` (by recorded time) when given: what
@@ -186,7 +189,7 @@ pub async fn aggregate_events(
     aggregate_id: &str,
     until: Option<DateTime<Utc>>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "{STORED_COLUMNS} WHERE aggregate_type = $1 AND aggregate_id = $2 \
            AND ($3::timestamptz IS NULL OR recorded_at <= $3) \
          ORDER BY sequence"
@@ -195,8 +198,7 @@ pub async fn aggregate_events(
     .bind(aggregate_id)
     .bind(until)
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
+    .await
 }
 
 /// A tenant's events recorded in `[from, to)`, in global position order, a page at a time.
@@ -208,7 +210,7 @@ pub async fn tenant_events_page(
     after_position: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "{STORED_COLUMNS} WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND position > $4 \
          ORDER BY position LIMIT $5"
     ))
@@ -218,6 +220,5 @@ pub async fn tenant_events_page(
     .bind(after_position)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
+    .await
 }

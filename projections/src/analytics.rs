@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use domain::TenantId;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone)]
@@ -16,13 +16,13 @@ pub struct Window {
     pub tz: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Count {
     pub key: String,
     pub count: i64,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct VolumePoint {
     /// Local start of the bucket in the requested time zone (`YYYY-MM-DDTHH:MM:SS`).
     pub bucket_start: String,
@@ -80,7 +80,7 @@ pub struct Funnel {
     pub deflection_rate: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct TopQuestion {
     /// The normalised text the questions share.
     pub question: String,
@@ -89,7 +89,7 @@ pub struct TopQuestion {
     pub example: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct CoverageGap {
     pub topic: String,
     /// Uncertain or downvoted questions on the topic.
@@ -123,12 +123,36 @@ const IN_WINDOW: &str =
     "FROM rm_questions WHERE tenant_id = $1 AND asked_at >= $2 AND asked_at < $3";
 
 /// A query over the window's questions: binds the tenant and the window as $1, $2, $3.
-fn in_window<'q>(
+fn in_window<'q, T>(
     sql: &'q str,
     tenant: &'q TenantId,
     w: &'q Window,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(sql).bind(tenant).bind(w.from).bind(w.to)
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    sqlx::query_as(sql).bind(tenant).bind(w.from).bind(w.to)
+}
+
+/// The window's totals, one row.
+#[derive(sqlx::FromRow)]
+struct WindowTotals {
+    questions: i64,
+    users: i64,
+    conversations: i64,
+    answered: i64,
+    uncertain: i64,
+    failed: i64,
+    blocked: i64,
+    pending: i64,
+    p50: Option<f64>,
+    p95: Option<f64>,
+    up: i64,
+    down: i64,
+    rated: i64,
+    upvoted: i64,
+    resolved: i64,
+    escalated: i64,
 }
 
 pub async fn valid_time_zone(pool: &PgPool, tz: &str) -> Result<bool, sqlx::Error> {
@@ -146,24 +170,17 @@ async fn counts(
     extra: &str,
     limit: i64,
 ) -> Result<Vec<Count>, sqlx::Error> {
-    let rows = in_window(
+    in_window(
         &format!(
-            "SELECT key, count(*) AS n FROM (SELECT {select_key} AS key {IN_WINDOW} {extra}) k \
-         WHERE key IS NOT NULL GROUP BY key ORDER BY n DESC, key LIMIT $4"
+            "SELECT key::text AS key, count(*) AS count FROM (SELECT {select_key} AS key {IN_WINDOW} {extra}) k \
+         WHERE key IS NOT NULL GROUP BY key ORDER BY count DESC, key LIMIT $4"
         ),
         tenant,
         w,
     )
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Count {
-            key: r.get("key"),
-            count: r.get("n"),
-        })
-        .collect())
+    .await
 }
 
 fn ratio(a: i64, b: i64) -> Option<f64> {
@@ -175,7 +192,7 @@ pub async fn compute(
     tenant: &TenantId,
     w: &Window,
 ) -> Result<Analytics, sqlx::Error> {
-    let t = in_window(&format!(
+    let t: WindowTotals = in_window(&format!(
         "SELECT count(*) AS questions, count(DISTINCT asked_by) AS users, count(DISTINCT conversation_id) AS conversations, \
            count(*) FILTER (WHERE status = 'answered' AND NOT uncertain) AS answered, \
            count(*) FILTER (WHERE status = 'answered' AND uncertain) AS uncertain, \
@@ -201,60 +218,48 @@ pub async fn compute(
     .bind(w.to)
     .fetch_one(pool)
     .await?;
-    let volume = in_window(&format!(
-        "SELECT to_char(date_trunc($4, asked_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS b, \
-           count(*) AS n, count(DISTINCT asked_by) AS u {IN_WINDOW} GROUP BY b ORDER BY b"
+    let volume: Vec<VolumePoint> = in_window(&format!(
+        "SELECT to_char(date_trunc($4, asked_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS bucket_start, \
+           count(*) AS questions, count(DISTINCT asked_by) AS unique_users {IN_WINDOW} GROUP BY 1 ORDER BY 1"
     ), tenant, w)
     .bind(&w.bucket)
     .bind(&w.tz)
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| VolumePoint { bucket_start: r.get("b"), questions: r.get("n"), unique_users: r.get("u") })
-    .collect();
-    let top_questions = in_window(
+    .await?;
+    let top_questions: Vec<TopQuestion> = in_window(
         &format!(
-            "SELECT normalized, count(*) AS n, min(text) AS example {IN_WINDOW} \
-         GROUP BY normalized ORDER BY n DESC, normalized LIMIT 10"
+            "SELECT normalized AS question, count(*) AS count, min(text) AS example {IN_WINDOW} \
+         GROUP BY normalized ORDER BY count DESC, normalized LIMIT 10"
         ),
         tenant,
         w,
     )
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| TopQuestion {
-        question: r.get("normalized"),
-        count: r.get("n"),
-        example: r.get("example"),
-    })
-    .collect();
-    let coverage_gaps = in_window(
+    .await?;
+    let coverage_gaps: Vec<CoverageGap> = in_window(
         &format!(
-            "SELECT coalesce(topic, '(none)') AS topic, count(*) AS n, \
+            "SELECT coalesce(topic, '(none)') AS topic, count(*) AS questions, \
            (array_agg(text ORDER BY asked_at))[1:3] AS examples {IN_WINDOW} \
            AND status = 'answered' AND (uncertain OR downvotes > 0) \
-         GROUP BY 1 ORDER BY n DESC, topic LIMIT 10"
+         GROUP BY 1 ORDER BY questions DESC, topic LIMIT 10"
         ),
         tenant,
         w,
     )
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| CoverageGap {
-        topic: r.get("topic"),
-        questions: r.get("n"),
-        examples: r.get("examples"),
-    })
-    .collect();
+    .await?;
 
-    let questions: i64 = t.get("questions");
-    let answered: i64 = t.get("answered");
-    let uncertain: i64 = t.get("uncertain");
-    let (up, down, rated): (i64, i64, i64) = (t.get("up"), t.get("down"), t.get("rated"));
-    let conversations: i64 = t.get("conversations");
-    let escalated: i64 = t.get("escalated");
+    let WindowTotals {
+        questions,
+        answered,
+        uncertain,
+        up,
+        down,
+        rated,
+        conversations,
+        escalated,
+        ..
+    } = t;
     Ok(Analytics {
         from: w.from,
         to: w.to,
@@ -262,7 +267,7 @@ pub async fn compute(
         time_zone: w.tz.clone(),
         totals: Totals {
             questions,
-            unique_users: t.get("users"),
+            unique_users: t.users,
             active_users,
             conversations,
         },
@@ -272,11 +277,11 @@ pub async fn compute(
         outcomes: Outcomes {
             answered,
             uncertain,
-            failed: t.get("failed"),
-            blocked: t.get("blocked"),
-            pending: t.get("pending"),
-            latency_p50_ms: t.get("p50"),
-            latency_p95_ms: t.get("p95"),
+            failed: t.failed,
+            blocked: t.blocked,
+            pending: t.pending,
+            latency_p50_ms: t.p50,
+            latency_p95_ms: t.p95,
         },
         feedback: FeedbackStats {
             upvotes: up,
@@ -290,8 +295,8 @@ pub async fn compute(
             asked: questions,
             answered: answered + uncertain,
             rated,
-            upvoted: t.get("upvoted"),
-            resolved: t.get("resolved"),
+            upvoted: t.upvoted,
+            resolved: t.resolved,
             escalated_conversations: escalated,
             deflection_rate: ratio(conversations - escalated, conversations),
         },
@@ -312,7 +317,7 @@ pub async fn compute(
     })
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct CostRow {
     /// Local start of the period in the requested time zone.
     pub period_start: String,
@@ -331,7 +336,7 @@ pub async fn cost(
     tenant: &TenantId,
     w: &Window,
 ) -> Result<Vec<CostRow>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "WITH q AS (SELECT to_char(date_trunc($4, asked_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS p, \
                       count(*) AS questions, count(*) FILTER (WHERE status IN ('answered', 'failed')) AS calls, \
                       coalesce(sum(question_chars), 0)::bigint AS chars_in, coalesce(sum(answer_chars), 0)::bigint AS chars_out \
@@ -339,8 +344,9 @@ pub async fn cost(
               s AS (SELECT to_char(date_trunc($4, recorded_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS p, \
                       count(*) AS syncs FROM rm_audit WHERE tenant_id = $1 AND action = 'SyncStarted' \
                       AND recorded_at >= $2 AND recorded_at < $3 GROUP BY 1) \
-         SELECT coalesce(q.p, s.p) AS p, coalesce(q.questions, 0) AS questions, coalesce(q.calls, 0) AS calls, \
-           coalesce(q.chars_in, 0) AS chars_in, coalesce(q.chars_out, 0) AS chars_out, coalesce(s.syncs, 0) AS syncs \
+         SELECT coalesce(q.p, s.p) AS period_start, coalesce(q.questions, 0) AS questions, \
+           coalesce(q.calls, 0) AS engine_calls, coalesce(q.chars_in, 0) AS characters_in, \
+           coalesce(q.chars_out, 0) AS characters_out, coalesce(s.syncs, 0) AS sync_runs \
          FROM q FULL JOIN s ON q.p = s.p ORDER BY 1",
     )
     .bind(tenant)
@@ -349,18 +355,7 @@ pub async fn cost(
     .bind(&w.bucket)
     .bind(&w.tz)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| CostRow {
-            period_start: r.get("p"),
-            questions: r.get("questions"),
-            engine_calls: r.get("calls"),
-            characters_in: r.get("chars_in"),
-            characters_out: r.get("chars_out"),
-            sync_runs: r.get("syncs"),
-        })
-        .collect())
+    .await
 }
 
 pub const COST_CSV_HEADER: &str =

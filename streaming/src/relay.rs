@@ -11,7 +11,7 @@ use event_store::{read_batch, Checkpoint, StoredEvent};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::{envelope, Envelope, KafkaSettings};
 
@@ -23,6 +23,8 @@ pub enum RelayError {
     Kafka(#[from] KafkaError),
     #[error("the relay lost its lock")]
     LostLock,
+    #[error("an event cannot be encoded for the broker")]
+    Encode(#[from] serde_json::Error),
     /// The stored checkpoint cannot be read. Starting over from 0 instead would republish the
     /// whole store, so the relay stops until an operator repairs the row.
     #[error("relay `{relay}`: the stored checkpoint transaction id `{value}` is unreadable")]
@@ -42,7 +44,7 @@ impl RelayError {
 }
 
 /// Where the relay stands, for the status API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RelayStatus {
     pub name: String,
     pub position: i64,
@@ -169,13 +171,12 @@ impl Relay {
         .bind(&self.settings.relay.name)
         .execute(&mut *conn)
         .await?;
-        let row = sqlx::query(
-            "SELECT transaction_id::text AS tx, position FROM relay_checkpoints WHERE relay_name = $1",
+        let (tx, position): (String, i64) = sqlx::query_as(
+            "SELECT transaction_id::text, position FROM relay_checkpoints WHERE relay_name = $1",
         )
         .bind(&self.settings.relay.name)
         .fetch_one(&mut *conn)
         .await?;
-        let tx: String = row.try_get("tx")?;
         let transaction_id = tx
             .parse()
             .map_err(|source| RelayError::UnreadableCheckpoint {
@@ -185,7 +186,7 @@ impl Relay {
             })?;
         Ok(Checkpoint {
             transaction_id,
-            position: row.try_get("position")?,
+            position,
         })
     }
 
@@ -195,7 +196,7 @@ impl Relay {
         let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(batch.len());
         for event in batch {
             let envelope = Envelope::from(event);
-            let value = serde_json::to_vec(&envelope).expect("an envelope serialises");
+            let value = serde_json::to_vec(&envelope)?;
             let topic = self.settings.topic(&event.aggregate_type);
             let mut record = FutureRecord::to(&topic)
                 .key(event.aggregate_id.as_bytes())
@@ -227,21 +228,14 @@ impl Relay {
     }
 
     pub async fn status(pool: &PgPool, name: &str) -> Result<Option<RelayStatus>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT c.position, c.published, c.updated_at, \
+        sqlx::query_as(
+            "SELECT c.relay_name AS name, c.position, c.published, c.updated_at, \
                (SELECT count(*) FROM events e \
-                 WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS lag \
+                 WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS lag_events \
              FROM relay_checkpoints c WHERE c.relay_name = $1",
         )
         .bind(name)
         .fetch_optional(pool)
-        .await?;
-        Ok(row.map(|r| RelayStatus {
-            name: name.to_string(),
-            position: r.get("position"),
-            published: r.get("published"),
-            lag_events: r.get("lag"),
-            updated_at: r.get("updated_at"),
-        }))
+        .await
     }
 }

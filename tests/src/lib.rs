@@ -127,78 +127,97 @@ pub async fn wait_until_projected(pool: &PgPool, timeout: Duration) {
     .await
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(test_settings(), None).await
-}
-
-pub async fn spawn_app_with_engine(engine: Arc<dyn AnswerEngine>) -> TestApp {
-    spawn_app_with(test_settings(), Some(engine)).await
-}
-
-/// A clock the test moves by hand: events are recorded at whatever time it says.
-pub struct TestClock(pub std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
-
-impl TestClock {
-    pub fn at(t: chrono::DateTime<chrono::Utc>) -> Arc<Self> {
-        Arc::new(Self(std::sync::Mutex::new(t)))
-    }
-    pub fn set(&self, t: chrono::DateTime<chrono::Utc>) {
-        *self.0.lock().unwrap() = t;
-    }
-}
-
-impl commands::Clock for TestClock {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        *self.0.lock().unwrap()
-    }
-}
-
-pub async fn spawn_app_with_clock(
+/// How a test's application is made: a fresh database and a free port, then whatever the test
+/// changes (streaming on, settings, the answer engine, the clock).
+pub struct TestAppBuilder {
     settings: Settings,
-    engine: Arc<dyn AnswerEngine>,
-    clock: Arc<dyn commands::Clock>,
-) -> TestApp {
-    let app = Application::build_with(settings.clone(), engine, clock)
-        .await
-        .expect("the application starts");
-    finish_spawn(app, settings)
+    engine: Option<Arc<dyn AnswerEngine>>,
+    clock: Option<Arc<dyn commands::Clock>>,
 }
 
-pub async fn spawn_app_with(settings: Settings, engine: Option<Arc<dyn AnswerEngine>>) -> TestApp {
-    // `TEST_LOG=1` shows the application's logs (pretty) while a test runs.
-    if std::env::var_os("TEST_LOG").is_some() {
-        let mut log = settings.log.clone();
-        log.format = "pretty".into();
-        answers_api::telemetry::init(&log);
+impl TestAppBuilder {
+    /// The relay and projections on, on topics and consumer groups of this test only.
+    pub fn streaming(mut self) -> Self {
+        let database = self.settings.database.clone();
+        let platform = self.settings.platform.clone();
+        self.settings = streaming_settings();
+        self.settings.database = database;
+        self.settings.platform = platform;
+        self
     }
-    let app = match engine {
-        Some(engine) => Application::build_with_engine(settings.clone(), engine).await,
-        None => Application::build(settings.clone()).await,
-    }
-    .expect("the application starts");
-    finish_spawn(app, settings)
-}
 
-fn finish_spawn(app: Application, settings: Settings) -> TestApp {
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let pool = app.pool().clone();
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        pool,
-        client: reqwest::Client::new(),
-        keys: JwtKeys::new(&settings.auth),
-        platform_token: settings
-            .platform
-            .operator_token
-            .as_ref()
-            .map(|t| secrecy::ExposeSecret::expose_secret(t).to_string())
-            .unwrap_or_default(),
-        settings,
+    /// Changes the settings before the start.
+    pub fn configure(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        change(&mut self.settings);
+        self
+    }
+
+    pub fn engine(mut self, engine: Arc<dyn AnswerEngine>) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn commands::Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The settings the application will start with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Starts the production application (`Application::build_with`) and serves it.
+    pub async fn spawn(self) -> TestApp {
+        // `TEST_LOG=1` shows the application's logs (pretty) while a test runs.
+        if std::env::var_os("TEST_LOG").is_some() {
+            let mut log = self.settings.log.clone();
+            log.format = "pretty".into();
+            answers_api::telemetry::init(&log);
+        }
+        let engine = self
+            .engine
+            .unwrap_or_else(|| Arc::new(commands::LocalAnswerEngine));
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(commands::SystemClock));
+        let app = Application::build_with(self.settings.clone(), engine, clock)
+            .await
+            .expect("the application starts");
+        let settings = self.settings;
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool().clone();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            pool,
+            client: reqwest::Client::new(),
+            keys: JwtKeys::new(&settings.auth),
+            platform_token: settings
+                .platform
+                .operator_token
+                .as_ref()
+                .map(|t| secrecy::ExposeSecret::expose_secret(t).to_string())
+                .unwrap_or_default(),
+            settings,
+        }
     }
 }
 
 impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            settings: test_settings(),
+            engine: None,
+            clock: None,
+        }
+    }
+
+    /// The application with every default (no broker).
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
     pub fn token(&self, tenant: &str, role: Role, user: &str) -> String {
         self.keys.mint(user, tenant, role, 3600).expect("token")
     }

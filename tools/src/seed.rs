@@ -2,12 +2,12 @@
 //! bus, its rules, its events), laid over past days by the injectable clock, so analytics have
 //! something real to show on a fresh install. Answers come from a synthetic engine (there is no
 //! Kapa.ai here): some uncertain, some failing, most citing a page.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use clap::Args;
-use commands::{AskQuestion, Clock, CommandBus, CommandContext, CommandError, IdempotencySettings};
+use commands::{AskQuestion, CommandBus, CommandContext, CommandError, IdempotencySettings};
 use domain::conversation::{ConversationCommand, DownvoteReason, Feedback, Reaction};
 use domain::engine::{AnswerEngine, AnswerRequest, CitedSource, EngineAnswer, EngineFailure};
 use domain::knowledge_source::{SourceCommand, SourceKind};
@@ -33,14 +33,6 @@ pub struct SeedArgs {
     /// The same seed writes the same data set.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-}
-
-struct SeedClock(Mutex<DateTime<Utc>>);
-
-impl Clock for SeedClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().expect("clock lock")
-    }
 }
 
 const TOPICS: [&str; 8] = [
@@ -131,7 +123,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
     event_store::migrate(&pool).await?;
     let now = Utc::now();
     let start = now - Duration::days(args.days);
-    let clock = Arc::new(SeedClock(Mutex::new(start)));
+    let clock = commands::ManualClock::at(start);
     let bus = CommandBus::new(
         pool,
         Arc::new(SeedEngine),
@@ -139,7 +131,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
         IdempotencySettings::default(),
     );
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let set = |t: DateTime<Utc>| *clock.0.lock().expect("clock lock") = t;
+    let set = |t: DateTime<Utc>| clock.set(t);
 
     let tenants: Vec<String> = (1..=args.tenants).map(|t| format!("demo-{t}")).collect();
     for tenant in &tenants {

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
+use commands::ManualClock;
 use domain::engine::{AnswerEngine, AnswerRequest, CitedSource, EngineAnswer, EngineFailure};
 use domain::Role;
-use integration_tests::{spawn_app_with_clock, streaming_settings, wait_for, TestApp, TestClock};
+use integration_tests::{wait_for, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -171,7 +172,7 @@ fn percentile_cont(values: &[f64], p: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
-async fn play(app: &TestApp, clock: &TestClock, admin: &str, data: &[Generated]) {
+async fn play(app: &TestApp, clock: &ManualClock, admin: &str, data: &[Generated]) {
     for g in data {
         clock.set(g.at);
         let token = app.token("acme", Role::Operator, &g.user);
@@ -293,13 +294,13 @@ fn close(a: &Value, b: f64) {
 
 #[tokio::test]
 async fn every_figure_matches_what_the_generated_inputs_say() {
-    let clock = TestClock::at(base());
-    let app = spawn_app_with_clock(
-        streaming_settings(),
-        Arc::new(ScriptedEngine),
-        clock.clone(),
-    )
-    .await;
+    let clock = ManualClock::at(base());
+    let app = TestApp::builder()
+        .streaming()
+        .engine(Arc::new(ScriptedEngine))
+        .clock(clock.clone())
+        .spawn()
+        .await;
     let admin = app.create_tenant("acme", "alice").await;
     let data = generate();
     play(&app, &clock, &admin, &data).await;

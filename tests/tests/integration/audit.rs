@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use domain::Role;
-use integration_tests::{
-    spawn_app_with, streaming_settings, wait_for, wait_until_projected, TestApp,
-};
+use integration_tests::{wait_for, wait_until_projected, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -45,7 +43,7 @@ async fn text(app: &TestApp, path: &str, token: &str) -> (u16, String, String) {
 
 #[tokio::test]
 async fn the_trail_has_every_event_filters_pages_exports_and_records_its_readers() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let operator = app.token("acme", Role::Operator, "olga");
     let (conversation, answer) = app.ask(&operator, "How do I export, with a comma?").await;
@@ -248,7 +246,7 @@ async fn the_trail_has_every_event_filters_pages_exports_and_records_its_readers
 
 #[tokio::test]
 async fn point_in_time_state_equals_what_the_live_read_model_showed_then() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (conversation, answer) = app.ask(&admin, "How do I rotate keys?").await;
     let (_, source) = app

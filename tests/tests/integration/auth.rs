@@ -1,6 +1,6 @@
 use answers_api::auth::{now_secs, Claims};
 use domain::Role;
-use integration_tests::spawn_app;
+use integration_tests::TestApp;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::Method;
 use secrecy::ExposeSecret;
@@ -38,7 +38,7 @@ fn sign(claims: &Claims, secret: &[u8]) -> String {
 
 #[tokio::test]
 async fn bad_tokens_are_401_problems_and_store_nothing() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let secret = app
         .settings
         .auth
@@ -119,7 +119,7 @@ async fn bad_tokens_are_401_problems_and_store_nothing() {
 
 #[tokio::test]
 async fn roles_gate_commands() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let viewer = app.token("acme", Role::Viewer, "vera");
     let operator = app.token("acme", Role::Operator, "olga");
@@ -184,7 +184,7 @@ async fn roles_gate_commands() {
 
 #[tokio::test]
 async fn a_token_for_tenant_b_never_reads_or_changes_tenant_a() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let a = app.create_tenant("tenant-a", "alice").await;
     let b = app.create_tenant("tenant-b", "bob").await;
     let (conversation, answer) = app.ask(&a, "A's private question").await;

@@ -1,10 +1,10 @@
-use integration_tests::spawn_app;
+use integration_tests::TestApp;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn malformed_oversized_empty_and_huge_input_is_a_4xx_problem_and_stores_nothing() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let before = app.event_count().await;
     let url = format!("{}/v1/conversations", app.address);
@@ -107,7 +107,7 @@ async fn malformed_oversized_empty_and_huge_input_is_a_4xx_problem_and_stores_no
 
 #[tokio::test]
 async fn bad_paths_and_unknown_routes_are_problems() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (status, problem) = app
         .call(
@@ -144,7 +144,7 @@ async fn bad_paths_and_unknown_routes_are_problems() {
 
 #[tokio::test]
 async fn health_endpoints_answer_without_a_token() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     for path in ["/health/live", "/health/ready"] {
         let response = app
             .client
@@ -160,7 +160,7 @@ async fn health_endpoints_answer_without_a_token() {
 /// parameter of the wrong type, a method the path does not have (405 with `Allow`).
 #[tokio::test]
 async fn extractor_rejections_and_wrong_methods_are_problems() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let cases: Vec<(reqwest::Method, &str, u16, &str)> = vec![
         (
@@ -241,7 +241,7 @@ async fn extractor_rejections_and_wrong_methods_are_problems() {
 /// Operations that serve every tenant need the platform credential: a tenant admin is refused.
 #[tokio::test]
 async fn platform_routes_take_the_platform_credential_and_no_tenant_token() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (status, problem) = app
         .call(reqwest::Method::GET, "/v1/admin/projections", &admin, None)

@@ -1,7 +1,7 @@
 use std::collections::BTreeSet;
 
 use domain::Role;
-use integration_tests::spawn_app;
+use integration_tests::TestApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -38,7 +38,7 @@ async fn command(
 
 #[tokio::test]
 async fn every_command_round_trips_and_its_events_carry_complete_metadata() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.token("acme", Role::Admin, "alice");
     let operator = app.token("acme", Role::Operator, "olga");
     let post = Method::POST;
@@ -471,7 +471,7 @@ async fn every_command_round_trips_and_its_events_carry_complete_metadata() {
 
 #[tokio::test]
 async fn a_request_without_an_id_gets_one_and_it_is_stored() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let token = app.token("acme", Role::Admin, "alice");
     let response = app
         .post("/v1/tenant", &token, json!({"name": "Acme"}))
@@ -490,7 +490,7 @@ async fn a_request_without_an_id_gets_one_and_it_is_stored() {
 
 #[tokio::test]
 async fn the_last_admin_cannot_leave_over_http() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (status, body) = app
         .call(
@@ -509,7 +509,7 @@ async fn the_last_admin_cannot_leave_over_http() {
 
 #[tokio::test]
 async fn feedback_on_an_answer_that_does_not_exist_is_404() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (conversation, _) = app.ask(&admin, "How do I export?").await;
     let (status, body) = app
@@ -546,7 +546,10 @@ impl domain::engine::AnswerEngine for FailingEngine {
 
 #[tokio::test]
 async fn an_engine_failure_is_stored_and_answered_as_failed() {
-    let app = integration_tests::spawn_app_with_engine(std::sync::Arc::new(FailingEngine)).await;
+    let app = TestApp::builder()
+        .engine(std::sync::Arc::new(FailingEngine))
+        .spawn()
+        .await;
     let admin = app.create_tenant("acme", "alice").await;
     let (status, body) = app
         .call(

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::{spawn_app_with_engine, SlowEngine};
+use integration_tests::{SlowEngine, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -9,7 +9,10 @@ use serde_json::json;
 async fn twenty_racing_commands_on_one_aggregate_leave_gapless_sequences_and_409_losers() {
     // The engine holds every request between loading the conversation and storing its events,
     // so the twenty follow-ups really race for the same next sequence.
-    let app = spawn_app_with_engine(Arc::new(SlowEngine(Duration::from_millis(300)))).await;
+    let app = TestApp::builder()
+        .engine(Arc::new(SlowEngine(Duration::from_millis(300))))
+        .spawn()
+        .await;
     let admin = app.create_tenant("acme", "alice").await;
     let (conversation, _) = app.ask(&admin, "First question here").await;
 

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::{spawn_app, spawn_app_with_engine, SlowEngine, TestApp};
+use integration_tests::{SlowEngine, TestApp};
 use serde_json::{json, Value};
 
 async fn post_with_key(
@@ -26,7 +26,10 @@ async fn post_with_key(
 
 #[tokio::test]
 async fn fifty_racing_retries_with_one_key_store_one_set_of_events_and_answer_alike() {
-    let app = spawn_app_with_engine(Arc::new(SlowEngine(Duration::from_millis(200)))).await;
+    let app = TestApp::builder()
+        .engine(Arc::new(SlowEngine(Duration::from_millis(200))))
+        .spawn()
+        .await;
     let admin = app.create_tenant("acme", "alice").await;
     let before = app.event_count().await;
 
@@ -61,7 +64,7 @@ async fn fifty_racing_retries_with_one_key_store_one_set_of_events_and_answer_al
 
 #[tokio::test]
 async fn a_retry_after_completion_replays_and_a_different_body_is_refused() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let body = json!({"kind": "website", "name": "Site", "location": "https://acme.test"});
     let first = post_with_key(&app, &admin, "/v1/sources", "src-1", body.clone()).await;
@@ -92,7 +95,7 @@ async fn a_retry_after_completion_replays_and_a_different_body_is_refused() {
 
 #[tokio::test]
 async fn a_rejected_command_is_replayed_as_the_same_rejection_and_stores_nothing() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let before = app.event_count().await;
     let body = json!({"kind": "website", "name": "Site", "location": "not a url"});
@@ -106,7 +109,7 @@ async fn a_rejected_command_is_replayed_as_the_same_rejection_and_stores_nothing
 
 #[tokio::test]
 async fn a_malformed_idempotency_key_is_a_400() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let long = "k".repeat(300);
     let (status, problem) = post_with_key(&app, &admin, "/v1/sources", &long, json!({})).await;

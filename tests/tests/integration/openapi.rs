@@ -1,10 +1,10 @@
-use integration_tests::spawn_app;
+use integration_tests::TestApp;
 
 const COMMITTED: &str = include_str!("../../../docs/openapi.json");
 
 #[test]
 fn the_committed_openapi_document_matches_the_code() {
-    let generated = answers_api::openapi::document();
+    let generated = answers_api::openapi::document().unwrap();
     assert!(
         generated == COMMITTED,
         "docs/openapi.json is out of date: run `cargo run -p answers -- openapi > docs/openapi.json` and commit it"
@@ -22,7 +22,7 @@ fn the_committed_openapi_document_matches_the_code() {
 
 #[tokio::test]
 async fn the_service_serves_the_same_document_and_the_docs_page() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let served: serde_json::Value = app
         .client
         .get(format!("{}/openapi.json", app.address))

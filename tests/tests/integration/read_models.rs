@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use domain::Role;
-use integration_tests::{spawn_app_with, streaming_settings, wait_for, TestApp};
+use integration_tests::{wait_for, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -75,7 +75,7 @@ fn without_freshness(mut v: Value) -> Value {
 
 #[tokio::test]
 async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projection() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "admin").await;
     let alice = app.token("acme", Role::Operator, "alice");
     let bob = app.token("acme", Role::Operator, "bob");
@@ -329,7 +329,7 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
 
 #[tokio::test]
 async fn a_token_for_tenant_b_gets_nothing_of_tenant_a_from_any_read_route() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let a = app.create_tenant("tenant-a", "alice").await;
     let marker = "zebra-secret-7781";
     let (conversation, answer) = app

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use event_store::{Checkpoint, EventReader};
 use futures::StreamExt;
-use integration_tests::spawn_app;
+use integration_tests::TestApp;
 use rand::Rng;
 use sqlx::PgPool;
 
@@ -32,7 +32,7 @@ async fn append(pool: &PgPool, writer: usize, n: usize) {
 
 #[tokio::test]
 async fn the_reader_sees_every_commit_once_despite_out_of_order_commits() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let reader = EventReader::new(app.pool.clone());
     let total = WRITERS * PER_WRITER;
 
@@ -97,7 +97,7 @@ async fn the_reader_sees_every_commit_once_despite_out_of_order_commits() {
 
 #[tokio::test]
 async fn an_open_transaction_holds_the_reader_back_until_it_commits() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let reader = EventReader::new(app.pool.clone());
     // A transaction that began first and is still open...
     let mut slow = app.pool.begin().await.unwrap();

@@ -1,8 +1,8 @@
-use integration_tests::spawn_app;
+use integration_tests::TestApp;
 
 #[tokio::test]
 async fn events_cannot_be_updated_deleted_or_truncated() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     app.create_tenant("acme", "alice").await;
     let before: Vec<(i64, serde_json::Value)> =
         sqlx::query_as("SELECT position, payload FROM events ORDER BY position")

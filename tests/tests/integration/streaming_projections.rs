@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::AggregateType;
-use integration_tests::{
-    read_model, spawn_app_with, streaming_settings, wait_for, wait_until_projected, TestApp,
-};
+use integration_tests::{read_model, wait_for, wait_until_projected, TestApp};
 use projections::conversations::Conversations;
 use projections::{ApplyError, Folded, Projected, Projection, ProjectionRunner};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -80,7 +78,7 @@ async fn activity(app: &TestApp, token: &str, conversations: usize) {
 
 #[tokio::test]
 async fn a_command_is_soon_visible_and_the_api_says_how_fresh_the_read_model_is() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let other = app.create_tenant("other", "olaf").await;
     let (status, asked) = app
@@ -144,7 +142,7 @@ async fn a_command_is_soon_visible_and_the_api_says_how_fresh_the_read_model_is(
 
 #[tokio::test]
 async fn cursor_pagination_walks_every_conversation_once() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     for i in 0..7 {
         app.ask(&admin, &format!("Question {i} for paging")).await;
@@ -196,9 +194,9 @@ fn producer(bootstrap: &str) -> FutureProducer {
 
 #[tokio::test]
 async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
-    let settings = streaming_settings();
-    let kafka = settings.kafka.clone();
-    let app = spawn_app_with(settings, None).await;
+    let builder = TestApp::builder().streaming();
+    let kafka = builder.settings().kafka.clone();
+    let app = builder.spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     app.ask(&admin, "Before the poison").await;
     wait_until_projected(&app.pool, Duration::from_secs(60)).await;
@@ -340,7 +338,7 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
 
 #[tokio::test]
 async fn a_dead_letter_whose_cause_is_gone_applies_on_retry() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (conversation, _) = app.ask(&admin, "A question").await;
     wait_until_projected(&app.pool, Duration::from_secs(60)).await;
@@ -423,10 +421,11 @@ fn kafka_runner(
 
 #[tokio::test]
 async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
-    let mut settings = streaming_settings();
-    settings.kafka.projections_in_process = false;
-    let kafka = settings.kafka.clone();
-    let app = spawn_app_with(settings, None).await;
+    let builder = TestApp::builder()
+        .streaming()
+        .configure(|s| s.kafka.projections_in_process = false);
+    let kafka = builder.settings().kafka.clone();
+    let app = builder.spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     activity(&app, &admin, 8).await;
     wait_for("the relay to publish everything", Duration::from_secs(60), || async {
@@ -478,7 +477,7 @@ async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
 
 #[tokio::test]
 async fn a_rebuild_from_zero_equals_the_live_model_while_reads_keep_answering() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     activity(&app, &admin, 12).await;
     wait_until_projected(&app.pool, Duration::from_secs(60)).await;

@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::{
-    read_model, spawn_app_with, streaming_settings, wait_for, wait_until_projected,
-};
+use integration_tests::{read_model, wait_for, wait_until_projected, TestApp};
 use rand::Rng;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -52,10 +50,11 @@ pub fn consumer(bootstrap: &str, topic: &str) -> StreamConsumer {
 
 #[tokio::test]
 async fn eight_writers_2000_events_reach_kafka_once_each_in_aggregate_order() {
-    let mut settings = streaming_settings();
-    settings.kafka.projections_in_process = false;
-    let kafka = settings.kafka.clone();
-    let app = spawn_app_with(settings, None).await;
+    let builder = TestApp::builder()
+        .streaming()
+        .configure(|s| s.kafka.projections_in_process = false);
+    let kafka = builder.settings().kafka.clone();
+    let app = builder.spawn().await;
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let pool = app.pool.clone();
@@ -135,14 +134,15 @@ async fn eight_writers_2000_events_reach_kafka_once_each_in_aggregate_order() {
 #[tokio::test]
 async fn a_relay_killed_between_publish_and_checkpoint_duplicates_but_the_read_model_applies_once()
 {
-    let mut settings = streaming_settings();
-    settings.kafka.relay.in_process = false;
-    settings.kafka.relay.batch_size = 1000;
-    let kafka = settings.kafka.clone();
+    let builder = TestApp::builder().streaming().configure(|s| {
+        s.kafka.relay.in_process = false;
+        s.kafka.relay.batch_size = 1000;
+    });
+    let kafka = builder.settings().kafka.clone();
     streaming::ensure_topics(&kafka, &answers_api::startup::topics(&kafka))
         .await
         .unwrap();
-    let app = spawn_app_with(settings, None).await;
+    let app = builder.spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     for i in 0..10 {
         let (conversation, answer) = app
@@ -311,9 +311,11 @@ impl Drop for OwnBroker {
 #[tokio::test]
 async fn commands_go_on_while_the_broker_is_down_and_the_read_model_converges_after() {
     let broker = OwnBroker::start();
-    let mut settings = streaming_settings();
-    settings.kafka.bootstrap_servers = broker.address.clone();
-    let app = spawn_app_with(settings, None).await;
+    let app = TestApp::builder()
+        .streaming()
+        .configure(|s| s.kafka.bootstrap_servers = broker.address.clone())
+        .spawn()
+        .await;
     let admin = app.create_tenant("acme", "alice").await;
     app.ask(&admin, "Before the outage").await;
     wait_until_projected(&app.pool, Duration::from_secs(60)).await;
@@ -354,11 +356,12 @@ async fn commands_go_on_while_the_broker_is_down_and_the_read_model_converges_af
 /// whole store to every consumer.
 #[tokio::test]
 async fn an_unreadable_checkpoint_stops_the_relay_instead_of_republishing_the_store() {
-    let settings = streaming_settings();
-    let mut quiet = settings.clone();
-    quiet.kafka.relay.in_process = false;
-    quiet.kafka.projections_in_process = false;
-    let app = spawn_app_with(quiet, None).await;
+    let builder = TestApp::builder().streaming().configure(|s| {
+        s.kafka.relay.in_process = false;
+        s.kafka.projections_in_process = false;
+    });
+    let settings = builder.settings().clone();
+    let app = builder.spawn().await;
     app.create_tenant("acme", "alice").await;
     // Damage the row the way a bad manual repair would: a value that is no transaction id.
     sqlx::query(

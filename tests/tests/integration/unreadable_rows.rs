@@ -4,7 +4,7 @@
 //! dead-lettered while the runner goes on, instead of restarting forever.
 use std::time::Duration;
 
-use integration_tests::{spawn_app_with, streaming_settings, wait_for, TestApp};
+use integration_tests::{wait_for, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -75,7 +75,7 @@ async fn assert_unreadable(app: &TestApp, path: &str, token: &str) {
 
 #[tokio::test]
 async fn an_unreadable_sync_history_is_dead_lettered_not_reset_and_reads_say_so() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let id = add_source(&app, &admin, "Docs").await;
     source_at(&app, &admin, &id, 1).await;
@@ -111,7 +111,7 @@ async fn an_unreadable_sync_history_is_dead_lettered_not_reset_and_reads_say_so(
 
 #[tokio::test]
 async fn unreadable_feedback_is_dead_lettered_and_the_vote_counts_stay_as_they_were() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (conversation, answer) = app.ask(&admin, "How do I export my data?").await;
     wait_for(
@@ -161,7 +161,7 @@ async fn unreadable_feedback_is_dead_lettered_and_the_vote_counts_stay_as_they_w
 
 #[tokio::test]
 async fn unreadable_conversation_and_tenant_rows_are_errors_on_read_and_on_apply() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let (conversation, _) = app.ask(&admin, "First question").await;
     let path = format!("/v1/conversations/{conversation}");
@@ -223,7 +223,7 @@ async fn unreadable_conversation_and_tenant_rows_are_errors_on_read_and_on_apply
 
 #[tokio::test]
 async fn a_change_the_database_refuses_for_good_is_dead_lettered_and_the_runner_goes_on() {
-    let app = spawn_app_with(streaming_settings(), None).await;
+    let app = TestApp::builder().streaming().spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     // A rule the read model's table enforces and the command side knows nothing of.
     sqlx::query(
