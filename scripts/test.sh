@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test: starts PostgreSQL and the Kafka-compatible broker
-# (installing tansu once per machine), runs the whole workspace's tests, stops the broker it
-# started.
+# (installing tansu once per machine), runs the whole workspace's tests and the API fuzz check
+# (schemathesis), stops the broker it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -11,3 +11,7 @@ trap 'scripts/services.sh down' EXIT
 TANSU_BIN=$(command -v tansu)
 export TANSU_BIN
 cargo test --workspace --locked "$@"
+# The served OpenAPI document against the server, with schemathesis (scripts/api-fuzz.sh).
+if [ -z "${SKIP_API_FUZZ:-}" ] && [ $# -eq 0 ]; then
+  scripts/api-fuzz.sh
+fi

@@ -42,19 +42,31 @@ mirror_enum!(SourceStatusDto <=> SourceStatus { NotAdded, Active, Removed });
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
     /// 1-200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameTenantRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KapaSettingsRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub project_id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub integration_id: Option<String>,
     /// A reference to the API key (`env://NAME`, `vault://path`, `aws-sm://...`, `gcp-sm://...`), never the key.
     pub api_key_ref: String,
@@ -65,7 +77,8 @@ pub struct KapaSettingsRequest {
 pub struct FeatureFlagRequest {
     pub enabled: bool,
     /// 0-100; the share of the tenant's users who see the feature.
-    #[serde(default = "hundred")]
+    #[serde(default = "hundred", deserialize_with = "whole_number")]
+    #[schema(minimum = 0, maximum = 100)]
     pub rollout_percentage: u8,
 }
 
@@ -76,7 +89,13 @@ fn hundred() -> u8 {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteMemberRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub user_id: String,
+    #[schema(max_length = 320, format = Email)]
     pub email: Option<String>,
     pub role: RoleDto,
 }
@@ -90,6 +109,7 @@ pub struct ChangeRoleRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuspendTenantRequest {
+    #[schema(min_length = 1, max_length = 1000, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -97,10 +117,21 @@ pub struct SuspendTenantRequest {
 #[serde(deny_unknown_fields)]
 pub struct AskRequest {
     /// 1-4000 characters.
+    #[schema(min_length = 1, max_length = 4000, pattern = "\\S")]
     pub question: String,
     /// Where the question was asked (`web`, `slack`, `zendesk`...). Defaults to `api`.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub channel: Option<String>,
     /// The Kapa integration the question came through, if any.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     pub integration_id: Option<String>,
 }
 
@@ -112,6 +143,7 @@ pub struct FeedbackRequest {
     #[serde(default)]
     pub reasons: Vec<DownvoteReasonDto>,
     /// Up to 2000 characters.
+    #[schema(max_length = 2000)]
     pub comment: Option<String>,
 }
 
@@ -128,6 +160,7 @@ impl From<FeedbackRequest> for Feedback {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EscalateRequest {
+    #[schema(max_length = 1000)]
     pub reason: Option<String>,
 }
 
@@ -135,8 +168,10 @@ pub struct EscalateRequest {
 #[serde(deny_unknown_fields)]
 pub struct AddSourceRequest {
     pub kind: SourceKindDto,
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// A URL for websites and docs, `owner/repo` for GitHub, an account or space for the others.
+    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
     pub location: String,
     /// Connector settings (no credentials: reference secrets instead).
     #[serde(default)]
@@ -146,6 +181,7 @@ pub struct AddSourceRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSourceRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
     pub location: Option<String>,
     pub settings: Option<BTreeMap<String, String>>,
@@ -162,13 +198,34 @@ pub struct StartSyncRequest {
 #[serde(deny_unknown_fields)]
 pub struct CompleteSyncRequest {
     pub sync_id: Uuid,
+    /// A whole number; `12.0` is read as 12, as JSON Schema's `integer` allows.
+    #[serde(deserialize_with = "whole_number")]
     pub document_count: u64,
+}
+
+/// A non-negative whole number, also when written with a zero fraction (`12.0`), as JSON
+/// Schema's `integer` allows; out of the target type's range is an error.
+fn whole_number<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Some(f as u64),
+        _ => None,
+    };
+    whole
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("`{n}` is not a whole number in range")))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailSyncRequest {
     pub sync_id: Uuid,
+    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
     pub error: String,
 }
 

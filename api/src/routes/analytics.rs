@@ -11,41 +11,65 @@ use utoipa::IntoParams;
 use crate::auth::Authenticated;
 use crate::problem::ApiError;
 use crate::routes::conversations::read_error;
-use crate::routes::CommandProblems;
+use crate::routes::{parse_word, CommandProblems};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(overview).service(cost);
 }
 
+domain::text_enum! {
+    /// The ranges ending now.
+    pub enum RangeWord {
+        Day = "24h",
+        Week = "7d",
+        Month = "30d",
+    }
+}
+
+domain::text_enum! {
+    /// The bucket sizes.
+    pub enum BucketWord {
+        Hour = "hour",
+        Day = "day",
+        Week = "week",
+    }
+}
+
+domain::text_enum! {
+    /// The cost report formats.
+    pub enum CostFormat {
+        Json = "json",
+        Csv = "csv",
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WindowQuery {
     /// `24h`, `7d` (default) or `30d`, ending now; ignored when `from` is given.
+    #[param(value_type = Option<RangeWord>, inline)]
     pub range: Option<String>,
     /// Custom window start (RFC 3339, inclusive).
     pub from: Option<DateTime<Utc>>,
     /// Custom window end (RFC 3339, exclusive; default now).
     pub to: Option<DateTime<Utc>>,
     /// `hour`, `day` or `week` (default: hour for 24h, else day).
+    #[param(value_type = Option<BucketWord>, inline)]
     pub bucket: Option<String>,
     /// IANA time zone for the buckets (default `UTC`).
     pub tz: Option<String>,
     /// Cost only: `json` (default) or `csv`.
+    #[param(value_type = Option<CostFormat>, inline)]
     pub format: Option<String>,
 }
 
 async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
     let now = Utc::now();
-    let (from, to, default_bucket) = match (q.from, q.range.as_deref()) {
-        (Some(from), _) => (from, q.to.unwrap_or(now), "day"),
-        (None, Some("24h")) => (now - Duration::hours(24), now, "hour"),
-        (None, None | Some("7d")) => (now - Duration::days(7), now, "day"),
-        (None, Some("30d")) => (now - Duration::days(30), now, "day"),
-        (None, Some(_)) => {
-            return Err(ApiError::new(
-                Code::InvalidRange,
-                "range is `24h`, `7d` or `30d`",
-            ))
-        }
+    let range: Option<RangeWord> = parse_word(q.range.as_deref(), Code::InvalidRange)?;
+    let (from, to, default_bucket) = match (q.from, range) {
+        (Some(from), _) => (from, q.to.unwrap_or(now), BucketWord::Day),
+        (None, Some(RangeWord::Day)) => (now - Duration::hours(24), now, BucketWord::Hour),
+        (None, None | Some(RangeWord::Week)) => (now - Duration::days(7), now, BucketWord::Day),
+        (None, Some(RangeWord::Month)) => (now - Duration::days(30), now, BucketWord::Day),
     };
     if from >= to || to - from > Duration::days(366) {
         return Err(ApiError::new(
@@ -53,16 +77,9 @@ async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
             "`from` must be before `to`, at most 366 days apart",
         ));
     }
-    let bucket = q
-        .bucket
-        .clone()
-        .unwrap_or_else(|| default_bucket.to_string());
-    if !matches!(bucket.as_str(), "hour" | "day" | "week") {
-        return Err(ApiError::new(
-            Code::InvalidBucket,
-            "bucket is `hour`, `day` or `week`",
-        ));
-    }
+    let bucket = parse_word::<BucketWord>(q.bucket.as_deref(), Code::InvalidBucket)?
+        .unwrap_or(default_bucket)
+        .to_string();
     let tz = q.tz.clone().unwrap_or_else(|| "UTC".to_string());
     if !analytics::valid_time_zone(pool, &tz)
         .await
@@ -107,16 +124,7 @@ pub async fn cost(
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let csv = match query.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(_) => {
-            return Err(ApiError::new(
-                Code::InvalidFormat,
-                "format is `json` or `csv`",
-            ))
-        }
-    };
+    let csv = parse_word(query.format.as_deref(), Code::InvalidFormat)? == Some(CostFormat::Csv);
     let w = window(&pool, &query).await?;
     let rows = analytics::cost(&pool, &auth.0.tenant_id, &w)
         .await

@@ -16,7 +16,7 @@ use crate::auth::Authenticated;
 use crate::dto::{SourceView, TenantView};
 use crate::problem::ApiError;
 use crate::routes::conversations::read_error;
-use crate::routes::CommandProblems;
+use crate::routes::{parse_word, CommandProblems};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(list)
@@ -24,6 +24,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(state_at)
         .service(raw_events)
         .service(reads);
+}
+
+domain::text_enum! {
+    /// The export formats of the trail.
+    pub enum ExportFormat {
+        Ndjson = "ndjson",
+        Csv = "csv",
+    }
 }
 
 /// Only admins read the trail, and each read is recorded before it is answered.
@@ -53,6 +61,7 @@ pub struct AuditQuery {
     /// Event type, e.g. `MemberRoleChanged`.
     pub action: Option<String>,
     /// `tenant`, `conversation` or `knowledge_source`.
+    #[param(value_type = Option<domain::AggregateType>, inline)]
     pub object_type: Option<String>,
     pub object_id: Option<String>,
     /// Inclusive start (RFC 3339).
@@ -60,23 +69,49 @@ pub struct AuditQuery {
     /// Exclusive end (RFC 3339).
     pub to: Option<DateTime<Utc>>,
     /// Page size 1-500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(minimum = 0)]
     pub cursor: Option<i64>,
     /// Export only: `ndjson` (default) or `csv`.
+    #[param(value_type = Option<ExportFormat>, inline)]
     pub format: Option<String>,
 }
 
 impl AuditQuery {
-    fn filter(&self) -> AuditFilter {
-        AuditFilter {
+    /// Every parameter checked, whichever route reads it: (filter, page size, cursor, csv).
+    fn checked(&self) -> Result<(AuditFilter, i64, i64, bool), ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::new(
+                Code::InvalidLimit,
+                "limit must be between 1 and 500",
+            ));
+        }
+        let cursor = self.cursor.unwrap_or(0);
+        if cursor < 0 {
+            return Err(ApiError::new(
+                Code::InvalidCursor,
+                "the cursor is a position, 0 or more",
+            ));
+        }
+        let csv =
+            parse_word(self.format.as_deref(), Code::InvalidFormat)? == Some(ExportFormat::Csv);
+        Ok((self.filter()?, limit, cursor, csv))
+    }
+
+    fn filter(&self) -> Result<AuditFilter, ApiError> {
+        let object_type: Option<domain::AggregateType> =
+            parse_word(self.object_type.as_deref(), Code::InvalidObjectType)?;
+        Ok(AuditFilter {
             actor: self.actor.clone(),
             action: self.action.clone(),
-            object_type: self.object_type.clone(),
+            object_type: object_type.map(|t| t.to_string()),
             object_id: self.object_id.clone(),
             from: self.from,
             to: self.to,
-        }
+        })
     }
 }
 
@@ -96,23 +131,11 @@ pub async fn list(
     req: HttpRequest,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let (filter, limit, cursor, _) = query.checked()?;
     admit(&pool, &auth, &req).await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::new(
-            Code::InvalidLimit,
-            "limit must be between 1 and 500",
-        ));
-    }
-    let items = audit::page(
-        &pool,
-        &auth.0.tenant_id,
-        &query.filter(),
-        query.cursor.unwrap_or(0),
-        limit,
-    )
-    .await
-    .map_err(read_error)?;
+    let items = audit::page(&pool, &auth.0.tenant_id, &filter, cursor, limit)
+        .await
+        .map_err(read_error)?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|e| e.position))
         .flatten();
@@ -133,21 +156,12 @@ pub async fn export(
     req: HttpRequest,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let csv = match query.format.as_deref() {
-        None | Some("ndjson") => false,
-        Some("csv") => true,
-        Some(_) => {
-            return Err(ApiError::new(
-                Code::InvalidFormat,
-                "format is `ndjson` or `csv`",
-            ))
-        }
-    };
+    let (filter, _, _, csv) = query.checked()?;
     admit(&pool, &auth, &req).await?;
     let state = ExportState {
         pool: pool.get_ref().clone(),
         tenant: auth.0.tenant_id.clone(),
-        filter: query.filter(),
+        filter,
         after: 0,
         header: csv,
         done: false,
@@ -227,7 +241,7 @@ pub struct PointInTime {
 /// The state of a tenant, knowledge source or conversation as of a moment, rebuilt from its
 /// events up to then.
 #[utoipa::path(get, path = "/v1/audit/state/{object_type}/{object_id}", tag = "audit",
-    params(("object_type" = String, Path, description = "`tenant`, `knowledge_source` or `conversation`"),
+    params(("object_type" = domain::AggregateType, Path, description = "`tenant`, `knowledge_source` or `conversation`"),
            ("object_id" = String, Path, description = "the tenant id, or the object's UUID"), AtQuery),
     responses((status = 200, body = PointInTime), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/state/{object_type}/{object_id}")]

@@ -18,7 +18,7 @@ use crate::auth::Authenticated;
 
 use crate::dto::*;
 use crate::problem::ApiError;
-use crate::routes::{Caller, CommandProblems};
+use crate::routes::{parse_word, Caller, CommandProblems};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(start)
@@ -41,7 +41,7 @@ fn question(body: &AskRequest) -> AskQuestion {
 /// Ask the first question of a new conversation. Answers with the recorded answer
 /// (`answer.status` is `answered`, `failed` or `blocked`).
 #[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = AskRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 201, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/conversations")]
 pub async fn start(
@@ -58,7 +58,7 @@ pub async fn start(
 
 /// Ask a follow-up question in an open conversation.
 #[utoipa::path(post, path = "/v1/conversations/{id}/questions", tag = "conversations", request_body = AskRequest,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/conversations/{id}/questions")]
 pub async fn follow_up(
@@ -76,7 +76,7 @@ pub async fn follow_up(
 #[utoipa::path(put, path = "/v1/conversations/{id}/answers/{answer_id}/feedback", tag = "conversations",
     request_body = FeedbackRequest,
     params(("id" = Uuid, Path), ("answer_id" = Uuid, Path),
-           ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+           ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/conversations/{id}/answers/{answer_id}/feedback")]
 pub async fn feedback(
@@ -97,7 +97,7 @@ pub async fn feedback(
 
 /// Mark the conversation resolved: the asker's problem is solved.
 #[utoipa::path(post, path = "/v1/conversations/{id}/resolve", tag = "conversations",
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/conversations/{id}/resolve")]
 pub async fn resolve(
@@ -115,7 +115,7 @@ pub async fn resolve(
 /// Escalate the conversation to human support (the opposite of a deflection).
 #[utoipa::path(post, path = "/v1/conversations/{id}/escalate", tag = "conversations",
     request_body(content = EscalateRequest, description = "Optional reason"),
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/conversations/{id}/escalate")]
 pub async fn escalate(
@@ -160,8 +160,12 @@ pub fn read_error(e: impl Into<projections::ReadError>) -> ApiError {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListQuery {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(
+        pattern = "^-?[0-9]{1,19}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub cursor: Option<String>,
     /// Started by this user.
     pub user: Option<String>,
@@ -169,33 +173,19 @@ pub struct ListQuery {
     pub from: Option<DateTime<Utc>>,
     /// Started before (RFC 3339).
     pub to: Option<DateTime<Utc>>,
-    #[param(value_type = Option<ConversationState>)]
+    #[param(value_type = Option<ConversationState>, inline)]
     pub status: Option<String>,
     /// Has an uncertain (true) or a certain (false) answer.
     pub uncertain: Option<bool>,
     /// Has an answer with an `upvote`, a `downvote`, or `none` without reactions.
-    #[param(value_type = Option<ReactionFilter>)]
+    #[param(value_type = Option<ReactionFilter>, inline)]
     pub reaction: Option<String>,
-    #[param(value_type = Option<Intent>)]
+    #[param(value_type = Option<Intent>, inline)]
     pub intent: Option<String>,
     pub topic: Option<String>,
     /// Case-insensitive text search in questions and answers.
     #[param(max_length = 200)]
     pub q: Option<String>,
-}
-
-/// Parses a filter word into its enum; a word that names nothing is the filter's own code.
-fn word<T: std::str::FromStr<Err = domain::text_enum::UnknownWord>>(
-    value: &Option<String>,
-    code: Code,
-) -> Result<Option<T>, ApiError> {
-    value
-        .as_deref()
-        .map(|v| {
-            v.parse::<T>()
-                .map_err(|e| ApiError::new(code, e.to_string()))
-        })
-        .transpose()
 }
 
 impl ListQuery {
@@ -210,10 +200,10 @@ impl ListQuery {
             user: self.user.clone(),
             from: self.from,
             to: self.to,
-            status: word(&self.status, Code::InvalidStatus)?,
+            status: parse_word(self.status.as_deref(), Code::InvalidStatus)?,
             uncertain: self.uncertain,
-            reaction: word(&self.reaction, Code::InvalidReaction)?,
-            intent: word(&self.intent, Code::InvalidIntent)?,
+            reaction: parse_word(self.reaction.as_deref(), Code::InvalidReaction)?,
+            intent: parse_word(self.intent.as_deref(), Code::InvalidIntent)?,
             topic: self.topic.clone(),
             search: self.q.clone().filter(|q| !q.trim().is_empty()),
         })

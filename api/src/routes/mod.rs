@@ -91,6 +91,20 @@ fn caller(req: &HttpRequest, payload: &mut Payload) -> Result<Caller, ApiError> 
     })
 }
 
+/// Parses a word of a query parameter into its enum (the same enum the OpenAPI document lists);
+/// a word that names nothing is answered with the parameter's own code.
+pub fn parse_word<T: std::str::FromStr<Err = domain::text_enum::UnknownWord>>(
+    value: Option<&str>,
+    code: domain::Code,
+) -> Result<Option<T>, ApiError> {
+    value
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| ApiError::new(code, e.to_string()))
+        })
+        .transpose()
+}
+
 /// The problems any command route may answer with.
 #[derive(IntoResponses)]
 #[allow(dead_code)]
@@ -113,6 +127,9 @@ pub enum CommandProblems {
     /// The body exceeds the size limit.
     #[response(status = 413, content_type = "application/problem+json")]
     TooLarge(Problem),
+    /// The body is not `application/json`.
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
     /// A field is invalid, or the Idempotency-Key was used for another request.
     #[response(status = 422, content_type = "application/problem+json")]
     Unprocessable(Problem),

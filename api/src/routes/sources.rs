@@ -33,7 +33,7 @@ async fn send(
 
 /// Register a knowledge source.
 #[utoipa::path(post, path = "/v1/sources", tag = "sources", request_body = AddSourceRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 201, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/sources")]
 pub async fn add(
@@ -71,7 +71,7 @@ pub async fn get_source(
 }
 
 #[utoipa::path(patch, path = "/v1/sources/{id}", tag = "sources", request_body = UpdateSourceRequest,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[patch("/sources/{id}")]
 pub async fn update(
@@ -89,7 +89,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/v1/sources/{id}", tag = "sources",
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[delete("/sources/{id}")]
 pub async fn remove(
@@ -102,7 +102,7 @@ pub async fn remove(
 
 /// Ask for the source to be synced (a sync worker picks the request up).
 #[utoipa::path(post, path = "/v1/sources/{id}/sync", tag = "sources",
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/sources/{id}/sync")]
 pub async fn request_sync(
@@ -118,7 +118,7 @@ pub async fn request_sync(
 
 /// A sync worker reports that it started the requested sync.
 #[utoipa::path(post, path = "/v1/sources/{id}/sync/start", tag = "sources", request_body = StartSyncRequest,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/sources/{id}/sync/start")]
 pub async fn start_sync(
@@ -135,7 +135,7 @@ pub async fn start_sync(
 
 /// A sync worker reports a finished sync and the number of documents ingested.
 #[utoipa::path(post, path = "/v1/sources/{id}/sync/complete", tag = "sources", request_body = CompleteSyncRequest,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/sources/{id}/sync/complete")]
 pub async fn complete_sync(
@@ -153,7 +153,7 @@ pub async fn complete_sync(
 
 /// A sync worker reports a failed sync.
 #[utoipa::path(post, path = "/v1/sources/{id}/sync/fail", tag = "sources", request_body = FailSyncRequest,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/sources/{id}/sync/fail")]
 pub async fn fail_sync(

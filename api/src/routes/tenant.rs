@@ -33,7 +33,7 @@ async fn send(
 
 /// Create the caller's tenant; the caller becomes its first admin.
 #[utoipa::path(post, path = "/v1/tenant", tag = "tenant", request_body = CreateTenantRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 201, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/tenant")]
 pub async fn create(
@@ -72,7 +72,7 @@ pub async fn get_tenant(
 }
 
 #[utoipa::path(put, path = "/v1/tenant/name", tag = "tenant", request_body = RenameTenantRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/tenant/name")]
 pub async fn rename(
@@ -88,7 +88,7 @@ pub async fn rename(
 
 /// Set the tenant's Kapa.ai project, integration and API key reference.
 #[utoipa::path(put, path = "/v1/tenant/kapa", tag = "tenant", request_body = KapaSettingsRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/tenant/kapa")]
 pub async fn set_kapa(
@@ -106,7 +106,7 @@ pub async fn set_kapa(
 
 #[utoipa::path(put, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant", request_body = FeatureFlagRequest,
     params(("flag" = String, Path, description = "1-64 characters of a-z, 0-9, _ . -"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+           ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/tenant/feature-flags/{flag}")]
 pub async fn set_flag(
@@ -124,7 +124,7 @@ pub async fn set_flag(
 }
 
 #[utoipa::path(delete, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant",
-    params(("flag" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("flag" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[delete("/tenant/feature-flags/{flag}")]
 pub async fn clear_flag(
@@ -139,7 +139,7 @@ pub async fn clear_flag(
 }
 
 #[utoipa::path(post, path = "/v1/tenant/members", tag = "tenant", request_body = InviteMemberRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/tenant/members")]
 pub async fn invite(
@@ -156,7 +156,7 @@ pub async fn invite(
 }
 
 #[utoipa::path(put, path = "/v1/tenant/members/{user_id}/role", tag = "tenant", request_body = ChangeRoleRequest,
-    params(("user_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("user_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/tenant/members/{user_id}/role")]
 pub async fn change_role(
@@ -173,7 +173,7 @@ pub async fn change_role(
 }
 
 #[utoipa::path(delete, path = "/v1/tenant/members/{user_id}", tag = "tenant",
-    params(("user_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("user_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[delete("/tenant/members/{user_id}")]
 pub async fn remove_member(
@@ -188,7 +188,7 @@ pub async fn remove_member(
 }
 
 #[utoipa::path(post, path = "/v1/tenant/suspend", tag = "tenant", request_body = SuspendTenantRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/tenant/suspend")]
 pub async fn suspend(
@@ -203,7 +203,7 @@ pub async fn suspend(
 }
 
 #[utoipa::path(post, path = "/v1/tenant/reactivate", tag = "tenant",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[post("/tenant/reactivate")]
 pub async fn reactivate(

@@ -158,6 +158,18 @@ async fn a_relay_killed_between_publish_and_checkpoint_duplicates_but_the_read_m
             .await;
         assert_eq!(status, 200);
     }
+    // The reader only returns events below the cluster's commit horizon; another test's open
+    // transaction (xids are cluster-wide) can hold it back for a moment.
+    wait_for("every event below the commit horizon", Duration::from_secs(30), || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
     // The first relay publishes everything, then "dies" before its checkpoint.
     let first = streaming::Relay::new(app.pool.clone(), kafka.clone()).unwrap();
     let published = first.step_once(false).await.unwrap().unwrap();
