@@ -42,14 +42,14 @@ mirror_enum!(SourceStatusDto <=> SourceStatus { NotAdded, Active, Removed });
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
     /// 1-200 characters.
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameTenantRequest {
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub name: String,
 }
 
@@ -59,14 +59,11 @@ pub struct KapaSettingsRequest {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+        pattern = "^\\s*[^\\s\\x00-\\x1f\\x7f-\\x9f]+\\s*$"
     )]
     pub project_id: String,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
-    )]
+    /// Blank is the same as absent.
+    #[schema(pattern = r"^(?:\s*|(?=[\s\S]{1,200}$)\s*[^\s\x00-\x1f\x7f-\x9f]+\s*)$")]
     pub integration_id: Option<String>,
     /// A reference to the API key (`env://NAME`, `vault://path`, `aws-sm://...`, `gcp-sm://...`), never the key.
     pub api_key_ref: String,
@@ -92,10 +89,10 @@ pub struct InviteMemberRequest {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+        pattern = "^\\s*[^\\s\\x00-\\x1f\\x7f-\\x9f]+\\s*$"
     )]
     pub user_id: String,
-    #[schema(max_length = 320, format = Email)]
+    #[schema(max_length = 320, format = Email, pattern = "^[^\\x00]*$")]
     pub email: Option<String>,
     pub role: RoleDto,
 }
@@ -109,7 +106,7 @@ pub struct ChangeRoleRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuspendTenantRequest {
-    #[schema(min_length = 1, max_length = 1000, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub reason: String,
 }
 
@@ -117,21 +114,18 @@ pub struct SuspendTenantRequest {
 #[serde(deny_unknown_fields)]
 pub struct AskRequest {
     /// 1-4000 characters.
-    #[schema(min_length = 1, max_length = 4000, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 4000, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub question: String,
     /// Where the question was asked (`web`, `slack`, `zendesk`...). Defaults to `api`.
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+        pattern = "^\\s*[^\\s\\x00-\\x1f\\x7f-\\x9f]+\\s*$"
     )]
     pub channel: Option<String>,
     /// The Kapa integration the question came through, if any.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
-    )]
+    /// Blank is the same as absent.
+    #[schema(pattern = r"^(?:\s*|(?=[\s\S]{1,200}$)\s*[^\s\x00-\x1f\x7f-\x9f]+\s*)$")]
     pub integration_id: Option<String>,
 }
 
@@ -143,7 +137,7 @@ pub struct FeedbackRequest {
     #[serde(default)]
     pub reasons: Vec<DownvoteReasonDto>,
     /// Up to 2000 characters.
-    #[schema(max_length = 2000)]
+    #[schema(max_length = 2000, pattern = "^[^\\x00]*$")]
     pub comment: Option<String>,
 }
 
@@ -160,7 +154,7 @@ impl From<FeedbackRequest> for Feedback {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EscalateRequest {
-    #[schema(max_length = 1000)]
+    #[schema(max_length = 1000, pattern = "^[^\\x00]*$")]
     pub reason: Option<String>,
 }
 
@@ -168,10 +162,10 @@ pub struct EscalateRequest {
 #[serde(deny_unknown_fields)]
 pub struct AddSourceRequest {
     pub kind: SourceKindDto,
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub name: String,
     /// A URL for websites and docs, `owner/repo` for GitHub, an account or space for the others.
-    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 2000, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub location: String,
     /// Connector settings (no credentials: reference secrets instead).
     #[serde(default)]
@@ -181,8 +175,9 @@ pub struct AddSourceRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSourceRequest {
-    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub name: Option<String>,
+    #[schema(min_length = 1, max_length = 2000, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub location: Option<String>,
     pub settings: Option<BTreeMap<String, String>>,
 }
@@ -225,7 +220,7 @@ where
 #[serde(deny_unknown_fields)]
 pub struct FailSyncRequest {
     pub sync_id: Uuid,
-    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 2000, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
     pub error: String,
 }
 
@@ -341,3 +336,36 @@ impl SourceView {
 pub struct HealthStatus {
     pub status: String,
 }
+
+/// A moment in a query string: RFC 3339, years 0000-9999 (RFC 3339's own range, and inside
+/// what the database can compare), so no parsable date ever reaches SQL out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Moment(pub chrono::DateTime<chrono::Utc>);
+
+impl<'de> Deserialize<'de> for Moment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use chrono::Datelike;
+        let t = chrono::DateTime::<chrono::Utc>::deserialize(d)?;
+        if (0..=9999).contains(&t.year()) {
+            Ok(Moment(t))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "`{t}` is outside the years 0000-9999"
+            )))
+        }
+    }
+}
+
+impl utoipa::PartialSchema for Moment {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::DateTime,
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Moment {}

@@ -57,3 +57,20 @@ pub async fn correlate(
     }
     Ok(response)
 }
+
+/// A NUL in the query string is refused before any handler sees it: Postgres cannot compare
+/// text with one, so it would otherwise fail as a database error (a 503) instead of a 400.
+pub async fn refuse_nul(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let query = req.query_string();
+    if query.contains('\0') || query.to_ascii_lowercase().contains("%00") {
+        return Err(crate::problem::ApiError::new(
+            domain::Code::InvalidQuery,
+            "the query string must not contain NUL characters",
+        )
+        .into());
+    }
+    next.call(req).await
+}

@@ -85,6 +85,7 @@ impl Application {
         let json_limit = settings.limits.json_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(middleware::refuse_nul))
                 .wrap(from_fn(middleware::correlate))
                 .app_data(
                     web::JsonConfig::default()

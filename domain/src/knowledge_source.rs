@@ -159,6 +159,7 @@ fn settings(value: BTreeMap<String, String>) -> Result<BTreeMap<String, String>,
     }
     for (k, v) in &value {
         validate::text("setting name", Code::InvalidSettings, k, 100)?;
+        validate::no_nul("a setting's value", Code::InvalidSettings, v)?;
         if v.chars().count() > 2000 {
             return Err(DomainError::new(
                 Code::InvalidSettings,

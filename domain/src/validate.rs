@@ -2,7 +2,8 @@
 use crate::code::Code;
 use crate::DomainError;
 
-/// Trims `value` and checks its length in characters.
+/// Checks `value`'s length in characters as sent (the limit the API document states), then
+/// trims it; blank is empty.
 pub(crate) fn text(
     field: &'static str,
     code: Code,
@@ -10,10 +11,11 @@ pub(crate) fn text(
     max_chars: usize,
 ) -> Result<String, DomainError> {
     let trimmed = value.trim();
+    no_nul(field, code, trimmed)?;
     if trimmed.is_empty() {
         return Err(DomainError::new(code, format!("{field} must not be empty")));
     }
-    let chars = trimmed.chars().count();
+    let chars = value.chars().count();
     if chars > max_chars {
         return Err(DomainError::new(
             code,
@@ -21,6 +23,18 @@ pub(crate) fn text(
         ));
     }
     Ok(trimmed.to_string())
+}
+
+/// NUL cannot be stored (Postgres text and jsonb refuse it): a request carrying one is the
+/// caller's to fix, never a failed insert.
+pub(crate) fn no_nul(field: &str, code: Code, value: &str) -> Result<(), DomainError> {
+    if value.contains('\0') {
+        return Err(DomainError::new(
+            code,
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Like [`text`] but an absent or blank value is `None`.
@@ -62,5 +76,27 @@ pub(crate) fn http_url(field: &'static str, value: &str) -> Result<String, Domai
             Code::InvalidLocation,
             format!("{field} must be an http(s) URL"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_bounded_and_free_of_nul() {
+        assert_eq!(
+            text("name", Code::InvalidName, "  Acme ", 10).unwrap(),
+            "Acme"
+        );
+        for bad in ["", "   ", "a\0b", "elevenchars", " ten chars  "] {
+            let err = text("name", Code::InvalidName, bad, 10).unwrap_err();
+            assert_eq!(err.code, Code::InvalidName, "{bad:?}");
+        }
+        assert!(optional_text("comment", Code::InvalidComment, Some("x\0"), 10).is_err());
+        assert_eq!(
+            optional_text("comment", Code::InvalidComment, Some("  "), 10).unwrap(),
+            None
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Per-tenant analytics (any role): volume and trends, outcomes, feedback, funnel, intents and
 //! topics, coverage gaps, sources, and cost allocation.
 use actix_web::{get, web, HttpResponse};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use domain::Code;
 use projections::analytics::{self, Analytics, CostRow, Window};
 use serde::Deserialize;
@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use utoipa::IntoParams;
 
 use crate::auth::Authenticated;
+use crate::dto::Moment;
 use crate::problem::ApiError;
 use crate::routes::conversations::read_error;
 use crate::routes::{parse_word, CommandProblems};
@@ -49,13 +50,16 @@ pub struct WindowQuery {
     #[param(value_type = Option<RangeWord>, inline)]
     pub range: Option<String>,
     /// Custom window start (RFC 3339, inclusive).
-    pub from: Option<DateTime<Utc>>,
+    #[param(value_type = Option<Moment>, inline)]
+    pub from: Option<Moment>,
     /// Custom window end (RFC 3339, exclusive; default now).
-    pub to: Option<DateTime<Utc>>,
+    #[param(value_type = Option<Moment>, inline)]
+    pub to: Option<Moment>,
     /// `hour`, `day` or `week` (default: hour for 24h, else day).
     #[param(value_type = Option<BucketWord>, inline)]
     pub bucket: Option<String>,
     /// IANA time zone for the buckets (default `UTC`).
+    #[param(min_length = 1, max_length = 64, pattern = "^[^\\x00]*$")]
     pub tz: Option<String>,
     /// Cost only: `json` (default) or `csv`.
     #[param(value_type = Option<CostFormat>, inline)]
@@ -64,9 +68,11 @@ pub struct WindowQuery {
 
 async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
     let now = Utc::now();
+    // `format` is the cost route's, but a word that names no format is refused on both.
+    parse_word::<CostFormat>(q.format.as_deref(), Code::InvalidFormat)?;
     let range: Option<RangeWord> = parse_word(q.range.as_deref(), Code::InvalidRange)?;
-    let (from, to, default_bucket) = match (q.from, range) {
-        (Some(from), _) => (from, q.to.unwrap_or(now), BucketWord::Day),
+    let (from, to, default_bucket) = match (q.from.map(|m| m.0), range) {
+        (Some(from), _) => (from, q.to.map_or(now, |m| m.0), BucketWord::Day),
         (None, Some(RangeWord::Day)) => (now - Duration::hours(24), now, BucketWord::Hour),
         (None, None | Some(RangeWord::Week)) => (now - Duration::days(7), now, BucketWord::Day),
         (None, Some(RangeWord::Month)) => (now - Duration::days(30), now, BucketWord::Day),
@@ -116,7 +122,8 @@ pub async fn overview(
 
 /// Cost allocation per period: questions, engine calls, characters in and out, sync runs.
 #[utoipa::path(get, path = "/v1/analytics/cost", tag = "analytics", params(WindowQuery),
-    responses((status = 200, body = Vec<CostRow>, description = "JSON, or CSV with format=csv"), CommandProblems),
+    responses((status = 200, description = "JSON, or CSV with format=csv",
+        content((Vec<CostRow> = "application/json"), (String = "text/csv"))), CommandProblems),
     security(("bearer" = [])))]
 #[get("/analytics/cost")]
 pub async fn cost(

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Authenticated;
-use crate::dto::{SourceView, TenantView};
+use crate::dto::{Moment, SourceView, TenantView};
 use crate::problem::ApiError;
 use crate::routes::conversations::read_error;
 use crate::routes::{parse_word, CommandProblems};
@@ -57,17 +57,22 @@ async fn admit(pool: &PgPool, auth: &Authenticated, req: &HttpRequest) -> Result
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 pub struct AuditQuery {
     /// Acting user.
+    #[param(pattern = "^[^\\x00]*$")]
     pub actor: Option<String>,
     /// Event type, e.g. `MemberRoleChanged`.
+    #[param(pattern = "^[^\\x00]*$")]
     pub action: Option<String>,
     /// `tenant`, `conversation` or `knowledge_source`.
     #[param(value_type = Option<domain::AggregateType>, inline)]
     pub object_type: Option<String>,
+    #[param(pattern = "^[^\\x00]*$")]
     pub object_id: Option<String>,
     /// Inclusive start (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
+    #[param(value_type = Option<Moment>, inline)]
+    pub from: Option<Moment>,
     /// Exclusive end (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
+    #[param(value_type = Option<Moment>, inline)]
+    pub to: Option<Moment>,
     /// Page size 1-500 (default 100).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
@@ -109,8 +114,8 @@ impl AuditQuery {
             action: self.action.clone(),
             object_type: object_type.map(|t| t.to_string()),
             object_id: self.object_id.clone(),
-            from: self.from,
-            to: self.to,
+            from: self.from.map(|m| m.0),
+            to: self.to.map(|m| m.0),
         })
     }
 }
@@ -147,7 +152,8 @@ const EXPORT_PAGE: i64 = 1000;
 /// The whole filtered trail as NDJSON or CSV, streamed page by page (memory stays bounded
 /// whatever the size).
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(AuditQuery),
-    responses((status = 200, description = "NDJSON (`application/x-ndjson`) or CSV (`text/csv`)"), CommandProblems),
+    responses((status = 200, description = "NDJSON (default) or CSV (format=csv)",
+        content((String = "application/x-ndjson"), (String = "text/csv"))), CommandProblems),
     security(("bearer" = [])))]
 #[get("/audit/export")]
 pub async fn export(
@@ -224,7 +230,8 @@ struct ExportState {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AtQuery {
     /// The moment (RFC 3339).
-    pub at: DateTime<Utc>,
+    #[param(value_type = Moment, inline)]
+    pub at: Moment,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -267,7 +274,7 @@ pub async fn state_at(
     };
     let state = match object_type.as_str() {
         "conversation" => {
-            let detail = projections::conversations::state_at(&pool, tenant, uuid()?, query.at)
+            let detail = projections::conversations::state_at(&pool, tenant, uuid()?, query.at.0)
                 .await
                 .map_err(|e| {
                     if e.is_poison() {
@@ -295,7 +302,7 @@ pub async fn state_at(
                 &pool,
                 "tenant",
                 tenant.as_str(),
-                query.at,
+                query.at.0,
             )
             .await?;
             serde_json::to_value(TenantView::new(tenant.to_string(), state, version))
@@ -307,7 +314,7 @@ pub async fn state_at(
                     &pool,
                     "knowledge_source",
                     &tenant.scope(id).to_string(),
-                    query.at,
+                    query.at.0,
                 )
                 .await?;
             serde_json::to_value(SourceView::new(id, state, version))
@@ -323,7 +330,7 @@ pub async fn state_at(
     Ok(HttpResponse::Ok().json(PointInTime {
         object_type,
         object_id,
-        at: query.at,
+        at: query.at.0,
         state,
     }))
 }
@@ -365,14 +372,16 @@ where
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WindowQuery {
     /// Inclusive start (RFC 3339).
-    pub from: DateTime<Utc>,
+    #[param(value_type = Moment, inline)]
+    pub from: Moment,
     /// Exclusive end (RFC 3339).
-    pub to: DateTime<Utc>,
+    #[param(value_type = Moment, inline)]
+    pub to: Moment,
 }
 
 /// The tenant's raw events recorded in a window, in order, as NDJSON (streamed).
 #[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(WindowQuery),
-    responses((status = 200, description = "NDJSON of stored events"), CommandProblems), security(("bearer" = [])))]
+    responses((status = 200, description = "NDJSON of stored events", content_type = "application/x-ndjson", body = String), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/events")]
 pub async fn raw_events(
     pool: web::Data<PgPool>,
@@ -382,8 +391,8 @@ pub async fn raw_events(
 ) -> Result<HttpResponse, ApiError> {
     admit(&pool, &auth, &req).await?;
     let (from, to, tenant, pool) = (
-        query.from,
-        query.to,
+        query.from.0,
+        query.to.0,
         auth.0.tenant_id.clone(),
         pool.get_ref().clone(),
     );

@@ -164,15 +164,18 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(
-        pattern = "^-?[0-9]{1,19}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        pattern = "^[0-9]{1,17}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
     )]
     pub cursor: Option<String>,
     /// Started by this user.
+    #[param(pattern = "^[^\\x00]*$")]
     pub user: Option<String>,
     /// Started at or after (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
+    #[param(value_type = Option<Moment>, inline)]
+    pub from: Option<Moment>,
     /// Started before (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
+    #[param(value_type = Option<Moment>, inline)]
+    pub to: Option<Moment>,
     #[param(value_type = Option<ConversationState>, inline)]
     pub status: Option<String>,
     /// Has an uncertain (true) or a certain (false) answer.
@@ -182,9 +185,10 @@ pub struct ListQuery {
     pub reaction: Option<String>,
     #[param(value_type = Option<Intent>, inline)]
     pub intent: Option<String>,
+    #[param(pattern = "^[^\\x00]*$")]
     pub topic: Option<String>,
     /// Case-insensitive text search in questions and answers.
-    #[param(max_length = 200)]
+    #[param(max_length = 200, pattern = "^[^\\x00]*$")]
     pub q: Option<String>,
 }
 
@@ -198,8 +202,8 @@ impl ListQuery {
         }
         Ok(conversations::ConversationFilter {
             user: self.user.clone(),
-            from: self.from,
-            to: self.to,
+            from: self.from.map(|m| m.0),
+            to: self.to.map(|m| m.0),
             status: parse_word(self.status.as_deref(), Code::InvalidStatus)?,
             uncertain: self.uncertain,
             reaction: parse_word(self.reaction.as_deref(), Code::InvalidReaction)?,
@@ -224,8 +228,13 @@ pub struct ConversationWithFreshness {
     pub freshness: Freshness,
 }
 
+/// `{updated_at in microseconds}_{id}`, as `next_cursor` writes it; at most 17 digits (up to
+/// the year 5138), so the moment is one the database can compare.
 fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let (micros, id) = cursor.split_once('_')?;
+    if micros.is_empty() || micros.len() > 17 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some((
         DateTime::from_timestamp_micros(micros.parse().ok()?)?,
         Uuid::parse_str(id).ok()?,

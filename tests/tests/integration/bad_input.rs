@@ -53,6 +53,13 @@ async fn malformed_oversized_empty_and_huge_input_is_a_4xx_problem_and_stores_no
             "invalid_question",
         ),
         (
+            "a NUL character (Postgres cannot store it)",
+            json!({"question": "before\u{0}after"}).to_string(),
+            "application/json",
+            422,
+            "invalid_question",
+        ),
+        (
             "question over 4000 characters",
             json!({"question": "y".repeat(4001)}).to_string(),
             "application/json",

@@ -36,8 +36,55 @@ async fn command(
     body
 }
 
+/// Every event type in `expected` reached the store, and nothing else; each event carries its
+/// complete metadata, the request id as correlation id, and the acting user and role.
+async fn assert_stored_with_metadata(app: &TestApp, expected: &[&str]) {
+    // Every event type reached the store...
+    let rows = sqlx::query(
+        "SELECT event_type, event_version, event_id, tenant_id, actor_id, actor_role, correlation_id, \
+           recorded_at, transaction_id::text AS tx, aggregate_type, metadata FROM events ORDER BY position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let types: BTreeSet<String> = rows.iter().map(|r| r.get("event_type")).collect();
+    let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+    assert_eq!(types, expected);
+    // ...with complete metadata, the request id as correlation id, and the acting user and role.
+    let mut event_ids = BTreeSet::new();
+    for row in &rows {
+        let event_type: String = row.get("event_type");
+        assert_eq!(row.get::<String, _>("event_version"), "1.0");
+        assert_eq!(row.get::<String, _>("tenant_id"), "acme");
+        let correlation: String = row.get("correlation_id");
+        assert!(
+            correlation.starts_with("req-"),
+            "{event_type}: {correlation}"
+        );
+        let (actor, role): (String, String) = (row.get("actor_id"), row.get("actor_role"));
+        match row.get::<String, _>("aggregate_type").as_str() {
+            "tenant" => assert_eq!(
+                (actor.as_str(), role.as_str()),
+                ("alice", "admin"),
+                "{event_type}"
+            ),
+            _ => assert_eq!(
+                (actor.as_str(), role.as_str()),
+                ("olga", "operator"),
+                "{event_type}"
+            ),
+        }
+        let tx: String = row.get("tx");
+        assert!(tx.parse::<u64>().unwrap() > 0);
+        let metadata: Value = row.get("metadata");
+        assert_eq!(metadata["correlation_id"], Value::String(correlation));
+        assert!(metadata["occurred_at"].is_string());
+        assert!(event_ids.insert(row.get::<uuid::Uuid, _>("event_id")));
+    }
+}
+
 #[tokio::test]
-async fn every_command_round_trips_and_its_events_carry_complete_metadata() {
+async fn every_tenant_command_round_trips_and_its_events_carry_complete_metadata() {
     let app = TestApp::spawn().await;
     let admin = app.token("acme", Role::Admin, "alice");
     let operator = app.token("acme", Role::Operator, "olga");
@@ -156,6 +203,74 @@ async fn every_command_round_trips_and_its_events_carry_complete_metadata() {
     assert_eq!(tenant["kapa"]["api_key_ref"], "env://KAPA_KEY");
     assert_eq!(tenant["members"].as_array().unwrap().len(), 2);
 
+    command(
+        &app,
+        &admin,
+        post.clone(),
+        "/v1/tenant/suspend",
+        Some(json!({"reason": "unpaid"})),
+        "req-suspend",
+        200,
+    )
+    .await;
+    let refused = command(
+        &app,
+        &operator,
+        post.clone(),
+        "/v1/conversations",
+        Some(json!({"question": "Still there?"})),
+        "req-refused",
+        409,
+    )
+    .await;
+    assert_eq!(refused["code"], "tenant_suspended");
+    command(
+        &app,
+        &admin,
+        post.clone(),
+        "/v1/tenant/reactivate",
+        None,
+        "req-reactivate",
+        200,
+    )
+    .await;
+    assert_stored_with_metadata(
+        &app,
+        &[
+            "TenantCreated",
+            "TenantRenamed",
+            "KapaSettingsSet",
+            "FeatureFlagSet",
+            "FeatureFlagCleared",
+            "MemberInvited",
+            "MemberRoleChanged",
+            "MemberRemoved",
+            "TenantSuspended",
+            "TenantReactivated",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_conversation_command_round_trips_and_its_events_carry_complete_metadata() {
+    let app = TestApp::spawn().await;
+    let admin = app.token("acme", Role::Admin, "alice");
+    let operator = app.token("acme", Role::Operator, "olga");
+    let post = Method::POST;
+    let put = Method::PUT;
+    let r = command(
+        &app,
+        &admin,
+        post.clone(),
+        "/v1/tenant",
+        Some(json!({"name": "Acme"})),
+        "req-create",
+        201,
+    )
+    .await;
+    assert_eq!(r, json!({"id": "acme", "version": 2}));
+
     // Conversations.
     let asked = command(
         &app,
@@ -238,6 +353,46 @@ async fn every_command_round_trips_and_its_events_carry_complete_metadata() {
     )
     .await;
     assert_eq!(blocked["answer"]["status"], "blocked");
+    assert_stored_with_metadata(
+        &app,
+        &[
+            "TenantCreated",
+            "QuestionAsked",
+            "AnswerRecorded",
+            "QuestionBlocked",
+            "FeedbackGiven",
+            "FeedbackChanged",
+            "ConversationEscalated",
+            "ConversationResolved",
+        ],
+    )
+    .await;
+    let ask_events: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE correlation_id = 'req-ask' ORDER BY sequence",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(ask_events, ["QuestionAsked", "AnswerRecorded"]);
+}
+
+#[tokio::test]
+async fn every_knowledge_source_command_round_trips_and_its_events_carry_complete_metadata() {
+    let app = TestApp::spawn().await;
+    let admin = app.token("acme", Role::Admin, "alice");
+    let operator = app.token("acme", Role::Operator, "olga");
+    let post = Method::POST;
+    let r = command(
+        &app,
+        &admin,
+        post.clone(),
+        "/v1/tenant",
+        Some(json!({"name": "Acme"})),
+        "req-create",
+        201,
+    )
+    .await;
+    assert_eq!(r, json!({"id": "acme", "version": 2}));
 
     // Knowledge sources.
     let added = command(
@@ -357,116 +512,20 @@ async fn every_command_round_trips_and_its_events_carry_complete_metadata() {
     )
     .await;
     assert_eq!(no_sync["code"], "source_removed");
-
-    command(
+    assert_stored_with_metadata(
         &app,
-        &admin,
-        post.clone(),
-        "/v1/tenant/suspend",
-        Some(json!({"reason": "unpaid"})),
-        "req-suspend",
-        200,
+        &[
+            "TenantCreated",
+            "SourceAdded",
+            "SourceUpdated",
+            "SourceRemoved",
+            "SyncRequested",
+            "SyncStarted",
+            "SyncCompleted",
+            "SyncFailed",
+        ],
     )
     .await;
-    let refused = command(
-        &app,
-        &operator,
-        post.clone(),
-        "/v1/conversations",
-        Some(json!({"question": "Still there?"})),
-        "req-refused",
-        409,
-    )
-    .await;
-    assert_eq!(refused["code"], "tenant_suspended");
-    command(
-        &app,
-        &admin,
-        post.clone(),
-        "/v1/tenant/reactivate",
-        None,
-        "req-reactivate",
-        200,
-    )
-    .await;
-
-    // Every event type reached the store...
-    let rows = sqlx::query(
-        "SELECT event_type, event_version, event_id, tenant_id, actor_id, actor_role, correlation_id, \
-           recorded_at, transaction_id::text AS tx, aggregate_type, metadata FROM events ORDER BY position",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    let types: BTreeSet<String> = rows.iter().map(|r| r.get("event_type")).collect();
-    let expected: BTreeSet<String> = [
-        "TenantCreated",
-        "TenantRenamed",
-        "KapaSettingsSet",
-        "FeatureFlagSet",
-        "FeatureFlagCleared",
-        "MemberInvited",
-        "MemberRoleChanged",
-        "MemberRemoved",
-        "TenantSuspended",
-        "TenantReactivated",
-        "QuestionAsked",
-        "AnswerRecorded",
-        "QuestionBlocked",
-        "FeedbackGiven",
-        "FeedbackChanged",
-        "ConversationEscalated",
-        "ConversationResolved",
-        "SourceAdded",
-        "SourceUpdated",
-        "SourceRemoved",
-        "SyncRequested",
-        "SyncStarted",
-        "SyncCompleted",
-        "SyncFailed",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    assert_eq!(types, expected);
-    // ...with complete metadata, the request id as correlation id, and the acting user and role.
-    let mut event_ids = BTreeSet::new();
-    for row in &rows {
-        let event_type: String = row.get("event_type");
-        assert_eq!(row.get::<String, _>("event_version"), "1.0");
-        assert_eq!(row.get::<String, _>("tenant_id"), "acme");
-        let correlation: String = row.get("correlation_id");
-        assert!(
-            correlation.starts_with("req-"),
-            "{event_type}: {correlation}"
-        );
-        let (actor, role): (String, String) = (row.get("actor_id"), row.get("actor_role"));
-        match row.get::<String, _>("aggregate_type").as_str() {
-            "tenant" => assert_eq!(
-                (actor.as_str(), role.as_str()),
-                ("alice", "admin"),
-                "{event_type}"
-            ),
-            _ => assert_eq!(
-                (actor.as_str(), role.as_str()),
-                ("olga", "operator"),
-                "{event_type}"
-            ),
-        }
-        let tx: String = row.get("tx");
-        assert!(tx.parse::<u64>().unwrap() > 0);
-        let metadata: Value = row.get("metadata");
-        assert_eq!(metadata["correlation_id"], Value::String(correlation));
-        assert!(metadata["occurred_at"].is_string());
-        assert!(event_ids.insert(row.get::<uuid::Uuid, _>("event_id")));
-    }
-    let ask_events: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM events WHERE correlation_id = 'req-ask' ORDER BY sequence",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(ask_events, ["QuestionAsked", "AnswerRecorded"]);
 }
 
 #[tokio::test]
