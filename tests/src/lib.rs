@@ -315,3 +315,54 @@ impl AnswerEngine for SlowEngine {
         })
     }
 }
+
+/// Independent checks after one long setup: each runs even when an earlier one failed, and the
+/// test fails at the end with every failure, so one wrong figure does not hide the rest.
+#[derive(Default)]
+pub struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    pub async fn check<F: std::future::Future<Output = ()>>(&mut self, name: &str, check: F) {
+        use futures::FutureExt;
+        if let Err(panic) = std::panic::AssertUnwindSafe(check).catch_unwind().await {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            self.failures.push(format!("{name}: {message}"));
+        }
+    }
+
+    pub fn finish(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} check(s) failed:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Checks;
+
+    #[tokio::test]
+    async fn every_failed_check_is_reported_not_only_the_first() {
+        let mut checks = Checks::default();
+        checks.check("first", async { panic!("one") }).await;
+        checks.check("second", async {}).await;
+        checks
+            .check("third", async { assert_eq!(1, 2, "three") })
+            .await;
+        let report = std::panic::catch_unwind(move || checks.finish()).unwrap_err();
+        let report = report.downcast_ref::<String>().unwrap();
+        assert!(report.contains("2 check(s) failed"), "{report}");
+        assert!(report.contains("first: one"), "{report}");
+        assert!(report.contains("third:"), "{report}");
+        assert!(!report.contains("second"), "{report}");
+    }
+}

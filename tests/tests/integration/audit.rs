@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use domain::Role;
-use integration_tests::{wait_for, wait_until_projected, TestApp};
+use integration_tests::{wait_for, wait_until_projected, Checks, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -93,155 +93,174 @@ async fn the_trail_has_every_event_filters_pages_exports_and_records_its_readers
     .await
     .unwrap();
 
-    let (status, page) = app
-        .call(Method::GET, "/v1/audit?limit=500", &admin, None)
-        .await;
-    assert_eq!(status, 200);
-    let items = page["items"].as_array().unwrap();
-    let listed: Vec<i64> = items
-        .iter()
-        .map(|e| e["position"].as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        listed, positions,
-        "every event of the tenant, in order, and no other tenant's"
-    );
-    let role_change = items
-        .iter()
-        .find(|e| e["action"] == "MemberRoleChanged")
-        .unwrap();
-    assert_eq!(role_change["actor_id"], "alice");
-    assert_eq!(role_change["actor_role"], "admin");
-    assert_eq!(role_change["object_type"], "tenant");
-    assert_eq!(role_change["details"]["to"], "viewer");
-    assert_eq!(role_change["outcome"], "succeeded");
+    let mut checks = Checks::default();
+    checks
+        .check("the trail and its filters", async {
+            let (status, page) = app
+                .call(Method::GET, "/v1/audit?limit=500", &admin, None)
+                .await;
+            assert_eq!(status, 200);
+            let items = page["items"].as_array().unwrap();
+            let listed: Vec<i64> = items
+                .iter()
+                .map(|e| e["position"].as_i64().unwrap())
+                .collect();
+            assert_eq!(
+                listed, positions,
+                "every event of the tenant, in order, and no other tenant's"
+            );
+            let role_change = items
+                .iter()
+                .find(|e| e["action"] == "MemberRoleChanged")
+                .unwrap();
+            assert_eq!(role_change["actor_id"], "alice");
+            assert_eq!(role_change["actor_role"], "admin");
+            assert_eq!(role_change["object_type"], "tenant");
+            assert_eq!(role_change["details"]["to"], "viewer");
+            assert_eq!(role_change["outcome"], "succeeded");
 
-    let (_, olga) = app
-        .call(Method::GET, "/v1/audit?actor=olga&limit=500", &admin, None)
+            let (_, olga) = app
+                .call(Method::GET, "/v1/audit?actor=olga&limit=500", &admin, None)
+                .await;
+            assert_eq!(olga["items"].as_array().unwrap().len() as i64, by_olga);
+            let (_, feedback) = app
+                .call(Method::GET, "/v1/audit?action=FeedbackGiven", &admin, None)
+                .await;
+            assert_eq!(feedback["items"].as_array().unwrap().len(), 1);
+            let (_, on_conversation) = app
+                .call(
+                    Method::GET,
+                    &format!("/v1/audit?object_type=conversation&object_id={conversation}"),
+                    &admin,
+                    None,
+                )
+                .await;
+            assert_eq!(on_conversation["items"].as_array().unwrap().len(), 3);
+            let (_, future) = app
+                .call(
+                    Method::GET,
+                    "/v1/audit?from=2999-01-01T00:00:00Z",
+                    &admin,
+                    None,
+                )
+                .await;
+            assert_eq!(future["items"], json!([]));
+        })
         .await;
-    assert_eq!(olga["items"].as_array().unwrap().len() as i64, by_olga);
-    let (_, feedback) = app
-        .call(Method::GET, "/v1/audit?action=FeedbackGiven", &admin, None)
+    checks
+        .check("cursor pages", async {
+            // Cursor pages walk the same entries.
+            let mut walked = Vec::new();
+            let mut cursor: Option<i64> = None;
+            loop {
+                let path = match cursor {
+                    Some(c) => format!("/v1/audit?limit=3&cursor={c}"),
+                    None => "/v1/audit?limit=3".into(),
+                };
+                let (_, page) = app.call(Method::GET, &path, &admin, None).await;
+                walked.extend(
+                    page["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["position"].as_i64().unwrap()),
+                );
+                match page["next_cursor"].as_i64() {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(walked, positions);
+        })
         .await;
-    assert_eq!(feedback["items"].as_array().unwrap().len(), 1);
-    let (_, on_conversation) = app
-        .call(
-            Method::GET,
-            &format!("/v1/audit?object_type=conversation&object_id={conversation}"),
-            &admin,
-            None,
-        )
+    checks
+        .check("exports", async {
+            // Exports.
+            let (status, content_type, ndjson) = text(&app, "/v1/audit/export", &admin).await;
+            assert_eq!(
+                (status, content_type.as_str()),
+                (200, "application/x-ndjson")
+            );
+            let lines: Vec<Value> = ndjson
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(
+                lines
+                    .iter()
+                    .map(|e| e["position"].as_i64().unwrap())
+                    .collect::<Vec<_>>(),
+                positions
+            );
+            let (status, content_type, csv) =
+                text(&app, "/v1/audit/export?format=csv", &admin).await;
+            assert_eq!(
+                (status, content_type.as_str()),
+                (200, "text/csv; charset=utf-8")
+            );
+            let mut csv_lines = csv.lines();
+            assert!(csv_lines
+                .next()
+                .unwrap()
+                .starts_with("position,recorded_at,actor_id"));
+            assert_eq!(csv_lines.count(), positions.len());
+            let (status, _, raw) = text(
+                &app,
+                "/v1/audit/events?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z",
+                &admin,
+            )
+            .await;
+            assert_eq!(status, 200);
+            assert_eq!(raw.lines().count(), positions.len());
+            let (status, problem) = app
+                .call(Method::GET, "/v1/audit/export?format=xml", &admin, None)
+                .await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (400, Some("invalid_format"))
+            );
+        })
         .await;
-    assert_eq!(on_conversation["items"].as_array().unwrap().len(), 3);
-    let (_, future) = app
-        .call(
-            Method::GET,
-            "/v1/audit?from=2999-01-01T00:00:00Z",
-            &admin,
-            None,
-        )
-        .await;
-    assert_eq!(future["items"], json!([]));
-
-    // Cursor pages walk the same entries.
-    let mut walked = Vec::new();
-    let mut cursor: Option<i64> = None;
-    loop {
-        let path = match cursor {
-            Some(c) => format!("/v1/audit?limit=3&cursor={c}"),
-            None => "/v1/audit?limit=3".into(),
-        };
-        let (_, page) = app.call(Method::GET, &path, &admin, None).await;
-        walked.extend(
-            page["items"]
+    checks
+        .check("only admins, only the tenant", async {
+            // Only admins; other tenants see nothing of acme.
+            let (status, _) = app.call(Method::GET, "/v1/audit", &operator, None).await;
+            assert_eq!(status, 403);
+            let (_, theirs) = app
+                .call(Method::GET, "/v1/audit?limit=500", &other, None)
+                .await;
+            assert!(theirs["items"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|e| e["position"].as_i64().unwrap()),
-        );
-        match page["next_cursor"].as_i64() {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
-    assert_eq!(walked, positions);
-
-    // Exports.
-    let (status, content_type, ndjson) = text(&app, "/v1/audit/export", &admin).await;
-    assert_eq!(
-        (status, content_type.as_str()),
-        (200, "application/x-ndjson")
-    );
-    let lines: Vec<Value> = ndjson
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        lines
-            .iter()
-            .map(|e| e["position"].as_i64().unwrap())
-            .collect::<Vec<_>>(),
-        positions
-    );
-    let (status, content_type, csv) = text(&app, "/v1/audit/export?format=csv", &admin).await;
-    assert_eq!(
-        (status, content_type.as_str()),
-        (200, "text/csv; charset=utf-8")
-    );
-    let mut csv_lines = csv.lines();
-    assert!(csv_lines
-        .next()
-        .unwrap()
-        .starts_with("position,recorded_at,actor_id"));
-    assert_eq!(csv_lines.count(), positions.len());
-    let (status, _, raw) = text(
-        &app,
-        "/v1/audit/events?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z",
-        &admin,
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(raw.lines().count(), positions.len());
-    let (status, problem) = app
-        .call(Method::GET, "/v1/audit/export?format=xml", &admin, None)
+                .all(|e| e["object_id"] != json!(conversation)));
+        })
         .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (400, Some("invalid_format"))
-    );
-
-    // Only admins; other tenants see nothing of acme.
-    let (status, _) = app.call(Method::GET, "/v1/audit", &operator, None).await;
-    assert_eq!(status, 403);
-    let (_, theirs) = app
-        .call(Method::GET, "/v1/audit?limit=500", &other, None)
+    checks
+        .check("every read recorded", async {
+            // Every read above was recorded, with who and what.
+            let (_, reads) = app.call(Method::GET, "/v1/audit/reads", &admin, None).await;
+            let reads = reads.as_array().unwrap();
+            assert!(reads
+                .iter()
+                .all(|r| r["actor_id"] == "alice" && r["actor_role"] == "admin"));
+            assert!(reads
+                .iter()
+                .any(|r| r["route"] == "/v1/audit/export" && r["query"] == "format=csv"));
+            assert!(reads
+                .iter()
+                .any(|r| r["route"] == "/v1/audit" && r["query"] == "actor=olga&limit=500"));
+            let recorded: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM audit_reads WHERE tenant_id = 'acme'")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            // list, actor, action, object, future, 3 cursor pages, ndjson, csv, raw events, reads
+            // (the refused operator and the refused format read nothing).
+            assert_eq!(recorded, 12);
+        })
         .await;
-    assert!(theirs["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["object_id"] != json!(conversation)));
-
-    // Every read above was recorded, with who and what.
-    let (_, reads) = app.call(Method::GET, "/v1/audit/reads", &admin, None).await;
-    let reads = reads.as_array().unwrap();
-    assert!(reads
-        .iter()
-        .all(|r| r["actor_id"] == "alice" && r["actor_role"] == "admin"));
-    assert!(reads
-        .iter()
-        .any(|r| r["route"] == "/v1/audit/export" && r["query"] == "format=csv"));
-    assert!(reads
-        .iter()
-        .any(|r| r["route"] == "/v1/audit" && r["query"] == "actor=olga&limit=500"));
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_reads WHERE tenant_id = 'acme'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    // list, actor, action, object, future, 3 cursor pages, ndjson, csv, raw events, reads
-    // (the refused operator and the refused format read nothing).
-    assert_eq!(recorded, 12);
+    checks.finish();
 }
 
 #[tokio::test]

@@ -357,6 +357,7 @@ async fn every_conversation_command_round_trips_and_its_events_carry_complete_me
         &app,
         &[
             "TenantCreated",
+            "MemberInvited",
             "QuestionAsked",
             "AnswerRecorded",
             "QuestionBlocked",
@@ -516,6 +517,7 @@ async fn every_knowledge_source_command_round_trips_and_its_events_carry_complet
         &app,
         &[
             "TenantCreated",
+            "MemberInvited",
             "SourceAdded",
             "SourceUpdated",
             "SourceRemoved",

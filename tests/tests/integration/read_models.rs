@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use domain::Role;
-use integration_tests::{wait_for, TestApp};
+use integration_tests::{wait_for, Checks, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -207,124 +207,143 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
             set(&[&c1, &c2, &c3, &c4]),
         ),
     ];
-    for (query, expected) in &expectations {
-        assert_eq!(&ids(&app, &admin, query).await, expected, "{query}");
-    }
-    for (query, code) in [
-        ("status=lost", "invalid_status"),
-        ("reaction=meh", "invalid_reaction"),
-        ("intent=fun", "invalid_intent"),
-    ] {
-        let (status, problem) = app
-            .call(
-                Method::GET,
-                &format!("/v1/conversations?{query}"),
-                &admin,
-                None,
-            )
-            .await;
-        assert_eq!(
-            (status, problem["code"].as_str()),
-            (400, Some(code)),
-            "{query}"
-        );
-    }
-
-    // The tenant read model, folded from the tenant's events.
-    let (status, tenant) = app.call(Method::GET, "/v1/tenant", &alice, None).await;
-    assert_eq!(status, 200, "{tenant}");
-    assert_eq!(
-        (tenant["id"].as_str(), tenant["status"].as_str()),
-        (Some("acme"), Some("active"))
-    );
-    assert_eq!(
-        tenant["members"],
-        json!([{"user_id": "admin", "email": null, "role": "admin"}])
-    );
-    assert_eq!(tenant["version"], 2);
-
-    // The sources read model.
-    let (_, sources) = app.call(Method::GET, "/v1/sources", &alice, None).await;
-    let sources = sources.as_array().unwrap();
-    assert_eq!(sources.len(), 2);
-    let guides = sources.iter().find(|s| s["id"] == json!(s1)).unwrap();
-    assert_eq!(guides["document_count"], 42);
-    assert_eq!(guides["sync_state"], "idle");
-    assert_eq!(guides["history"][0]["outcome"], "completed");
-    assert!(guides["last_synced_at"].is_string());
-    let api = sources.iter().find(|s| s["id"] == json!(s2)).unwrap();
-    assert_eq!(api["name"], "API docs");
-    assert_eq!(api["last_error"], "robots.txt forbids");
-    assert_eq!(api["history"][0]["outcome"], "failed");
-    let (_, theirs) = app
-        .call(
-            Method::GET,
-            "/v1/sources",
-            &app.create_tenant("other", "oscar").await,
-            None,
-        )
+    let mut checks = Checks::default();
+    checks
+        .check("filters", async {
+            for (query, expected) in &expectations {
+                assert_eq!(&ids(&app, &admin, query).await, expected, "{query}");
+            }
+            for (query, code) in [
+                ("status=lost", "invalid_status"),
+                ("reaction=meh", "invalid_reaction"),
+                ("intent=fun", "invalid_intent"),
+            ] {
+                let (status, problem) = app
+                    .call(
+                        Method::GET,
+                        &format!("/v1/conversations?{query}"),
+                        &admin,
+                        None,
+                    )
+                    .await;
+                assert_eq!(
+                    (status, problem["code"].as_str()),
+                    (400, Some(code)),
+                    "{query}"
+                );
+            }
+        })
         .await;
-    assert_eq!(theirs, json!([]));
-    all_caught_up(&app).await;
-
-    // Every read route, before and after rebuilding every projection from 0.
-    let mut routes: Vec<String> = expectations
-        .iter()
-        .map(|(q, _)| format!("/v1/conversations?limit=100&{q}"))
-        .collect();
-    routes.extend(
-        [&c1, &c2, &c3, &c4]
-            .iter()
-            .map(|c| format!("/v1/conversations/{c}")),
-    );
-    routes.push("/v1/sources".into());
-    routes.push("/v1/tenant".into());
-    let window = recent_window();
-    routes.push(format!("/v1/analytics?{window}"));
-    routes.push(format!("/v1/analytics/cost?{window}"));
-    routes.push("/v1/audit?limit=500".into());
-    let mut before = Vec::new();
-    for route in &routes {
-        before.push(without_freshness(
-            app.call(Method::GET, route, &admin, None).await.1,
-        ));
-    }
-    for name in ["conversations", "audit", "questions", "sources", "tenants"] {
-        let (status, _) = app
-            .call(
-                Method::POST,
-                &format!("/v1/admin/projections/{name}/rebuild"),
-                &app.platform_token,
-                None,
-            )
-            .await;
-        assert_eq!(status, 202);
-    }
-    wait_for(
-        "every rebuild to finish",
-        Duration::from_secs(90),
-        || async {
-            let (_, status) = app
+    checks
+        .check("the tenant read model", async {
+            // The tenant read model, folded from the tenant's events.
+            let (status, tenant) = app.call(Method::GET, "/v1/tenant", &alice, None).await;
+            assert_eq!(status, 200, "{tenant}");
+            assert_eq!(
+                (tenant["id"].as_str(), tenant["status"].as_str()),
+                (Some("acme"), Some("active"))
+            );
+            assert_eq!(
+                tenant["members"],
+                json!([{"user_id": "admin", "email": null, "role": "admin"}])
+            );
+            assert_eq!(tenant["version"], 2);
+        })
+        .await;
+    checks
+        .check("the sources read model", async {
+            // The sources read model.
+            let (_, sources) = app.call(Method::GET, "/v1/sources", &alice, None).await;
+            let sources = sources.as_array().unwrap();
+            assert_eq!(sources.len(), 2);
+            let guides = sources.iter().find(|s| s["id"] == json!(s1)).unwrap();
+            assert_eq!(guides["document_count"], 42);
+            assert_eq!(guides["sync_state"], "idle");
+            assert_eq!(guides["history"][0]["outcome"], "completed");
+            assert!(guides["last_synced_at"].is_string());
+            let api = sources.iter().find(|s| s["id"] == json!(s2)).unwrap();
+            assert_eq!(api["name"], "API docs");
+            assert_eq!(api["last_error"], "robots.txt forbids");
+            assert_eq!(api["history"][0]["outcome"], "failed");
+            let (_, theirs) = app
                 .call(
                     Method::GET,
-                    "/v1/admin/projections",
-                    &app.platform_token,
+                    "/v1/sources",
+                    &app.create_tenant("other", "oscar").await,
                     None,
                 )
                 .await;
-            status["projections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|p| p["rebuilt_at"].is_string())
-                .then_some(())
-        },
-    )
-    .await;
-    for (route, expected) in routes.iter().zip(before) {
-        let after = without_freshness(app.call(Method::GET, route, &admin, None).await.1);
-        assert_eq!(after, expected, "{route}");
-    }
+            assert_eq!(theirs, json!([]));
+            all_caught_up(&app).await;
+        })
+        .await;
+    checks
+        .check(
+            "every read route unchanged by rebuilding every projection",
+            async {
+                // Every read route, before and after rebuilding every projection from 0.
+                let mut routes: Vec<String> = expectations
+                    .iter()
+                    .map(|(q, _)| format!("/v1/conversations?limit=100&{q}"))
+                    .collect();
+                routes.extend(
+                    [&c1, &c2, &c3, &c4]
+                        .iter()
+                        .map(|c| format!("/v1/conversations/{c}")),
+                );
+                routes.push("/v1/sources".into());
+                routes.push("/v1/tenant".into());
+                let window = recent_window();
+                routes.push(format!("/v1/analytics?{window}"));
+                routes.push(format!("/v1/analytics/cost?{window}"));
+                routes.push("/v1/audit?limit=500".into());
+                let mut before = Vec::new();
+                for route in &routes {
+                    before.push(without_freshness(
+                        app.call(Method::GET, route, &admin, None).await.1,
+                    ));
+                }
+                for name in ["conversations", "audit", "questions", "sources", "tenants"] {
+                    let (status, _) = app
+                        .call(
+                            Method::POST,
+                            &format!("/v1/admin/projections/{name}/rebuild"),
+                            &app.platform_token,
+                            None,
+                        )
+                        .await;
+                    assert_eq!(status, 202);
+                }
+                wait_for(
+                    "every rebuild to finish",
+                    Duration::from_secs(90),
+                    || async {
+                        let (_, status) = app
+                            .call(
+                                Method::GET,
+                                "/v1/admin/projections",
+                                &app.platform_token,
+                                None,
+                            )
+                            .await;
+                        status["projections"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|p| p["rebuilt_at"].is_string())
+                            .then_some(())
+                    },
+                )
+                .await;
+                for (route, expected) in routes.iter().zip(before) {
+                    let after =
+                        without_freshness(app.call(Method::GET, route, &admin, None).await.1);
+                    assert_eq!(after, expected, "{route}");
+                }
+            },
+        )
+        .await;
+    checks.finish();
 }
 
 #[tokio::test]
