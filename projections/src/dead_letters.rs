@@ -14,14 +14,12 @@ use crate::runner::apply_one;
 use crate::source::Delivery;
 use crate::status::record_error;
 
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub projection: String,
     pub topic: String,
-    #[sqlx(rename = "kafka_partition")]
     pub partition: i32,
-    #[sqlx(rename = "kafka_offset")]
     pub offset: i64,
     pub error: String,
     pub event_id: Option<uuid::Uuid>,
@@ -30,9 +28,6 @@ pub struct DeadLetter {
     pub retried_at: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
 }
-
-const COLUMNS: &str = "id, projection, topic, kafka_partition, kafka_offset, error, event_id, \
-    payload, created_at, retried_at, resolved_at";
 
 /// Records a dead letter and the projection's error. `event` is the decoded event when the
 /// envelope could be read (it carries the tenant, so the tenant's admin sees the letter).
@@ -45,19 +40,19 @@ pub async fn record(
 ) -> Result<(), sqlx::Error> {
     tracing::warn!(projection, %error, "dead-lettering an event");
     let payload = String::from_utf8_lossy(&delivery.payload).to_string();
-    sqlx::query(
-        "INSERT INTO dead_letters (projection, topic, kafka_partition, kafka_offset, message_key, \
+    sqlx::query!(
+        "INSERT INTO dead_letters (projection, topic, kafka_partition, kafka_offset, message_key,
            payload, error, event_id, tenant_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        projection,
+        delivery.origin.channel,
+        delivery.origin.partition,
+        delivery.origin.offset,
+        delivery.key,
+        payload,
+        error,
+        event.map(|e| e.meta.event_id),
+        event.map(|e| e.meta.tenant.as_str()),
     )
-    .bind(projection)
-    .bind(&delivery.origin.channel)
-    .bind(delivery.origin.partition)
-    .bind(delivery.origin.offset)
-    .bind(&delivery.key)
-    .bind(&payload)
-    .bind(error)
-    .bind(event.map(|e| e.meta.event_id))
-    .bind(event.map(|e| &e.meta.tenant))
     .execute(pool)
     .await?;
     record_error(pool, projection, error).await
@@ -70,12 +65,15 @@ pub async fn list(
     tenant: &TenantId,
     include_resolved: bool,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM dead_letters \
-         WHERE tenant_id = $1 AND ($2 OR resolved_at IS NULL) ORDER BY id DESC LIMIT 500"
-    ))
-    .bind(tenant)
-    .bind(include_resolved)
+    sqlx::query_as!(
+        DeadLetter,
+        r#"SELECT id, projection, topic, kafka_partition AS partition, kafka_offset AS "offset",
+             error, event_id, payload, created_at, retried_at, resolved_at
+           FROM dead_letters
+           WHERE tenant_id = $1 AND ($2 OR resolved_at IS NULL) ORDER BY id DESC LIMIT 500"#,
+        tenant.as_str(),
+        include_resolved,
+    )
     .fetch_all(pool)
     .await
 }
@@ -103,11 +101,12 @@ pub async fn retry(
     tenant: &TenantId,
     id: i64,
 ) -> Result<DeadLetter, RetryError> {
-    let letter: Letter = sqlx::query_as(
+    let letter = sqlx::query_as!(
+        Letter,
         "SELECT projection, payload FROM dead_letters WHERE id = $1 AND tenant_id = $2 AND resolved_at IS NULL",
+        id,
+        tenant.as_str(),
     )
-    .bind(id)
-    .bind(tenant)
     .fetch_optional(pool)
     .await?
     .ok_or(RetryError::NotFound)?;
@@ -123,13 +122,16 @@ pub async fn retry(
         Err(e) => Err(e.report()),
     };
     let resolved = outcome.is_ok();
-    let letter: DeadLetter = sqlx::query_as(&format!(
-        "UPDATE dead_letters SET retried_at = now(), resolved_at = CASE WHEN $2 THEN now() END, \
-           error = COALESCE($3, error) WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(resolved)
-    .bind(outcome.as_ref().err())
+    let letter = sqlx::query_as!(
+        DeadLetter,
+        r#"UPDATE dead_letters SET retried_at = now(), resolved_at = CASE WHEN $2 THEN now() END,
+             error = COALESCE($3, error) WHERE id = $1
+           RETURNING id, projection, topic, kafka_partition AS partition, kafka_offset AS "offset",
+             error, event_id, payload, created_at, retried_at, resolved_at"#,
+        id,
+        resolved,
+        outcome.as_ref().err().map(String::as_str),
+    )
     .fetch_one(pool)
     .await?;
     match outcome {

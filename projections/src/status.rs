@@ -14,17 +14,17 @@ pub async fn mark_applied(
     projection: &str,
     meta: &EventMeta,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_status (projection, applied_events, last_position, last_event_id, \
-           last_recorded_at, last_applied_at) VALUES ($1, 1, $2, $3, $4, now()) \
-         ON CONFLICT (projection) DO UPDATE SET applied_events = projection_status.applied_events + 1, \
-           last_position = GREATEST(projection_status.last_position, $2), last_event_id = $3, \
+    sqlx::query!(
+        "INSERT INTO projection_status (projection, applied_events, last_position, last_event_id,
+           last_recorded_at, last_applied_at) VALUES ($1, 1, $2, $3, $4, now())
+         ON CONFLICT (projection) DO UPDATE SET applied_events = projection_status.applied_events + 1,
+           last_position = GREATEST(projection_status.last_position, $2), last_event_id = $3,
            last_recorded_at = $4, last_applied_at = now()",
+        projection,
+        meta.position,
+        meta.event_id,
+        meta.recorded_at,
     )
-    .bind(projection)
-    .bind(meta.position)
-    .bind(meta.event_id)
-    .bind(meta.recorded_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -32,20 +32,22 @@ pub async fn mark_applied(
 
 /// Creates the status row if it is missing.
 pub async fn ensure(pool: &PgPool, projection: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO projection_status (projection) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(projection)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO projection_status (projection) VALUES ($1) ON CONFLICT DO NOTHING",
+        projection
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 pub async fn record_error(pool: &PgPool, projection: &str, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_status (projection, last_error, last_error_at) VALUES ($1, $2, now()) \
+    sqlx::query!(
+        "INSERT INTO projection_status (projection, last_error, last_error_at) VALUES ($1, $2, now())
          ON CONFLICT (projection) DO UPDATE SET last_error = $2, last_error_at = now()",
+        projection,
+        error,
     )
-    .bind(projection)
-    .bind(error)
     .execute(pool)
     .await?;
     Ok(())
@@ -58,14 +60,14 @@ pub async fn mark_rebuilt(
     applied: u64,
     position: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_status (projection, applied_events, last_position, rebuilt_at) \
-         VALUES ($1, $2, $3, now()) ON CONFLICT (projection) DO UPDATE SET applied_events = $2, \
+    sqlx::query!(
+        "INSERT INTO projection_status (projection, applied_events, last_position, rebuilt_at)
+         VALUES ($1, $2, $3, now()) ON CONFLICT (projection) DO UPDATE SET applied_events = $2,
            last_position = $3, rebuilt_at = now(), last_error = NULL, last_error_at = NULL",
+        projection,
+        applied as i64,
+        position,
     )
-    .bind(projection)
-    .bind(applied as i64)
-    .bind(position)
     .execute(conn)
     .await?;
     Ok(())
@@ -113,16 +115,19 @@ struct StatusRow {
 
 impl ProjectionStatus {
     pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
-        let row: StatusRow = sqlx::query_as(
-            "SELECT s.applied_events, s.last_position, s.last_applied_at, s.last_recorded_at, s.last_error, \
-               s.last_error_at, s.rebuilt_at, \
-               (SELECT count(*) FROM events WHERE aggregate_type = ANY($2)) AS stored, \
-               (SELECT count(*) FROM dead_letters d WHERE d.projection = $1 AND d.resolved_at IS NULL) AS open \
-             FROM (SELECT $1::text AS projection) p \
-             LEFT JOIN projection_status s ON s.projection = p.projection",
+        let types = type_words(projection);
+        let row = sqlx::query_as!(
+            StatusRow,
+            r#"SELECT s.applied_events AS "applied_events?", s.last_position AS "last_position?",
+                 s.last_applied_at, s.last_recorded_at, s.last_error, s.last_error_at, s.rebuilt_at,
+                 (SELECT count(*) FROM events WHERE aggregate_type = ANY($2)) AS "stored!",
+                 (SELECT count(*) FROM dead_letters d
+                   WHERE d.projection = $1 AND d.resolved_at IS NULL) AS "open!"
+               FROM (SELECT $1::text AS projection) p
+               LEFT JOIN projection_status s ON s.projection = p.projection"#,
+            projection.name(),
+            &types as &[&str],
         )
-        .bind(projection.name())
-        .bind(type_words(projection))
         .fetch_one(pool)
         .await?;
         let applied = row.applied_events.unwrap_or(0);
@@ -163,14 +168,19 @@ pub struct Freshness {
 
 impl Freshness {
     pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
-        sqlx::query_as(
-            "WITH s AS (SELECT coalesce((SELECT last_position FROM projection_status WHERE projection = $1), 0) AS p) \
-             SELECT s.p AS position, count(e.position) AS lag_events, \
-               greatest(coalesce(extract(epoch FROM now() - min(e.recorded_at))::float8, 0), 0) AS lag_seconds \
-             FROM s LEFT JOIN events e ON e.position > s.p AND e.aggregate_type = ANY($2) GROUP BY s.p",
+        let types = type_words(projection);
+        sqlx::query_as!(
+            Freshness,
+            r#"WITH s AS (SELECT coalesce((SELECT last_position FROM projection_status
+                                            WHERE projection = $1), 0) AS p)
+               SELECT s.p AS "position!", count(e.position) AS "lag_events!",
+                 greatest(coalesce(extract(epoch FROM now() - min(e.recorded_at))::float8, 0), 0)
+                   AS "lag_seconds!"
+               FROM s LEFT JOIN events e ON e.position > s.p AND e.aggregate_type = ANY($2)
+               GROUP BY s.p"#,
+            projection.name(),
+            &types as &[&str],
         )
-        .bind(projection.name())
-        .bind(type_words(projection))
         .fetch_one(pool)
         .await
     }

@@ -137,12 +137,12 @@ impl ReadModel for AuditTrail {
         conn: &mut PgConnection,
         key: &ObjectKey,
     ) -> Result<Option<AuditHead>, ApplyError> {
-        let version: Option<i64> = sqlx::query_scalar(
+        let version = sqlx::query_scalar!(
             "SELECT max(sequence) FROM rm_audit WHERE tenant_id = $1 AND object_type = $2 AND object_id = $3",
+            key.0.as_str(),
+            key.1.as_str(),
+            key.2,
         )
-        .bind(&key.0)
-        .bind(key.1)
-        .bind(&key.2)
         .fetch_one(&mut *conn)
         .await?;
         Ok(version.map(|version| AuditHead {
@@ -157,26 +157,26 @@ impl ReadModel for AuditTrail {
         head: &AuditHead,
     ) -> Result<(), ApplyError> {
         for e in &head.pending {
-            sqlx::query(
-                "INSERT INTO rm_audit (event_id, tenant_id, position, recorded_at, actor_id, actor_role, action, \
-                   object_type, object_id, sequence, correlation_id, causation_id, outcome, details) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+            sqlx::query!(
+                "INSERT INTO rm_audit (event_id, tenant_id, position, recorded_at, actor_id, actor_role, action,
+                   object_type, object_id, sequence, correlation_id, causation_id, outcome, details)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  ON CONFLICT (event_id) DO NOTHING",
+                e.event_id,
+                key.0.as_str(),
+                e.position,
+                e.recorded_at,
+                e.actor_id,
+                e.actor_role,
+                e.action,
+                e.object_type.as_str(),
+                e.object_id,
+                e.sequence,
+                e.correlation_id,
+                e.causation_id,
+                e.outcome.as_str(),
+                e.details,
             )
-            .bind(e.event_id)
-            .bind(&key.0)
-            .bind(e.position)
-            .bind(e.recorded_at)
-            .bind(&e.actor_id)
-            .bind(&e.actor_role)
-            .bind(&e.action)
-            .bind(e.object_type)
-            .bind(&e.object_id)
-            .bind(e.sequence)
-            .bind(&e.correlation_id)
-            .bind(&e.causation_id)
-            .bind(e.outcome)
-            .bind(&e.details)
             .execute(&mut *conn)
             .await?;
         }

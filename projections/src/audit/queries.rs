@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::AuditEntry;
+use domain::AggregateType;
+
+use super::{AuditEntry, AuditOutcome};
 
 /// Filters of the trail; all optional, combined with AND.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -26,24 +28,28 @@ pub async fn page(
     after_position: i64,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT event_id, position, recorded_at, actor_id, actor_role, action, object_type, object_id, \
-           sequence, correlation_id, causation_id, outcome, details FROM rm_audit \
-         WHERE tenant_id = $1 AND position > $2 \
-           AND ($3::text IS NULL OR actor_id = $3) AND ($4::text IS NULL OR action = $4) \
-           AND ($5::text IS NULL OR object_type = $5) AND ($6::text IS NULL OR object_id = $6) \
-           AND ($7::timestamptz IS NULL OR recorded_at >= $7) AND ($8::timestamptz IS NULL OR recorded_at < $8) \
-         ORDER BY position LIMIT $9",
+    sqlx::query_as!(
+        AuditEntry,
+        r#"SELECT event_id, position, recorded_at, actor_id, actor_role, action,
+             object_type AS "object_type: AggregateType", object_id, sequence, correlation_id,
+             causation_id, outcome AS "outcome: AuditOutcome", details
+           FROM rm_audit
+           WHERE tenant_id = $1 AND position > $2
+             AND ($3::text IS NULL OR actor_id = $3) AND ($4::text IS NULL OR action = $4)
+             AND ($5::text IS NULL OR object_type = $5) AND ($6::text IS NULL OR object_id = $6)
+             AND ($7::timestamptz IS NULL OR recorded_at >= $7)
+             AND ($8::timestamptz IS NULL OR recorded_at < $8)
+           ORDER BY position LIMIT $9"#,
+        tenant.as_str(),
+        after_position,
+        filter.actor.as_deref(),
+        filter.action.as_deref(),
+        filter.object_type.as_deref(),
+        filter.object_id.as_deref(),
+        filter.from,
+        filter.to,
+        limit,
     )
-    .bind(tenant)
-    .bind(after_position)
-    .bind(&filter.actor)
-    .bind(&filter.action)
-    .bind(&filter.object_type)
-    .bind(&filter.object_id)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -93,14 +99,16 @@ pub async fn record_read(
     route: &str,
     query: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_reads (tenant_id, actor_id, actor_role, route, query) VALUES ($1, $2, $3, $4, $5)")
-        .bind(tenant)
-        .bind(actor)
-        .bind(role)
-        .bind(route)
-        .bind(query)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO audit_reads (tenant_id, actor_id, actor_role, route, query) VALUES ($1, $2, $3, $4, $5)",
+        tenant.as_str(),
+        actor,
+        role,
+        route,
+        query,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -119,12 +127,13 @@ pub async fn reads(
     tenant: &TenantId,
     limit: i64,
 ) -> Result<Vec<AuditRead>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, actor_id, actor_role, route, query, read_at FROM audit_reads WHERE tenant_id = $1 \
+    sqlx::query_as!(
+        AuditRead,
+        "SELECT id, actor_id, actor_role, route, query, read_at FROM audit_reads WHERE tenant_id = $1
          ORDER BY id DESC LIMIT $2",
+        tenant.as_str(),
+        limit,
     )
-    .bind(tenant)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }

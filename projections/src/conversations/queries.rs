@@ -13,9 +13,8 @@ use crate::projection::{stored, ApplyError, ReadError};
 use crate::read_model::fold_all;
 
 /// One line of the conversations list.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConversationSummary {
-    #[sqlx(rename = "conversation_id")]
     pub id: Uuid,
     pub status: ConversationState,
     pub escalated: bool,
@@ -95,46 +94,55 @@ pub async fn list(
     limit: i64,
     before: Option<(DateTime<Utc>, Uuid)>,
 ) -> Result<Vec<ConversationSummary>, ReadError> {
-    Ok(sqlx::query_as(
-        "SELECT conversation_id, status, escalated, started_by, channel, question_count, \
-           last_question, created_at, updated_at, version FROM rm_conversations c WHERE tenant_id = $1 \
-           AND ($2::timestamptz IS NULL OR (updated_at, conversation_id) < ($2, $3)) \
-           AND ($5::text IS NULL OR started_by = $5) \
-           AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7) \
-           AND ($8::text IS NULL OR status = $8) \
-           AND ($9::text IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements(c.document -> 'questions') e \
-                 WHERE strpos(lower(e ->> 'text'), lower($9)) > 0 \
-                    OR strpos(lower(coalesce(e -> 'answer' ->> 'text', '')), lower($9)) > 0)) \
-           AND (($10::bool IS NULL AND $11::text IS NULL AND $12::text IS NULL AND $13::text IS NULL) \
-                OR EXISTS (SELECT 1 FROM rm_questions q WHERE q.tenant_id = c.tenant_id \
-                  AND q.conversation_id = c.conversation_id \
-                  AND ($10::bool IS NULL OR (q.status = 'answered' AND q.uncertain = $10)) \
-                  AND ($11::text IS NULL OR ($11 = 'upvote' AND q.upvotes > 0) OR ($11 = 'downvote' AND q.downvotes > 0) \
-                       OR ($11 = 'none' AND q.upvotes + q.downvotes = 0)) \
-                  AND ($12::text IS NULL OR q.intent = $12) AND ($13::text IS NULL OR q.topic = $13))) \
-         ORDER BY updated_at DESC, conversation_id DESC LIMIT $4",
+    Ok(sqlx::query_as!(
+        ConversationSummary,
+        r#"SELECT conversation_id AS id, status AS "status: ConversationState", escalated,
+             started_by, channel, question_count, last_question, created_at, updated_at, version
+           FROM rm_conversations c WHERE tenant_id = $1
+           AND ($2::timestamptz IS NULL OR (updated_at, conversation_id) < ($2, $3))
+           AND ($5::text IS NULL OR started_by = $5)
+           AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7)
+           AND ($8::text IS NULL OR status = $8)
+           AND ($9::text IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements(c.document -> 'questions') e
+                 WHERE strpos(lower(e ->> 'text'), lower($9)) > 0
+                    OR strpos(lower(coalesce(e -> 'answer' ->> 'text', '')), lower($9)) > 0))
+           AND (($10::bool IS NULL AND $11::text IS NULL AND $12::text IS NULL AND $13::text IS NULL)
+                OR EXISTS (SELECT 1 FROM rm_questions q WHERE q.tenant_id = c.tenant_id
+                  AND q.conversation_id = c.conversation_id
+                  AND ($10::bool IS NULL OR (q.status = 'answered' AND q.uncertain = $10))
+                  AND ($11::text IS NULL OR ($11 = 'upvote' AND q.upvotes > 0) OR ($11 = 'downvote' AND q.downvotes > 0)
+                       OR ($11 = 'none' AND q.upvotes + q.downvotes = 0))
+                  AND ($12::text IS NULL OR q.intent = $12) AND ($13::text IS NULL OR q.topic = $13)))
+           ORDER BY updated_at DESC, conversation_id DESC LIMIT $4"#,
+        tenant.as_str(),
+        before.map(|b| b.0),
+        before.map(|b| b.1),
+        limit,
+        filter.user.as_deref(),
+        filter.from,
+        filter.to,
+        filter.status.map(ConversationState::as_str),
+        filter.search.as_deref(),
+        filter.uncertain,
+        filter.reaction.map(ReactionFilter::as_str),
+        filter.intent.map(Intent::as_str),
+        filter.topic.as_deref(),
     )
-    .bind(tenant)
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(limit)
-    .bind(&filter.user)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(filter.status)
-    .bind(&filter.search)
-    .bind(filter.uncertain)
-    .bind(filter.reaction)
-    .bind(filter.intent)
-    .bind(&filter.topic)
     .fetch_all(pool)
     .await?)
 }
 
-#[derive(sqlx::FromRow)]
 struct DetailRow {
-    #[sqlx(flatten)]
-    summary: ConversationSummary,
+    id: Uuid,
+    status: ConversationState,
+    escalated: bool,
+    started_by: String,
+    channel: String,
+    question_count: i32,
+    last_question: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
     document: serde_json::Value,
 }
 
@@ -143,18 +151,31 @@ pub async fn get(
     tenant: &TenantId,
     id: Uuid,
 ) -> Result<Option<ConversationDetail>, ReadError> {
-    let row: Option<DetailRow> = sqlx::query_as(
-        "SELECT conversation_id, status, escalated, started_by, channel, question_count, \
-           last_question, created_at, updated_at, version, document \
-         FROM rm_conversations WHERE tenant_id = $1 AND conversation_id = $2",
+    let row = sqlx::query_as!(
+        DetailRow,
+        r#"SELECT conversation_id AS id, status AS "status: ConversationState", escalated,
+             started_by, channel, question_count, last_question, created_at, updated_at, version,
+             document
+           FROM rm_conversations WHERE tenant_id = $1 AND conversation_id = $2"#,
+        tenant.as_str(),
+        id,
     )
-    .bind(tenant)
-    .bind(id)
     .fetch_optional(pool)
     .await?;
     row.map(|r| {
         Ok(ConversationDetail {
-            summary: r.summary,
+            summary: ConversationSummary {
+                id: r.id,
+                status: r.status,
+                escalated: r.escalated,
+                started_by: r.started_by,
+                channel: r.channel,
+                question_count: r.question_count,
+                last_question: r.last_question,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                version: r.version,
+            },
             document: stored("conversation document", r.document)?,
         })
     })

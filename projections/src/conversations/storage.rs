@@ -24,13 +24,14 @@ pub async fn load(
     conn: &mut PgConnection,
     key: &ScopedId,
 ) -> Result<Option<ConversationRow>, ReadError> {
-    let row: Option<Stored> = sqlx::query_as(
-        "SELECT status, escalated, started_by, channel, last_question, created_at, updated_at, \
-           version, last_position, document \
-         FROM rm_conversations WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE",
+    let row = sqlx::query_as!(
+        Stored,
+        r#"SELECT status AS "status: ConversationState", escalated, started_by, channel,
+             last_question, created_at, updated_at, version, last_position, document
+           FROM rm_conversations WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE"#,
+        key.tenant.as_str(),
+        key.id,
     )
-    .bind(&key.tenant)
-    .bind(key.id)
     .fetch_optional(&mut *conn)
     .await?;
     row.map(|r| {
@@ -55,27 +56,28 @@ pub async fn save(
     key: &ScopedId,
     row: &ConversationRow,
 ) -> Result<(), ApplyError> {
-    sqlx::query(
-        "INSERT INTO rm_conversations (tenant_id, conversation_id, status, escalated, started_by, channel, \
-           question_count, last_question, created_at, updated_at, version, last_position, document) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET status = $3, escalated = $4, \
-           question_count = $7, last_question = $8, updated_at = $10, version = $11, \
+    let document = to_json(&row.document)?;
+    sqlx::query!(
+        "INSERT INTO rm_conversations (tenant_id, conversation_id, status, escalated, started_by, channel,
+           question_count, last_question, created_at, updated_at, version, last_position, document)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET status = $3, escalated = $4,
+           question_count = $7, last_question = $8, updated_at = $10, version = $11,
            last_position = $12, document = $13",
+        key.tenant.as_str(),
+        key.id,
+        row.status.as_str(),
+        row.escalated,
+        row.started_by,
+        row.channel,
+        row.document.questions.len() as i32,
+        row.last_question,
+        row.created_at,
+        row.updated_at,
+        row.version,
+        row.last_position,
+        document,
     )
-    .bind(&key.tenant)
-    .bind(key.id)
-    .bind(row.status)
-    .bind(row.escalated)
-    .bind(&row.started_by)
-    .bind(&row.channel)
-    .bind(row.document.questions.len() as i32)
-    .bind(&row.last_question)
-    .bind(row.created_at)
-    .bind(row.updated_at)
-    .bind(row.version)
-    .bind(row.last_position)
-    .bind(to_json(&row.document)?)
     .execute(&mut *conn)
     .await?;
     Ok(())

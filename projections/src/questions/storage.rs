@@ -39,15 +39,17 @@ pub async fn load(
     conn: &mut PgConnection,
     key: &ScopedId,
 ) -> Result<Option<ConversationQuestions>, ReadError> {
-    let rows: Vec<Stored> = sqlx::query_as(
-        "SELECT question_id, asked_at, asked_by, channel, integration_id, text, normalized, intent, \
-           topic, status, uncertain, latency_ms, engine, answer_id, question_chars, answer_chars, \
-           cited_sources, feedback, resolved, escalated, conversation_version \
-         FROM rm_questions WHERE tenant_id = $1 AND conversation_id = $2 \
-         ORDER BY asked_at, question_id FOR UPDATE",
+    let rows = sqlx::query_as!(
+        Stored,
+        r#"SELECT question_id, asked_at, asked_by, channel, integration_id, text, normalized,
+             intent AS "intent: Intent", topic, status AS "status: QuestionStatus", uncertain,
+             latency_ms, engine, answer_id, question_chars, answer_chars, cited_sources, feedback,
+             resolved, escalated, conversation_version
+           FROM rm_questions WHERE tenant_id = $1 AND conversation_id = $2
+           ORDER BY asked_at, question_id FOR UPDATE"#,
+        key.tenant.as_str(),
+        key.id,
     )
-    .bind(&key.tenant)
-    .bind(key.id)
     .fetch_all(&mut *conn)
     .await?;
     if rows.is_empty() {
@@ -96,44 +98,50 @@ pub async fn save(
     state: &ConversationQuestions,
 ) -> Result<(), ApplyError> {
     for r in &state.rows {
-        sqlx::query(
-            "INSERT INTO rm_questions (tenant_id, question_id, conversation_id, asked_at, asked_by, channel, \
-               integration_id, text, normalized, intent, topic, status, uncertain, latency_ms, engine, \
-               answer_id, question_chars, answer_chars, cited_sources, feedback, upvotes, downvotes, \
-               downvote_reasons, resolved, escalated, conversation_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-               $19, $20, $21, $22, $23, $24, $25, $26) \
-             ON CONFLICT (tenant_id, question_id) DO UPDATE SET topic = $11, status = $12, \
-               uncertain = $13, latency_ms = $14, engine = $15, answer_id = $16, answer_chars = $18, \
-               cited_sources = $19, feedback = $20, upvotes = $21, downvotes = $22, \
+        let feedback = to_json(&r.feedback)?;
+        let reasons: Vec<String> = r
+            .downvote_reasons()
+            .iter()
+            .map(|reason| reason.to_string())
+            .collect();
+        sqlx::query!(
+            "INSERT INTO rm_questions (tenant_id, question_id, conversation_id, asked_at, asked_by, channel,
+               integration_id, text, normalized, intent, topic, status, uncertain, latency_ms, engine,
+               answer_id, question_chars, answer_chars, cited_sources, feedback, upvotes, downvotes,
+               downvote_reasons, resolved, escalated, conversation_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+               $19, $20, $21, $22, $23, $24, $25, $26)
+             ON CONFLICT (tenant_id, question_id) DO UPDATE SET topic = $11, status = $12,
+               uncertain = $13, latency_ms = $14, engine = $15, answer_id = $16, answer_chars = $18,
+               cited_sources = $19, feedback = $20, upvotes = $21, downvotes = $22,
                downvote_reasons = $23, resolved = $24, escalated = $25, conversation_version = $26",
+            key.tenant.as_str(),
+            r.question_id,
+            key.id,
+            r.asked_at,
+            r.asked_by,
+            r.channel,
+            r.integration_id,
+            r.text,
+            r.normalized,
+            r.intent.as_str(),
+            r.topic,
+            r.status.as_str(),
+            r.uncertain,
+            r.latency_ms,
+            r.engine,
+            r.answer_id,
+            r.question_chars,
+            r.answer_chars,
+            &r.cited_sources,
+            feedback,
+            r.upvotes(),
+            r.downvotes(),
+            &reasons,
+            r.resolved,
+            r.escalated,
+            state.version,
         )
-        .bind(&key.tenant)
-        .bind(r.question_id)
-        .bind(key.id)
-        .bind(r.asked_at)
-        .bind(&r.asked_by)
-        .bind(&r.channel)
-        .bind(&r.integration_id)
-        .bind(&r.text)
-        .bind(&r.normalized)
-        .bind(r.intent)
-        .bind(&r.topic)
-        .bind(r.status)
-        .bind(r.uncertain)
-        .bind(r.latency_ms)
-        .bind(&r.engine)
-        .bind(r.answer_id)
-        .bind(r.question_chars)
-        .bind(r.answer_chars)
-        .bind(&r.cited_sources)
-        .bind(to_json(&r.feedback)?)
-        .bind(r.upvotes())
-        .bind(r.downvotes())
-        .bind(r.downvote_reasons())
-        .bind(r.resolved)
-        .bind(r.escalated)
-        .bind(state.version)
         .execute(&mut *conn)
         .await?;
     }

@@ -2,16 +2,22 @@
 use domain::TenantId;
 use sqlx::PgPool;
 
-use super::storage::{Stored, COLUMNS};
-use super::SourceSummary;
+use domain::knowledge_source::SourceKind;
+
+use super::storage::Stored;
+use super::{SourceState, SourceSummary, SyncPhase};
 use crate::projection::ReadError;
 
 /// The tenant's sources, oldest first.
 pub async fn list(pool: &PgPool, tenant: &TenantId) -> Result<Vec<SourceSummary>, ReadError> {
-    let rows: Vec<Stored> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM rm_sources WHERE tenant_id = $1 ORDER BY added_at, source_id"
-    ))
-    .bind(tenant)
+    let rows = sqlx::query_as!(
+        Stored,
+        r#"SELECT source_id, kind AS "kind: SourceKind", name, location,
+             status AS "status: SourceState", sync_state AS "sync_state: SyncPhase",
+             document_count, last_error, last_synced_at, added_at, updated_at, version, history
+           FROM rm_sources WHERE tenant_id = $1 ORDER BY added_at, source_id"#,
+        tenant.as_str(),
+    )
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(Stored::decode).collect()

@@ -44,20 +44,19 @@ impl Stored {
     }
 }
 
-pub(super) const COLUMNS: &str = "source_id, kind, name, location, status, sync_state, \
-    document_count, last_error, last_synced_at, added_at, updated_at, version, history";
-
 pub async fn load(
     conn: &mut PgConnection,
     key: &ScopedId,
 ) -> Result<Option<SourceSummary>, ReadError> {
-    let row: Option<Stored> = sqlx::query_as(
-        "SELECT source_id, kind, name, location, status, sync_state, document_count, last_error, \
-           last_synced_at, added_at, updated_at, version, history \
-         FROM rm_sources WHERE tenant_id = $1 AND source_id = $2 FOR UPDATE",
+    let row = sqlx::query_as!(
+        Stored,
+        r#"SELECT source_id, kind AS "kind: SourceKind", name, location,
+             status AS "status: SourceState", sync_state AS "sync_state: SyncPhase",
+             document_count, last_error, last_synced_at, added_at, updated_at, version, history
+           FROM rm_sources WHERE tenant_id = $1 AND source_id = $2 FOR UPDATE"#,
+        key.tenant.as_str(),
+        key.id,
     )
-    .bind(&key.tenant)
-    .bind(key.id)
     .fetch_optional(&mut *conn)
     .await?;
     row.map(Stored::decode).transpose()
@@ -68,28 +67,29 @@ pub async fn save(
     key: &ScopedId,
     s: &SourceSummary,
 ) -> Result<(), ApplyError> {
-    sqlx::query(
-        "INSERT INTO rm_sources (tenant_id, source_id, kind, name, location, status, sync_state, \
-           document_count, last_error, last_synced_at, added_at, updated_at, version, history) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT (tenant_id, source_id) DO UPDATE SET name = $4, location = $5, status = $6, \
-           sync_state = $7, document_count = $8, last_error = $9, last_synced_at = $10, \
+    let history = to_json(&s.history)?;
+    sqlx::query!(
+        "INSERT INTO rm_sources (tenant_id, source_id, kind, name, location, status, sync_state,
+           document_count, last_error, last_synced_at, added_at, updated_at, version, history)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (tenant_id, source_id) DO UPDATE SET name = $4, location = $5, status = $6,
+           sync_state = $7, document_count = $8, last_error = $9, last_synced_at = $10,
            updated_at = $12, version = $13, history = $14",
+        key.tenant.as_str(),
+        key.id,
+        s.kind.as_str(),
+        s.name,
+        s.location,
+        s.status.as_str(),
+        s.sync_state.as_str(),
+        s.document_count,
+        s.last_error,
+        s.last_synced_at,
+        s.added_at,
+        s.updated_at,
+        s.version,
+        history,
     )
-    .bind(&key.tenant)
-    .bind(key.id)
-    .bind(s.kind)
-    .bind(&s.name)
-    .bind(&s.location)
-    .bind(s.status)
-    .bind(s.sync_state)
-    .bind(s.document_count)
-    .bind(&s.last_error)
-    .bind(s.last_synced_at)
-    .bind(s.added_at)
-    .bind(s.updated_at)
-    .bind(s.version)
-    .bind(to_json(&s.history)?)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -68,10 +68,11 @@ impl ReadModel for Tenants {
         conn: &mut PgConnection,
         key: &TenantId,
     ) -> Result<Option<TenantRow>, ApplyError> {
-        let row: Option<Stored> = sqlx::query_as(
+        let row = sqlx::query_as!(
+            Stored,
             "SELECT version, state, updated_at FROM rm_tenants WHERE tenant_id = $1 FOR UPDATE",
+            key.as_str(),
         )
-        .bind(key)
         .fetch_optional(&mut *conn)
         .await?;
         Ok(row.map(Stored::decode).transpose()?)
@@ -82,14 +83,15 @@ impl ReadModel for Tenants {
         key: &TenantId,
         row: &TenantRow,
     ) -> Result<(), ApplyError> {
-        sqlx::query(
-            "INSERT INTO rm_tenants (tenant_id, version, state, updated_at) VALUES ($1, $2, $3, $4) \
+        let state = to_json(&row.state)?;
+        sqlx::query!(
+            "INSERT INTO rm_tenants (tenant_id, version, state, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant_id) DO UPDATE SET version = $2, state = $3, updated_at = $4",
+            key.as_str(),
+            row.version,
+            state,
+            row.updated_at,
         )
-        .bind(key)
-        .bind(row.version)
-        .bind(to_json(&row.state)?)
-        .bind(row.updated_at)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -115,11 +117,13 @@ impl Stored {
 
 /// The tenant's state and version, if its events have reached the read model.
 pub async fn get(pool: &PgPool, tenant: &TenantId) -> Result<Option<(Tenant, u64)>, ReadError> {
-    let row: Option<Stored> =
-        sqlx::query_as("SELECT version, state, updated_at FROM rm_tenants WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_optional(pool)
-            .await?;
+    let row = sqlx::query_as!(
+        Stored,
+        "SELECT version, state, updated_at FROM rm_tenants WHERE tenant_id = $1",
+        tenant.as_str(),
+    )
+    .fetch_optional(pool)
+    .await?;
     row.map(|r| {
         let row = r.decode()?;
         Ok((row.state, row.version as u64))
