@@ -110,32 +110,33 @@ impl IdempotencyStore {
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let lease_ms = self.settings.lease.as_millis() as f64;
         loop {
-            let inserted = sqlx::query(
+            let inserted = sqlx::query!(
                 "INSERT INTO idempotency_keys (tenant_id, user_id, idempotency_key, \
                    request_fingerprint, state, locked_until) \
                  VALUES ($1, $2, $3, $4, 'pending', now() + $5 * interval '1 millisecond') \
                  ON CONFLICT DO NOTHING",
+                ctx.tenant_id.as_str(),
+                ctx.user_id.as_str(),
+                key,
+                ctx.request_fingerprint,
+                lease_ms,
             )
-            .bind(&ctx.tenant_id)
-            .bind(&ctx.user_id)
-            .bind(key)
-            .bind(&ctx.request_fingerprint)
-            .bind(lease_ms)
             .execute(&self.pool)
             .await
             .map_err(CommandError::from_sqlx)?;
             if inserted.rows_affected() == 1 {
                 return Ok(Claim::Owned);
             }
-            let row: Option<KeyRow> = sqlx::query_as(
-                "SELECT request_fingerprint, state, locked_until < now() AS expired, \
-                   aggregate_type, aggregate_id, first_sequence, last_sequence, response_body \
-                 FROM idempotency_keys \
-                 WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3",
+            let row = sqlx::query_as!(
+                KeyRow,
+                r#"SELECT request_fingerprint, state AS "state: KeyState", locked_until < now() AS "expired!",
+                   aggregate_type, aggregate_id, first_sequence, last_sequence, response_body
+                 FROM idempotency_keys
+                 WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3"#,
+                ctx.tenant_id.as_str(),
+                ctx.user_id.as_str(),
+                key,
             )
-            .bind(&ctx.tenant_id)
-            .bind(&ctx.user_id)
-            .bind(key)
             .fetch_optional(&self.pool)
             .await
             .map_err(CommandError::from_sqlx)?;
@@ -172,15 +173,15 @@ impl IdempotencyStore {
         key: &str,
         lease_ms: f64,
     ) -> Result<bool, CommandError> {
-        let updated = sqlx::query(
+        let updated = sqlx::query!(
             "UPDATE idempotency_keys SET locked_until = now() + $4 * interval '1 millisecond' \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 \
                AND state = 'pending' AND locked_until < now()",
+            ctx.tenant_id.as_str(),
+            ctx.user_id.as_str(),
+            key,
+            lease_ms,
         )
-        .bind(&ctx.tenant_id)
-        .bind(&ctx.user_id)
-        .bind(key)
-        .bind(lease_ms)
         .execute(&self.pool)
         .await
         .map_err(CommandError::from_sqlx)?;
@@ -198,14 +199,14 @@ impl IdempotencyStore {
             context: "a rejection cannot be stored",
             source: Box::new(e),
         })?;
-        sqlx::query(
+        sqlx::query!(
             "UPDATE idempotency_keys SET state = 'rejected', response_body = $4, settled_at = now() \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+            ctx.tenant_id.as_str(),
+            ctx.user_id.as_str(),
+            key,
+            body,
         )
-        .bind(&ctx.tenant_id)
-        .bind(&ctx.user_id)
-        .bind(key)
-        .bind(body)
         .execute(&self.pool)
         .await
         .map_err(CommandError::from_sqlx)?;
@@ -221,17 +222,17 @@ impl IdempotencyStore {
         aggregate_id: &str,
         version: u64,
     ) -> Result<(), CommandError> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE idempotency_keys SET state = 'committed', aggregate_type = $4, aggregate_id = $5, \
                first_sequence = $6 + 1, last_sequence = $6, settled_at = now() \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+            ctx.tenant_id.as_str(),
+            ctx.user_id.as_str(),
+            key,
+            aggregate_type,
+            aggregate_id,
+            version as i64,
         )
-        .bind(&ctx.tenant_id)
-        .bind(&ctx.user_id)
-        .bind(key)
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(version as i64)
         .execute(&self.pool)
         .await
         .map_err(CommandError::from_sqlx)?;
@@ -240,13 +241,13 @@ impl IdempotencyStore {
 
     /// The command failed for a reason that is not the caller's: free the key for a retry.
     pub async fn release(&self, ctx: &CommandContext, key: &str) {
-        let released = sqlx::query(
+        let released = sqlx::query!(
             "DELETE FROM idempotency_keys \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+            ctx.tenant_id.as_str(),
+            ctx.user_id.as_str(),
+            key,
         )
-        .bind(&ctx.tenant_id)
-        .bind(&ctx.user_id)
-        .bind(key)
         .execute(&self.pool)
         .await;
         if let Err(e) = released {

@@ -5,8 +5,7 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Where a reader stands: after the event at (`transaction_id`, `position`). The pair, not the
@@ -58,36 +57,63 @@ impl StoredEvent {
     }
 }
 
-/// Read by column name with `try_get` (a type mismatch is an error, never a panic); the
-/// transaction id arrives as text and is parsed here.
-impl<'r> sqlx::FromRow<'r, PgRow> for StoredEvent {
-    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        // Selected as text (sqlx has no xid8 type) under another name: an ORDER BY on the
-        // column's own name would otherwise sort the text, putting 10000 before 9999.
-        let tx: String = row.try_get("transaction_id_text")?;
+/// A stored event as its checked query returns it: the `xid8` transaction id as text (sqlx has
+/// no such type), selected under another name since an ORDER BY on the column's own name would
+/// sort the text (10000 before 9999).
+struct StoredRow {
+    event_id: Uuid,
+    position: i64,
+    transaction_id_text: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: Value,
+    metadata: Value,
+    tenant_id: String,
+    recorded_at: DateTime<Utc>,
+    actor_id: String,
+    actor_role: String,
+    correlation_id: String,
+    causation_id: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+impl TryFrom<StoredRow> for StoredEvent {
+    type Error = sqlx::Error;
+
+    /// An unreadable transaction id is an error, never a default.
+    fn try_from(r: StoredRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            event_id: row.try_get("event_id")?,
-            position: row.try_get("position")?,
-            transaction_id: tx.parse().map_err(|e| sqlx::Error::ColumnDecode {
-                index: "transaction_id".into(),
-                source: Box::new(e),
+            event_id: r.event_id,
+            position: r.position,
+            transaction_id: r.transaction_id_text.parse().map_err(|e| {
+                sqlx::Error::ColumnDecode {
+                    index: "transaction_id".into(),
+                    source: Box::new(e),
+                }
             })?,
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
-            event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
-            tenant_id: row.try_get("tenant_id")?,
-            recorded_at: row.try_get("recorded_at")?,
-            actor_id: row.try_get("actor_id")?,
-            actor_role: row.try_get("actor_role")?,
-            correlation_id: row.try_get("correlation_id")?,
-            causation_id: row.try_get("causation_id")?,
-            idempotency_key: row.try_get("idempotency_key")?,
+            aggregate_type: r.aggregate_type,
+            aggregate_id: r.aggregate_id,
+            sequence: r.sequence,
+            event_type: r.event_type,
+            event_version: r.event_version,
+            payload: r.payload,
+            metadata: r.metadata,
+            tenant_id: r.tenant_id,
+            recorded_at: r.recorded_at,
+            actor_id: r.actor_id,
+            actor_role: r.actor_role,
+            correlation_id: r.correlation_id,
+            causation_id: r.causation_id,
+            idempotency_key: r.idempotency_key,
         })
     }
+}
+
+fn events(rows: Vec<StoredRow>) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    rows.into_iter().map(StoredEvent::try_from).collect()
 }
 
 /// Reads every committed event exactly once, in an order that a later commit can never get
@@ -154,12 +180,6 @@ impl EventReader {
     }
 }
 
-/// Every column of a stored event; `xid8` as text (sqlx has no such type) under another name,
-/// since an ORDER BY on the column's own name would sort the text (10000 before 9999).
-const STORED_COLUMNS: &str = "SELECT event_id, position, transaction_id::text AS transaction_id_text, \
-    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id, \
-    recorded_at, actor_id, actor_role, correlation_id, causation_id, idempotency_key FROM events";
-
 /// [`EventReader::read_batch`] on any executor, e.g. the connection that holds the relay's lock.
 #[tracing::instrument(skip_all, fields(after_tx = after.transaction_id, after_pos = after.position), err)]
 pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
@@ -167,18 +187,24 @@ pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{STORED_COLUMNS} \
-         WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY transaction_id, position \
-         LIMIT $3"
-    ))
-    .bind(after.transaction_id.to_string())
-    .bind(after.position)
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        StoredRow,
+        r#"SELECT event_id, position, transaction_id::text AS "transaction_id_text!",
+             aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+             tenant_id, recorded_at, actor_id, actor_role, correlation_id, causation_id,
+             idempotency_key
+           FROM events
+           WHERE (transaction_id, position) > ($1::text::xid8, $2)
+             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+           ORDER BY transaction_id, position
+           LIMIT $3"#,
+        after.transaction_id.to_string(),
+        after.position,
+        limit,
+    )
     .fetch_all(executor)
-    .await
+    .await?;
+    events(rows)
 }
 
 /// One aggregate's events in sequence order, up to `until` (by recorded time) when given: what
@@ -189,16 +215,23 @@ pub async fn aggregate_events(
     aggregate_id: &str,
     until: Option<DateTime<Utc>>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{STORED_COLUMNS} WHERE aggregate_type = $1 AND aggregate_id = $2 \
-           AND ($3::timestamptz IS NULL OR recorded_at <= $3) \
-         ORDER BY sequence"
-    ))
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(until)
+    let rows = sqlx::query_as!(
+        StoredRow,
+        r#"SELECT event_id, position, transaction_id::text AS "transaction_id_text!",
+             aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+             tenant_id, recorded_at, actor_id, actor_role, correlation_id, causation_id,
+             idempotency_key
+           FROM events
+           WHERE aggregate_type = $1 AND aggregate_id = $2
+             AND ($3::timestamptz IS NULL OR recorded_at <= $3)
+           ORDER BY sequence"#,
+        aggregate_type,
+        aggregate_id,
+        until,
+    )
     .fetch_all(pool)
-    .await
+    .await?;
+    events(rows)
 }
 
 /// A tenant's events recorded in `[from, to)`, in global position order, a page at a time.
@@ -210,15 +243,22 @@ pub async fn tenant_events_page(
     after_position: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{STORED_COLUMNS} WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND position > $4 \
-         ORDER BY position LIMIT $5"
-    ))
-    .bind(tenant_id)
-    .bind(from)
-    .bind(to)
-    .bind(after_position)
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        StoredRow,
+        r#"SELECT event_id, position, transaction_id::text AS "transaction_id_text!",
+             aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+             tenant_id, recorded_at, actor_id, actor_role, correlation_id, causation_id,
+             idempotency_key
+           FROM events
+           WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 AND position > $4
+           ORDER BY position LIMIT $5"#,
+        tenant_id,
+        from,
+        to,
+        after_position,
+        limit,
+    )
     .fetch_all(pool)
-    .await
+    .await?;
+    events(rows)
 }

@@ -70,27 +70,27 @@ impl PgEventRepository {
         event: &SerializedEvent,
         meta: &EventMetadata,
     ) -> Result<(), PersistenceError> {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-               payload, metadata, event_id, tenant_id, recorded_at, actor_id, actor_role, \
-               correlation_id, causation_id, idempotency_key) \
+        sqlx::query!(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+               payload, metadata, event_id, tenant_id, recorded_at, actor_id, actor_role,
+               correlation_id, causation_id, idempotency_key)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10, now()), $11, $12, $13, $14, $15)",
+            event.aggregate_type,
+            event.aggregate_id,
+            i64::try_from(event.sequence).map_err(unknown)?,
+            event.event_type,
+            event.event_version,
+            event.payload,
+            event.metadata,
+            Uuid::now_v7(),
+            meta.tenant_id,
+            meta.occurred_at,
+            meta.user_id,
+            meta.role,
+            meta.correlation_id,
+            meta.causation_id,
+            meta.idempotency_key,
         )
-        .bind(&event.aggregate_type)
-        .bind(&event.aggregate_id)
-        .bind(i64::try_from(event.sequence).map_err(unknown)?)
-        .bind(&event.event_type)
-        .bind(&event.event_version)
-        .bind(&event.payload)
-        .bind(&event.metadata)
-        .bind(Uuid::now_v7())
-        .bind(&meta.tenant_id)
-        .bind(meta.occurred_at)
-        .bind(&meta.user_id)
-        .bind(&meta.role)
-        .bind(&meta.correlation_id)
-        .bind(&meta.causation_id)
-        .bind(&meta.idempotency_key)
         .execute(&mut **tx)
         .await
         .map_err(from_sqlx)?;
@@ -107,18 +107,18 @@ impl PgEventRepository {
         events: &[SerializedEvent],
     ) -> Result<(), PersistenceError> {
         let (first, last) = (&events[0], &events[events.len() - 1]);
-        let settled = sqlx::query(
-            "UPDATE idempotency_keys SET state = 'committed', aggregate_type = $4, \
-               aggregate_id = $5, first_sequence = $6, last_sequence = $7, settled_at = now() \
+        let settled = sqlx::query!(
+            "UPDATE idempotency_keys SET state = 'committed', aggregate_type = $4,
+               aggregate_id = $5, first_sequence = $6, last_sequence = $7, settled_at = now()
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
+            meta.tenant_id,
+            meta.user_id,
+            key,
+            first.aggregate_type,
+            first.aggregate_id,
+            i64::try_from(first.sequence).map_err(unknown)?,
+            i64::try_from(last.sequence).map_err(unknown)?,
         )
-        .bind(&meta.tenant_id)
-        .bind(&meta.user_id)
-        .bind(key)
-        .bind(&first.aggregate_type)
-        .bind(&first.aggregate_id)
-        .bind(i64::try_from(first.sequence).map_err(unknown)?)
-        .bind(i64::try_from(last.sequence).map_err(unknown)?)
         .execute(&mut **tx)
         .await
         .map_err(from_sqlx)?;

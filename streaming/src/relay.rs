@@ -44,7 +44,7 @@ impl RelayError {
 }
 
 /// Where the relay stands, for the status API.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RelayStatus {
     pub name: String,
     pub position: i64,
@@ -142,17 +142,17 @@ impl Relay {
         self.publish(&batch).await?;
         if checkpoint {
             let last = batch.last().map(StoredEvent::checkpoint).unwrap_or(from);
-            let moved = sqlx::query(
-                "UPDATE relay_checkpoints SET transaction_id = $2::text::xid8, position = $3, \
-                   published = published + $4, updated_at = now() \
+            let moved = sqlx::query!(
+                "UPDATE relay_checkpoints SET transaction_id = $2::text::xid8, position = $3,
+                   published = published + $4, updated_at = now()
                  WHERE relay_name = $1 AND (transaction_id, position) = ($5::text::xid8, $6)",
+                self.settings.relay.name,
+                last.transaction_id.to_string(),
+                last.position,
+                batch.len() as i64,
+                from.transaction_id.to_string(),
+                from.position,
             )
-            .bind(&self.settings.relay.name)
-            .bind(last.transaction_id.to_string())
-            .bind(last.position)
-            .bind(batch.len() as i64)
-            .bind(from.transaction_id.to_string())
-            .bind(from.position)
             .execute(&mut *conn)
             .await?;
             if moved.rows_affected() != 1 {
@@ -165,18 +165,20 @@ impl Relay {
     }
 
     async fn checkpoint(&self, conn: &mut PgConnection) -> Result<Checkpoint, RelayError> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO relay_checkpoints (relay_name) VALUES ($1) ON CONFLICT DO NOTHING",
+            self.settings.relay.name,
         )
-        .bind(&self.settings.relay.name)
         .execute(&mut *conn)
         .await?;
-        let (tx, position): (String, i64) = sqlx::query_as(
-            "SELECT transaction_id::text, position FROM relay_checkpoints WHERE relay_name = $1",
+        let row = sqlx::query!(
+            r#"SELECT transaction_id::text AS "tx!", position FROM relay_checkpoints
+               WHERE relay_name = $1"#,
+            self.settings.relay.name,
         )
-        .bind(&self.settings.relay.name)
         .fetch_one(&mut *conn)
         .await?;
+        let (tx, position) = (row.tx, row.position);
         let transaction_id = tx
             .parse()
             .map_err(|source| RelayError::UnreadableCheckpoint {
@@ -228,13 +230,14 @@ impl Relay {
     }
 
     pub async fn status(pool: &PgPool, name: &str) -> Result<Option<RelayStatus>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT c.relay_name AS name, c.position, c.published, c.updated_at, \
-               (SELECT count(*) FROM events e \
-                 WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS lag_events \
-             FROM relay_checkpoints c WHERE c.relay_name = $1",
+        sqlx::query_as!(
+            RelayStatus,
+            r#"SELECT c.relay_name AS name, c.position, c.published, c.updated_at,
+                 (SELECT count(*) FROM events e
+                   WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS "lag_events!"
+               FROM relay_checkpoints c WHERE c.relay_name = $1"#,
+            name,
         )
-        .bind(name)
         .fetch_optional(pool)
         .await
     }

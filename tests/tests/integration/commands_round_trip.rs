@@ -36,6 +36,21 @@ async fn command(
     body
 }
 
+/// Creates the tenant `acme` (its first events carry the correlation id `req-create`).
+async fn create_acme(app: &TestApp, admin: &str) {
+    let r = command(
+        app,
+        admin,
+        Method::POST,
+        "/v1/tenant",
+        Some(json!({"name": "Acme"})),
+        "req-create",
+        201,
+    )
+    .await;
+    assert_eq!(r, json!({"id": "acme", "version": 2}));
+}
+
 /// Every event type in `expected` reached the store, and nothing else; each event carries its
 /// complete metadata, the request id as correlation id, and the acting user and role.
 async fn assert_stored_with_metadata(app: &TestApp, expected: &[&str]) {
@@ -91,17 +106,7 @@ async fn every_tenant_command_round_trips_and_its_events_carry_complete_metadata
     let post = Method::POST;
     let put = Method::PUT;
 
-    let r = command(
-        &app,
-        &admin,
-        post.clone(),
-        "/v1/tenant",
-        Some(json!({"name": "Acme"})),
-        "req-create",
-        201,
-    )
-    .await;
-    assert_eq!(r, json!({"id": "acme", "version": 2}));
+    create_acme(&app, &admin).await;
     command(
         &app,
         &admin,
@@ -259,17 +264,7 @@ async fn every_conversation_command_round_trips_and_its_events_carry_complete_me
     let operator = app.token("acme", Role::Operator, "olga");
     let post = Method::POST;
     let put = Method::PUT;
-    let r = command(
-        &app,
-        &admin,
-        post.clone(),
-        "/v1/tenant",
-        Some(json!({"name": "Acme"})),
-        "req-create",
-        201,
-    )
-    .await;
-    assert_eq!(r, json!({"id": "acme", "version": 2}));
+    create_acme(&app, &admin).await;
 
     // Conversations.
     let asked = command(
@@ -383,17 +378,7 @@ async fn every_knowledge_source_command_round_trips_and_its_events_carry_complet
     let admin = app.token("acme", Role::Admin, "alice");
     let operator = app.token("acme", Role::Operator, "olga");
     let post = Method::POST;
-    let r = command(
-        &app,
-        &admin,
-        post.clone(),
-        "/v1/tenant",
-        Some(json!({"name": "Acme"})),
-        "req-create",
-        201,
-    )
-    .await;
-    assert_eq!(r, json!({"id": "acme", "version": 2}));
+    create_acme(&app, &admin).await;
 
     // Knowledge sources.
     let added = command(
