@@ -11,7 +11,9 @@ use uuid::Uuid;
 use crate::engine::{AnswerEngine, AnswerRequest, CitedSource, EngineContext};
 use crate::{domain_event, guardrail, validate, DomainError};
 
+/// The longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 4_000;
+/// The longest feedback comment accepted, in characters.
 pub const MAX_COMMENT_CHARS: usize = 2_000;
 
 crate::text_enum! {
@@ -31,102 +33,169 @@ crate::text_enum! {
     }
 }
 
+/// A user's reaction to an answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feedback {
+    /// Up or down.
     pub reaction: Reaction,
+    /// Why it was downvoted (only with a downvote).
     pub reasons: Vec<DownvoteReason>,
+    /// Free text, up to `MAX_COMMENT_CHARS`.
     pub comment: Option<String>,
 }
 
+/// Where a conversation stands on the command side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationStatus {
+    /// No question asked yet.
     #[default]
     NotStarted,
+    /// Questions may be asked.
     Open,
+    /// Closed; no more questions.
     Resolved,
 }
 
+/// What a conversation needs from outside to decide.
 #[derive(Clone)]
 pub struct ConversationServices {
+    /// The answer engine that answers its questions.
     pub engine: Arc<dyn AnswerEngine>,
 }
 
+/// What can be asked of a conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConversationCommand {
+    /// Ask a question (the first, or a follow-up).
     AskQuestion {
         /// Ids are chosen by the caller (the command side) so that handling stays deterministic.
         question_id: Uuid,
+        /// The id its answer will have.
         answer_id: Uuid,
         /// A follow-up needs an existing conversation; a first question starts one.
         follow_up: bool,
+        /// The question.
         text: String,
+        /// The asking user.
         asked_by: String,
+        /// Where it was asked (`web`, `slack`...).
         channel: String,
+        /// The Kapa integration it came through, if any.
         integration_id: Option<String>,
+        /// The tenant asking (the engine answers from its knowledge).
         tenant_id: String,
+        /// The tenant's engine settings at the time of asking.
         engine: EngineContext,
     },
+    /// Give or change a user's feedback on an answer.
     GiveFeedback {
+        /// The answer rated.
         answer_id: Uuid,
+        /// The rating user.
         user_id: String,
+        /// The reaction, reasons and comment.
         feedback: Feedback,
     },
+    /// Mark the conversation resolved.
     Resolve {
+        /// The resolving user.
         by: String,
     },
+    /// Hand the conversation to a person.
     Escalate {
+        /// The escalating user.
         by: String,
+        /// Why, if given.
         reason: Option<String>,
     },
 }
 
+/// What happened to a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ConversationEvent {
+    /// A question was asked.
     QuestionAsked {
+        /// The question's id.
         question_id: Uuid,
+        /// The question, trimmed.
         text: String,
+        /// The asking user.
         asked_by: String,
+        /// Where it was asked.
         channel: String,
+        /// The Kapa integration it came through, if any.
         integration_id: Option<String>,
     },
+    /// The engine answered a question.
     AnswerRecorded {
+        /// The question answered.
         question_id: Uuid,
+        /// The answer's id.
         answer_id: Uuid,
+        /// The answer.
         text: String,
+        /// The knowledge the answer cites.
         sources: Vec<CitedSource>,
+        /// The engine was not sure of it.
         uncertain: bool,
+        /// How long the engine took.
         latency_ms: u64,
+        /// Which engine answered (`kapa`, `local`...).
         engine: String,
+        /// The engine's own id of the answer.
         engine_answer_id: String,
+        /// The engine's thread, for follow-ups.
         engine_thread_id: Option<String>,
     },
+    /// The engine could not answer a question.
     AnswerFailed {
+        /// The question not answered.
         question_id: Uuid,
+        /// What went wrong.
         reason: String,
+        /// Whether asking again may work.
         retryable: bool,
     },
+    /// A guardrail kept a question from the engine.
     QuestionBlocked {
+        /// The question blocked.
         question_id: Uuid,
+        /// The guardrail rule that blocked it.
         rule: String,
+        /// Why, for people.
         reason: String,
     },
+    /// A user rated an answer for the first time.
     FeedbackGiven {
+        /// The answer rated.
         answer_id: Uuid,
+        /// The rating user.
         user_id: String,
+        /// The reaction, reasons and comment.
         feedback: Feedback,
     },
+    /// A user changed their rating of an answer.
     FeedbackChanged {
+        /// The answer rated.
         answer_id: Uuid,
+        /// The rating user.
         user_id: String,
+        /// The rating before.
         previous: Feedback,
+        /// The rating now.
         feedback: Feedback,
     },
+    /// The conversation was resolved.
     ConversationResolved {
+        /// The resolving user.
         by: String,
     },
+    /// The conversation was handed to a person.
     ConversationEscalated {
+        /// The escalating user.
         by: String,
+        /// Why, if given.
         reason: Option<String>,
     },
 }
@@ -142,19 +211,27 @@ domain_event!(ConversationEvent {
     ConversationEscalated,
 });
 
+/// What the aggregate remembers of an answer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AnswerState {
+    /// The question it answers.
     pub question_id: Uuid,
     /// One reaction per user, changeable.
     pub feedback: BTreeMap<String, Feedback>,
 }
 
+/// The conversation aggregate: what its rules need to decide.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
+    /// Where it stands.
     pub status: ConversationStatus,
+    /// Whether it was handed to a person.
     pub escalated: bool,
+    /// How many questions were asked.
     pub questions: u32,
+    /// The engine's thread, for follow-ups.
     pub engine_thread_id: Option<String>,
+    /// Its answers by id, with the feedback given on them.
     pub answers: BTreeMap<Uuid, AnswerState>,
 }
 

@@ -9,10 +9,12 @@ pub use crate::code::Code;
 pub struct DomainError {
     /// Stable, machine-readable code; clients switch on it, and it decides the HTTP status.
     pub code: Code,
+    /// The explanation for people; may change.
     pub message: String,
 }
 
 impl DomainError {
+    /// A rejection with `code`, which must be a 4xx code.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         debug_assert!(code.is_client_error(), "{code} is not a rejection");
         Self {

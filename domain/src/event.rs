@@ -19,8 +19,11 @@ crate::text_enum! {
 /// An event of any aggregate.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyEvent {
+    /// An event of a tenant.
     Tenant(TenantEvent),
+    /// An event of a conversation.
     Conversation(ConversationEvent),
+    /// An event of a knowledge source.
     Source(SourceEvent),
 }
 
@@ -39,6 +42,7 @@ impl AnyEvent {
         })
     }
 
+    /// The kind of aggregate the event belongs to.
     pub fn aggregate_type(&self) -> AggregateType {
         match self {
             AnyEvent::Tenant(_) => AggregateType::Tenant,

@@ -2,12 +2,16 @@
 //! Today one rule: a question that carries a payment card number is blocked, so card data
 //! never leaves the platform.
 
+/// A question a guardrail refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
+    /// The rule, a stable identifier.
     pub rule: &'static str,
+    /// Why, for people.
     pub reason: &'static str,
 }
 
+/// The first guardrail the question breaks, if any.
 pub fn check(question: &str) -> Option<Violation> {
     if contains_card_number(question) {
         return Some(Violation {

@@ -11,10 +11,13 @@ use uuid::Uuid;
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// Not a tenant id.
     #[error("a tenant id is 1-64 characters of a-z, 0-9, `-` or `_`; got `{0}`")]
     Tenant(String),
+    /// Not a user id.
     #[error("a user id is 1-200 characters without control characters")]
     User,
+    /// Not a `tenant/uuid` aggregate id.
     #[error("`{0}` is not a tenant-scoped id (`tenant/uuid`)")]
     Scoped(String),
 }
@@ -27,6 +30,7 @@ macro_rules! string_id {
         pub struct $name(String);
 
         impl $name {
+            /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -116,6 +120,7 @@ string_id!(
 );
 
 impl TenantId {
+    /// Checks and wraps a tenant id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let valid = !s.is_empty()
             && s.len() <= 64
@@ -138,6 +143,7 @@ impl TenantId {
 }
 
 impl UserId {
+    /// Checks and wraps a user id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let valid = !s.trim().is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
         if valid {
@@ -152,7 +158,9 @@ impl UserId {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ScopedId {
+    /// The owning tenant.
     pub tenant: TenantId,
+    /// The id the tenant's clients see.
     pub id: Uuid,
 }
 

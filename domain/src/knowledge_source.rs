@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::{domain_event, validate, DomainError};
 
+/// The most settings a source may have.
 pub const MAX_SETTINGS: usize = 32;
 
 crate::text_enum! {
@@ -49,82 +50,133 @@ impl SourceKind {
     }
 }
 
+/// Whether a source exists on the command side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceStatus {
+    /// Never added.
     #[default]
     NotAdded,
+    /// In use.
     Active,
+    /// Removed; accepts no more commands.
     Removed,
 }
 
+/// Where a source's sync stands on the command side.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum SyncState {
+    /// No sync requested.
     #[default]
     Idle,
+    /// A sync was requested; no worker started it yet.
     Requested,
+    /// A worker is syncing.
     Running {
+        /// The running sync.
         sync_id: Uuid,
     },
 }
 
+/// What can be asked of a knowledge source.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceCommand {
+    /// Add the source.
     Add {
+        /// What kind of knowledge it holds.
         kind: SourceKind,
+        /// Its name.
         name: String,
+        /// Where it is (a URL, `owner/repo`, an account...).
         location: String,
+        /// Kind-specific settings (no secrets).
         settings: BTreeMap<String, String>,
     },
+    /// Change some of its fields.
     Update {
+        /// A new name.
         name: Option<String>,
+        /// A new location.
         location: Option<String>,
+        /// New settings.
         settings: Option<BTreeMap<String, String>>,
     },
+    /// Remove the source.
     Remove,
+    /// Ask for a sync.
     RequestSync {
+        /// The requesting user.
         requested_by: String,
     },
+    /// A worker started the requested sync.
     StartSync {
+        /// The sync's id.
         sync_id: Uuid,
     },
+    /// A worker finished the sync.
     CompleteSync {
+        /// The sync finished.
         sync_id: Uuid,
+        /// How many documents the source holds now.
         document_count: u64,
     },
+    /// A worker could not finish the sync.
     FailSync {
+        /// The sync that failed.
         sync_id: Uuid,
+        /// What went wrong.
         error: String,
     },
 }
 
+/// What happened to a knowledge source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SourceEvent {
+    /// The source was added.
     SourceAdded {
+        /// What kind of knowledge it holds.
         kind: SourceKind,
+        /// Its name.
         name: String,
+        /// Where it is.
         location: String,
+        /// Kind-specific settings.
         settings: BTreeMap<String, String>,
     },
+    /// Some of its fields changed.
     SourceUpdated {
+        /// The new name, if changed.
         name: Option<String>,
+        /// The new location, if changed.
         location: Option<String>,
+        /// The new settings, if changed.
         settings: Option<BTreeMap<String, String>>,
     },
+    /// The source was removed.
     SourceRemoved {},
+    /// A sync was asked for.
     SyncRequested {
+        /// The requesting user.
         requested_by: String,
     },
+    /// A worker started the sync.
     SyncStarted {
+        /// The sync's id.
         sync_id: Uuid,
     },
+    /// The sync finished.
     SyncCompleted {
+        /// The sync finished.
         sync_id: Uuid,
+        /// How many documents the source holds now.
         document_count: u64,
     },
+    /// The sync failed.
     SyncFailed {
+        /// The sync that failed.
         sync_id: Uuid,
+        /// What went wrong.
         error: String,
     },
 }
@@ -139,14 +191,22 @@ domain_event!(SourceEvent {
     SyncFailed,
 });
 
+/// The knowledge source aggregate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KnowledgeSource {
+    /// Whether it exists.
     pub status: SourceStatus,
+    /// What kind of knowledge it holds (once added).
     pub kind: Option<SourceKind>,
+    /// Its name.
     pub name: String,
+    /// Where it is.
     pub location: String,
+    /// Kind-specific settings.
     pub settings: BTreeMap<String, String>,
+    /// Where its sync stands.
     pub sync: SyncState,
+    /// How many documents the last sync found.
     pub document_count: Option<u64>,
 }
 

@@ -4,14 +4,18 @@
 //! Nothing in this crate performs I/O. The one outside capability an aggregate needs, an answer
 //! engine, is a trait injected by cqrs-es as the aggregate's `Services`.
 
+#![deny(missing_docs)]
+
 pub mod code;
 pub mod conversation;
 pub mod engine;
+/// Why an aggregate refuses a command.
 pub mod error;
 pub mod event;
 pub mod guardrail;
 pub mod ids;
 pub mod knowledge_source;
+/// Roles and what each may do.
 pub mod role;
 pub mod tenant;
 #[doc(hidden)]

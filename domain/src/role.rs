@@ -6,17 +6,24 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Administers the tenant; everything an operator may do.
     Admin,
+    /// Asks, rates, and manages knowledge sources.
     Operator,
+    /// Asks, rates and reads.
     Viewer,
 }
 
 /// What a command does, for authorisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Ask questions and resolve or escalate conversations.
     Ask,
+    /// Rate answers.
     GiveFeedback,
+    /// Add, change, remove and sync knowledge sources.
     ManageSources,
+    /// Settings, members, roles, suspension.
     AdministerTenant,
 }
 
@@ -31,6 +38,7 @@ impl Role {
         }
     }
 
+    /// The role as it appears in tokens and the audit trail.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",

@@ -9,114 +9,184 @@ use serde::{Deserialize, Serialize};
 use crate::engine::EngineContext;
 use crate::{domain_event, validate, DomainError, Role};
 
+/// Where the tenant's Kapa.ai project is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KapaSettings {
+    /// The Kapa project.
     pub project_id: String,
+    /// The Kapa integration, if any.
     pub integration_id: Option<String>,
     /// Where the API key lives (`env://KAPA_KEY_ACME`, `vault://kv/acme/kapa`, ...); the key
     /// itself is never stored in an event.
     pub api_key_ref: String,
 }
 
+/// A feature switched on or off for the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureFlag {
+    /// On or off.
     pub enabled: bool,
+    /// The share of users (0-100) who see it when on.
     pub rollout_percentage: u8,
 }
 
+/// A person of the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// What they may do.
     pub role: Role,
+    /// Their address, if known.
     pub email: Option<String>,
 }
 
+/// Where a tenant stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
+    /// Not created yet.
     #[default]
     Unprovisioned,
+    /// Accepts commands.
     Active,
+    /// Accepts no commands until reactivated.
     Suspended,
 }
 
+/// What can be asked of a tenant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TenantCommand {
+    /// Create the tenant.
     Create {
+        /// The company's name.
         name: String,
+        /// Its first admin.
         admin_user_id: String,
     },
+    /// Change its name.
     Rename {
+        /// The new name.
         name: String,
     },
+    /// Point the tenant at a Kapa project.
     SetKapaSettings {
+        /// The Kapa project.
         project_id: String,
+        /// The Kapa integration, if any.
         integration_id: Option<String>,
+        /// A reference to the API key (`env://`, `file://`, `vault://`).
         api_key_ref: String,
     },
+    /// Switch a feature on or off.
     SetFeatureFlag {
+        /// The feature.
         flag: String,
+        /// On or off.
         enabled: bool,
+        /// The share of users (0-100) who see it.
         rollout_percentage: u8,
     },
+    /// Forget a feature flag.
     ClearFeatureFlag {
+        /// The feature.
         flag: String,
     },
+    /// Add a person.
     InviteMember {
+        /// Their user id.
         user_id: String,
+        /// Their address, if known.
         email: Option<String>,
+        /// What they may do.
         role: Role,
     },
+    /// Change what a person may do.
     ChangeMemberRole {
+        /// The person.
         user_id: String,
+        /// Their new role.
         role: Role,
     },
+    /// Remove a person.
     RemoveMember {
+        /// The person.
         user_id: String,
     },
+    /// Stop accepting commands.
     Suspend {
+        /// Why.
         reason: String,
     },
+    /// Accept commands again.
     Reactivate,
 }
 
+/// What happened to a tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TenantEvent {
+    /// The tenant was created.
     TenantCreated {
+        /// The company's name.
         name: String,
+        /// Its first admin.
         created_by: String,
     },
+    /// The tenant was renamed.
     TenantRenamed {
+        /// The new name.
         name: String,
     },
+    /// The tenant was pointed at a Kapa project.
     KapaSettingsSet {
+        /// The Kapa project.
         project_id: String,
+        /// The Kapa integration, if any.
         integration_id: Option<String>,
+        /// A reference to the API key (never the key).
         api_key_ref: String,
     },
+    /// A feature was switched on or off.
     FeatureFlagSet {
+        /// The feature.
         flag: String,
+        /// On or off.
         enabled: bool,
+        /// The share of users (0-100) who see it.
         rollout_percentage: u8,
     },
+    /// A feature flag was forgotten.
     FeatureFlagCleared {
+        /// The feature.
         flag: String,
     },
+    /// A person was added.
     MemberInvited {
+        /// Their user id.
         user_id: String,
+        /// Their address, if known.
         email: Option<String>,
+        /// What they may do.
         role: Role,
     },
+    /// A person's role changed.
     MemberRoleChanged {
+        /// The person.
         user_id: String,
+        /// The role before.
         from: Role,
+        /// The role now.
         to: Role,
     },
+    /// A person was removed.
     MemberRemoved {
+        /// The person.
         user_id: String,
     },
+    /// The tenant was suspended.
     TenantSuspended {
+        /// Why.
         reason: String,
     },
+    /// The tenant was reactivated.
     TenantReactivated {},
 }
 
@@ -133,15 +203,22 @@ domain_event!(TenantEvent {
     TenantReactivated,
 });
 
+/// The tenant aggregate: a company using the platform.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tenant {
+    /// Where it stands.
     pub status: TenantStatus,
+    /// The company's name.
     pub name: String,
+    /// Its Kapa project, if set.
     pub kapa: Option<KapaSettings>,
+    /// Its feature flags by name.
     pub feature_flags: BTreeMap<String, FeatureFlag>,
+    /// Its people by user id.
     pub members: BTreeMap<String, Member>,
 }
 
+/// The longest tenant name accepted, in characters.
 pub const MAX_TENANT_NAME_CHARS: usize = 200;
 /// Schemes an API key reference may use.
 pub const SECRET_REF_SCHEMES: [&str; 4] = ["env://", "vault://", "aws-sm://", "gcp-sm://"];
@@ -162,6 +239,7 @@ impl Tenant {
         }
     }
 
+    /// The engine settings its questions are asked with.
     pub fn engine_context(&self) -> EngineContext {
         match &self.kapa {
             Some(k) => EngineContext {

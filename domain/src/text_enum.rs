@@ -9,7 +9,11 @@ macro_rules! text_enum {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name {
-            $($(#[$vmeta])* $variant,)+
+            $(
+                $(#[$vmeta])*
+                #[doc = concat!("`", $word, "`")]
+                $variant,
+            )+
         }
 
         impl $name {
@@ -18,6 +22,7 @@ macro_rules! text_enum {
             /// Every word, in declaration order.
             pub const WORDS: &'static [&'static str] = &[$($word,)+];
 
+            /// The word, as stored and sent.
             pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $word,)+

@@ -10,26 +10,44 @@ use crate::StoredEvent;
 /// de-duplicate it (`event_id`, or `aggregate_id` + `sequence`) and audit it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The event's own id (UUIDv7), unique in the store.
     pub event_id: Uuid,
+    /// The event's type: its variant name, e.g. `QuestionAsked`.
     pub event_type: String,
+    /// The version of the payload's shape (upcasters key on it).
     pub event_version: String,
+    /// The tenant the event belongs to.
     pub tenant_id: String,
+    /// The kind of aggregate: `tenant`, `conversation` or `knowledge_source`.
     pub aggregate_type: String,
+    /// The aggregate's id: the tenant id for a tenant, `tenant/uuid` for the others.
     pub aggregate_id: String,
+    /// The aggregate's version after this event (1 for its first).
     pub sequence: i64,
+    /// Global position in the store, handed out at insert time.
     pub position: i64,
+    /// The inserting transaction (`xid8`); with `position` it orders commits.
     pub transaction_id: u64,
+    /// When the command was accepted.
     pub recorded_at: DateTime<Utc>,
+    /// The event as JSON: `{"EventType": {...fields}}`.
     pub payload: Value,
+    /// The command's metadata as stored beside the event.
     pub metadata: EnvelopeMetadata,
 }
 
+/// Who sent the command that produced the event, and in which request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvelopeMetadata {
+    /// The user who sent the command.
     pub actor_id: String,
+    /// The role the user acted in.
     pub actor_role: String,
+    /// The request that caused the event (the `X-Request-Id`).
     pub correlation_id: String,
+    /// The event or message that caused the command, when one did.
     pub causation_id: Option<String>,
+    /// The command's `Idempotency-Key`, when it had one.
     pub idempotency_key: Option<String>,
 }
 

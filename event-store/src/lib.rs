@@ -6,6 +6,8 @@
 //! the command's idempotency key in the same transaction. [`EventReader`] reads every committed
 //! event in commit-safe order, for the relay and for replays.
 
+#![deny(missing_docs)]
+
 mod envelope;
 mod metadata;
 mod reader;

@@ -7,35 +7,53 @@ use serde_json::Value;
 /// `HashMap<String, String>` and is promoted to typed columns by the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMetadata {
+    /// The tenant the event belongs to.
     pub tenant_id: String,
+    /// The user who sent the command.
     pub user_id: String,
+    /// The role the user acted in.
     pub role: String,
+    /// The request that caused the event (the `X-Request-Id`).
     pub correlation_id: String,
+    /// The event or message that caused the command, when one did.
     pub causation_id: Option<String>,
+    /// The command's `Idempotency-Key`, when it had one.
     pub idempotency_key: Option<String>,
     /// When the command was accepted, by the command side's clock; the database's `now()` when absent.
     pub occurred_at: Option<DateTime<Utc>>,
 }
 
+/// Why stored metadata could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
+    /// A required key is absent.
     #[error("event metadata lacks `{0}`")]
     Missing(&'static str),
+    /// The metadata is not a JSON object.
     #[error("event metadata is not an object of strings")]
     NotAnObject,
+    /// `occurred_at` is not an RFC 3339 time.
     #[error("event metadata has an unreadable `occurred_at`: {0}")]
     BadTimestamp(String),
 }
 
 impl EventMetadata {
+    /// Key of [`Self::tenant_id`] in the map.
     pub const TENANT_ID: &'static str = "tenant_id";
+    /// Key of [`Self::user_id`] in the map.
     pub const USER_ID: &'static str = "user_id";
+    /// Key of [`Self::role`] in the map.
     pub const ROLE: &'static str = "role";
+    /// Key of [`Self::correlation_id`] in the map.
     pub const CORRELATION_ID: &'static str = "correlation_id";
+    /// Key of [`Self::causation_id`] in the map.
     pub const CAUSATION_ID: &'static str = "causation_id";
+    /// Key of [`Self::idempotency_key`] in the map.
     pub const IDEMPOTENCY_KEY: &'static str = "idempotency_key";
+    /// Key of [`Self::occurred_at`] in the map.
     pub const OCCURRED_AT: &'static str = "occurred_at";
 
+    /// The map cqrs-es carries to the repository.
     pub fn into_map(self) -> HashMap<String, String> {
         let mut map = HashMap::from([
             (Self::TENANT_ID.to_string(), self.tenant_id),
@@ -55,6 +73,7 @@ impl EventMetadata {
         map
     }
 
+    /// Reads the metadata back from its stored JSON.
     pub fn from_value(value: &Value) -> Result<Self, MetadataError> {
         let obj = value.as_object().ok_or(MetadataError::NotAnObject)?;
         let get = |k: &'static str| obj.get(k).and_then(Value::as_str).map(str::to_string);

@@ -14,7 +14,9 @@ use uuid::Uuid;
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Checkpoint {
+    /// The transaction of the last event read.
     pub transaction_id: u64,
+    /// The position of the last event read.
     pub position: i64,
 }
 
@@ -29,26 +31,44 @@ impl Checkpoint {
 /// One committed event with everything the store knows of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
+    /// The event's own id (UUIDv7), unique in the store.
     pub event_id: Uuid,
+    /// Global position in the store, handed out at insert time.
     pub position: i64,
+    /// The inserting transaction (`xid8`); with `position` it orders commits.
     pub transaction_id: u64,
+    /// The kind of aggregate: `tenant`, `conversation` or `knowledge_source`.
     pub aggregate_type: String,
+    /// The aggregate's id: the tenant id for a tenant, `tenant/uuid` for the others.
     pub aggregate_id: String,
+    /// The aggregate's version after this event (1 for its first).
     pub sequence: i64,
+    /// The event's type: its variant name, e.g. `QuestionAsked`.
     pub event_type: String,
+    /// The version of the payload's shape (upcasters key on it).
     pub event_version: String,
+    /// The event as JSON: `{"EventType": {...fields}}`.
     pub payload: Value,
+    /// The command's metadata as stored beside the event.
     pub metadata: Value,
+    /// The tenant the event belongs to.
     pub tenant_id: String,
+    /// When the command was accepted.
     pub recorded_at: DateTime<Utc>,
+    /// The user who sent the command.
     pub actor_id: String,
+    /// The role the user acted in.
     pub actor_role: String,
+    /// The request that caused the event (the `X-Request-Id`).
     pub correlation_id: String,
+    /// The event or message that caused the command, when one did.
     pub causation_id: Option<String>,
+    /// The command's `Idempotency-Key`, when it had one.
     pub idempotency_key: Option<String>,
 }
 
 impl StoredEvent {
+    /// Where a reader stands after this event.
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             transaction_id: self.transaction_id,
@@ -125,6 +145,7 @@ pub struct EventReader {
 }
 
 impl EventReader {
+    /// A reader on `pool`.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }

@@ -22,6 +22,7 @@ const SELECT_EVENTS: &str = "SELECT aggregate_type, aggregate_id, sequence, even
      event_version, payload, metadata FROM events";
 
 impl PgEventRepository {
+    /// A repository on `pool`.
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
@@ -29,6 +30,7 @@ impl PgEventRepository {
         }
     }
 
+    /// The pool it writes with.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

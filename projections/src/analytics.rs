@@ -6,9 +6,12 @@ use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
+/// The period and buckets an analytics request asks for.
 #[derive(Debug, Clone)]
 pub struct Window {
+    /// Start, inclusive.
     pub from: DateTime<Utc>,
+    /// End, exclusive.
     pub to: DateTime<Utc>,
     /// `hour`, `day` or `week` (ISO weeks, starting Monday).
     pub bucket: String,
@@ -16,46 +19,64 @@ pub struct Window {
     pub tz: String,
 }
 
+/// How many of one kind.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Count {
+    /// The kind (a channel, an intent, a URL...).
     pub key: String,
+    /// How many.
     pub count: i64,
 }
 
+/// One bucket of the volume chart.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct VolumePoint {
     /// Local start of the bucket in the requested time zone (`YYYY-MM-DDTHH:MM:SS`).
     pub bucket_start: String,
+    /// Questions asked in the bucket.
     pub questions: i64,
+    /// Distinct users who asked in the bucket.
     pub unique_users: i64,
 }
 
+/// The window's totals.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Totals {
+    /// Questions asked.
     pub questions: i64,
+    /// Distinct users who asked.
     pub unique_users: i64,
     /// Users who asked at least twice in the window.
     pub active_users: i64,
+    /// Conversations with a question in the window.
     pub conversations: i64,
 }
 
+/// How questions ended.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Outcomes {
     /// Answered and not uncertain.
     pub answered: i64,
     /// Answered, but the engine was not sure.
     pub uncertain: i64,
+    /// The engine failed.
     pub failed: i64,
+    /// A guardrail blocked them.
     pub blocked: i64,
+    /// Not answered yet.
     pub pending: i64,
     /// Over every answered question (certain or not).
     pub latency_p50_ms: Option<f64>,
+    /// 95th percentile of the engine's latency.
     pub latency_p95_ms: Option<f64>,
 }
 
+/// What users said of the answers.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FeedbackStats {
+    /// Upvotes given.
     pub upvotes: i64,
+    /// Downvotes given.
     pub downvotes: i64,
     /// Answered questions with at least one reaction.
     pub rated_questions: i64,
@@ -63,34 +84,44 @@ pub struct FeedbackStats {
     pub feedback_rate: Option<f64>,
     /// upvotes / (upvotes + downvotes).
     pub satisfaction: Option<f64>,
+    /// Why answers were downvoted, by reason.
     pub downvote_reasons: Vec<Count>,
 }
 
+/// From asked to resolved.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Funnel {
+    /// Questions asked.
     pub asked: i64,
     /// Answered (certain or not).
     pub answered: i64,
+    /// Answered questions with at least one reaction.
     pub rated: i64,
+    /// Questions with at least one upvote.
     pub upvoted: i64,
     /// Questions whose conversation was resolved.
     pub resolved: i64,
+    /// Conversations handed to a person.
     pub escalated_conversations: i64,
     /// 1 - escalated conversations / conversations.
     pub deflection_rate: Option<f64>,
 }
 
+/// A question asked often.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct TopQuestion {
     /// The normalised text the questions share.
     pub question: String,
+    /// How often.
     pub count: i64,
     /// One of the original texts.
     pub example: String,
 }
 
+/// A topic the knowledge does not cover well.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct CoverageGap {
+    /// The topic (`(none)` when none was found).
     pub topic: String,
     /// Uncertain or downvoted questions on the topic.
     pub questions: i64,
@@ -98,24 +129,42 @@ pub struct CoverageGap {
     pub examples: Vec<String>,
 }
 
+/// Every dashboard figure of one tenant for one window (docs/analytics.md).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Analytics {
+    /// Start of the window, inclusive.
     pub from: DateTime<Utc>,
+    /// End of the window, exclusive.
     pub to: DateTime<Utc>,
+    /// `hour`, `day` or `week`.
     pub bucket: String,
+    /// The IANA time zone of the buckets.
     pub time_zone: String,
+    /// Totals over the window.
     pub totals: Totals,
+    /// Questions and users per bucket.
     pub volume: Vec<VolumePoint>,
+    /// Questions per channel.
     pub by_channel: Vec<Count>,
+    /// Questions per Kapa integration.
     pub by_integration: Vec<Count>,
+    /// How questions ended, and the engine's latency.
     pub outcomes: Outcomes,
+    /// Reactions and their reasons.
     pub feedback: FeedbackStats,
+    /// From asked to resolved.
     pub funnel: Funnel,
+    /// Questions per intent.
     pub intents: Vec<Count>,
+    /// The topics asked about most.
     pub top_topics: Vec<Count>,
+    /// The questions asked most.
     pub top_questions: Vec<TopQuestion>,
+    /// Topics with uncertain or downvoted answers.
     pub coverage_gaps: Vec<CoverageGap>,
+    /// The knowledge cited most.
     pub most_cited_sources: Vec<Count>,
+    /// The knowledge cited by downvoted answers.
     pub downvoted_sources: Vec<Count>,
 }
 
@@ -155,6 +204,7 @@ struct WindowTotals {
     escalated: i64,
 }
 
+/// Whether the database knows `tz` as an IANA time zone.
 pub async fn valid_time_zone(pool: &PgPool, tz: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
         .bind(tz)
@@ -187,6 +237,7 @@ fn ratio(a: i64, b: i64) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
 }
 
+/// Every figure of `tenant` for the window.
 pub async fn compute(
     pool: &PgPool,
     tenant: &TenantId,
@@ -317,14 +368,18 @@ pub async fn compute(
     })
 }
 
+/// What one period cost: the basis of cost allocation.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct CostRow {
     /// Local start of the period in the requested time zone.
     pub period_start: String,
+    /// Questions asked.
     pub questions: i64,
     /// Calls to the answer engine (answered or failed; blocked questions never reach it).
     pub engine_calls: i64,
+    /// Characters sent to the engine.
     pub characters_in: i64,
+    /// Characters the engine answered with.
     pub characters_out: i64,
     /// Knowledge-source syncs started (from the audit trail).
     pub sync_runs: i64,
@@ -358,10 +413,12 @@ pub async fn cost(
     .await
 }
 
+/// The header line of the cost report as CSV.
 pub const COST_CSV_HEADER: &str =
     "period_start,questions,engine_calls,characters_in,characters_out,sync_runs\n";
 
 impl CostRow {
+    /// The row as a CSV line.
     pub fn csv_line(&self) -> String {
         format!(
             "{},{},{},{},{},{}\n",

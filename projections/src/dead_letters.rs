@@ -14,18 +14,30 @@ use crate::runner::apply_one;
 use crate::source::Delivery;
 use crate::status::record_error;
 
+/// An event a projection could not apply.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeadLetter {
+    /// Its id.
     pub id: i64,
+    /// The projection that refused it.
     pub projection: String,
+    /// Where it came from (a topic, or `store`).
     pub topic: String,
+    /// The partition it came from.
     pub partition: i32,
+    /// Its offset (or store position).
     pub offset: i64,
+    /// Why it could not be applied, with its causes.
     pub error: String,
+    /// The event, when the envelope could be read.
     pub event_id: Option<uuid::Uuid>,
+    /// The message as it was delivered.
     pub payload: String,
+    /// When it was dead-lettered.
     pub created_at: DateTime<Utc>,
+    /// When it was last retried.
     pub retried_at: Option<DateTime<Utc>>,
+    /// When a retry applied it.
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
@@ -78,12 +90,16 @@ pub async fn list(
     .await
 }
 
+/// Why a retry did not resolve a dead letter.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
+    /// No open letter of the tenant has that id.
     #[error("no open dead letter with that id")]
     NotFound,
+    /// Applying it failed again.
     #[error("still failing: {0}")]
     StillFailing(String),
+    /// The database could not be reached.
     #[error("database")]
     Database(#[from] sqlx::Error),
 }

@@ -9,20 +9,29 @@ use crate::projection::ApplyError;
 /// What the store knows of an event besides its payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventMeta {
+    /// The event's id.
     pub event_id: Uuid,
     /// Global position in the store.
     pub position: i64,
+    /// The tenant it belongs to.
     pub tenant: TenantId,
+    /// The kind of aggregate.
     pub aggregate_type: AggregateType,
     /// As stored: the tenant id for a tenant, `tenant/uuid` for the others.
     pub aggregate_id: String,
     /// The aggregate's version after this event (1 for its first).
     pub sequence: i64,
+    /// When the command was accepted.
     pub recorded_at: DateTime<Utc>,
+    /// The version of the payload's shape.
     pub event_version: String,
+    /// Who sent the command.
     pub actor_id: String,
+    /// In which role.
     pub actor_role: String,
+    /// The request that caused it.
     pub correlation_id: String,
+    /// What caused the command, if anything did.
     pub causation_id: Option<String>,
 }
 
@@ -44,7 +53,9 @@ impl EventMeta {
 /// One decoded event with its metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Projected {
+    /// What the store knows of the event.
     pub meta: EventMeta,
+    /// The event.
     pub event: AnyEvent,
 }
 

@@ -5,6 +5,8 @@
 //! dead-letters poison events ([`dead_letters`]); [`rebuild`] replays the store into a copy and
 //! swaps it in (docs/projections.md). Nothing here knows Kafka.
 
+#![deny(missing_docs)]
+
 pub mod analytics;
 pub mod audit;
 pub mod conversations;

@@ -9,6 +9,7 @@ use crate::event::Projected;
 /// over with its metadata; a projection never sees the transport (Kafka or the store).
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
+    /// Its name: the consumer group suffix, the status row, the route segment.
     fn name(&self) -> &'static str;
     /// The aggregate types (topics) it consumes.
     fn aggregate_types(&self) -> &'static [AggregateType];
@@ -40,6 +41,7 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
+/// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The event can never be applied (undecodable, impossible for this read model, or the
@@ -106,12 +108,15 @@ impl From<sqlx::Error> for ApplyError {
 /// Why a read model could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The database could not be queried.
     #[error("the read model cannot be queried")]
     Database(#[from] sqlx::Error),
     /// A stored row does not decode: an error, never silently an empty value.
     #[error("a stored {what} is unreadable")]
     Unreadable {
+        /// What was being read.
         what: &'static str,
+        /// The decoding error.
         #[source]
         source: serde_json::Error,
     },

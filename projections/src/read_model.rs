@@ -24,10 +24,14 @@ impl From<Refusal> for ApplyError {
     }
 }
 
+/// A read model: a pure fold over events and where its rows live.
 #[async_trait]
 pub trait ReadModel: Send + Sync + 'static {
+    /// Its name.
     const NAME: &'static str;
+    /// The aggregate types it folds.
     const AGGREGATE_TYPES: &'static [AggregateType];
+    /// Its tables.
     const TABLES: &'static [&'static str];
     /// The events it folds (one aggregate's enum, or `AnyEvent`).
     type Event: Send + Sync;
@@ -38,6 +42,7 @@ pub trait ReadModel: Send + Sync + 'static {
 
     /// The event as this model's type; `None` for an event it does not fold.
     fn select(event: &domain::AnyEvent) -> Option<&Self::Event>;
+    /// Which part of the model the event belongs to.
     fn key(meta: &EventMeta) -> Result<Self::Key, ApplyError>;
     /// The aggregate version the state has folded in.
     fn version(state: &Self::State) -> i64;

@@ -15,21 +15,29 @@ use crate::projection::{error_chain, ApplyError, Projection};
 use crate::source::StoreSource;
 use crate::status::{mark_rebuilt, record_error};
 
+/// What a rebuild did.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RebuildReport {
+    /// The projection rebuilt.
     pub projection: String,
     /// Events read from the store (all aggregate types).
     pub events_read: u64,
+    /// Events that changed something.
     pub events_applied: u64,
+    /// How long it took.
     pub seconds: f64,
 }
 
+/// Why a rebuild did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
+    /// Another rebuild of the projection is running.
     #[error("a rebuild of this projection is already running")]
     InProgress,
+    /// The database failed.
     #[error("database")]
     Database(#[from] sqlx::Error),
+    /// An event could not be applied for a reason that may pass.
     #[error("applying an event failed")]
     Apply(#[from] ApplyError),
 }

@@ -15,12 +15,16 @@ use crate::projection::{error_chain, ApplyError, Projection};
 use crate::source::{Delivery, EventSource, SourceError};
 use crate::status::{self, mark_applied, record_error};
 
+/// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
+    /// The event source failed.
     #[error("the event source failed")]
     Source(#[source] SourceError),
+    /// The database failed.
     #[error("database")]
     Database(#[from] sqlx::Error),
+    /// Applying an event failed for a reason that may pass.
     #[error("applying an event failed")]
     Apply(#[from] ApplyError),
 }
@@ -48,6 +52,7 @@ pub fn backoff(attempt: u32, cap: Duration, jitter: f64) -> Duration {
     exp.min(cap).mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// Feeds one projection from one event source.
 pub struct ProjectionRunner<S> {
     pool: PgPool,
     projection: Arc<dyn Projection>,
@@ -58,6 +63,7 @@ pub struct ProjectionRunner<S> {
 }
 
 impl<S: EventSource> ProjectionRunner<S> {
+    /// A runner of `projection` on `source`.
     pub fn new(pool: PgPool, projection: Arc<dyn Projection>, source: S) -> Self {
         Self {
             pool,

@@ -12,21 +12,27 @@ use sqlx::PgConnection;
 pub struct Delivery {
     /// The serialised envelope, as delivered (a dead letter keeps it as it came).
     pub payload: Vec<u8>,
+    /// The message key (the aggregate id), if any.
     pub key: Option<String>,
     /// Where it came from: topic/partition/offset for Kafka, `store`/0/position for the store.
     pub origin: Origin,
 }
 
+/// Where a delivery came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// A topic, or `store`.
     pub channel: String,
+    /// The partition (0 for the store).
     pub partition: i32,
+    /// The offset (the position for the store).
     pub offset: i64,
 }
 
 /// Why a source failed; the runner restarts it with a backoff.
 pub type SourceError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Where a runner's events come from.
 #[async_trait]
 pub trait EventSource: Send + Sync {
     /// Connects and subscribes; called at the start of every run (after a restart, too).
@@ -53,6 +59,7 @@ pub struct StoreSource {
 }
 
 impl StoreSource {
+    /// The store from its start, for `types`, `batch_size` events at a time.
     pub fn new(types: &'static [AggregateType], batch_size: i64) -> Self {
         Self {
             types,

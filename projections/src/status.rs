@@ -41,6 +41,7 @@ pub async fn ensure(pool: &PgPool, projection: &str) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
+/// Records the projection's last error in its status row.
 pub async fn record_error(pool: &PgPool, projection: &str, error: &str) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO projection_status (projection, last_error, last_error_at) VALUES ($1, $2, now())
@@ -84,7 +85,9 @@ fn type_words(projection: &dyn Projection) -> Vec<&'static str> {
 /// What a projection has done, and how far behind the event store it is.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectionStatus {
+    /// The projection.
     pub projection: String,
+    /// Events applied since the last rebuild.
     pub applied_events: i64,
     /// Highest global position applied (events of different aggregates arrive in partition order,
     /// so lower positions may still be on their way while this one is applied).
@@ -93,10 +96,15 @@ pub struct ProjectionStatus {
     pub lag_events: i64,
     /// When behind: how old the newest applied event is; 0 when caught up.
     pub lag_seconds: f64,
+    /// When it last applied an event.
     pub last_applied_at: Option<DateTime<Utc>>,
+    /// Its last error, with causes.
     pub last_error: Option<String>,
+    /// When that was.
     pub last_error_at: Option<DateTime<Utc>>,
+    /// When it was last rebuilt.
     pub rebuilt_at: Option<DateTime<Utc>>,
+    /// Dead letters not yet resolved.
     pub open_dead_letters: i64,
 }
 
@@ -114,6 +122,7 @@ struct StatusRow {
 }
 
 impl ProjectionStatus {
+    /// The status of `projection`, with its exact lag.
     pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
         let types = type_words(projection);
         let row = sqlx::query_as!(
@@ -167,6 +176,7 @@ pub struct Freshness {
 }
 
 impl Freshness {
+    /// The freshness of `projection`.
     pub async fn load(pool: &PgPool, projection: &dyn Projection) -> Result<Self, sqlx::Error> {
         let types = type_words(projection);
         sqlx::query_as!(

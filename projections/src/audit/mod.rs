@@ -28,6 +28,7 @@ domain::text_enum! {
 }
 
 impl AuditOutcome {
+    /// How the event says its action ended.
     pub fn of(event: &AnyEvent) -> Self {
         match event {
             AnyEvent::Conversation(ConversationEvent::AnswerFailed { .. })
@@ -40,24 +41,34 @@ impl AuditOutcome {
     }
 }
 
+/// One entry of the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct AuditEntry {
+    /// The event's id.
     pub event_id: uuid::Uuid,
     /// Global position: the cursor of the trail.
     pub position: i64,
+    /// When the action was accepted.
     pub recorded_at: DateTime<Utc>,
+    /// Who acted.
     pub actor_id: String,
+    /// In which role.
     pub actor_role: String,
     /// The event type, e.g. `MemberRoleChanged`.
     pub action: String,
+    /// What kind of object the action was on.
     pub object_type: AggregateType,
     /// The tenant id for the tenant, the UUID for a conversation or a source.
     pub object_id: String,
     /// The object's version after this action.
     pub sequence: i64,
+    /// The request that caused it.
     pub correlation_id: String,
+    /// What caused the command, if anything did.
     pub causation_id: Option<String>,
+    /// How the action ended.
     pub outcome: AuditOutcome,
+    /// The event's fields.
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
@@ -65,13 +76,16 @@ pub struct AuditEntry {
 /// The entries of one object not yet written, and the object version they reach.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AuditHead {
+    /// The object version written so far.
     pub version: i64,
+    /// Entries folded but not yet written.
     pub pending: Vec<AuditEntry>,
 }
 
 /// Which object an entry is about: (tenant, type, object id).
 pub type ObjectKey = (TenantId, AggregateType, String);
 
+/// The audit trail read model.
 pub struct AuditTrail;
 
 #[async_trait]

@@ -12,11 +12,17 @@ use super::{AuditEntry, AuditOutcome};
 /// Filters of the trail; all optional, combined with AND.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditFilter {
+    /// Acted by this user.
     pub actor: Option<String>,
+    /// This event type.
     pub action: Option<String>,
+    /// On this kind of object.
     pub object_type: Option<String>,
+    /// On this object.
     pub object_id: Option<String>,
+    /// Recorded at or after.
     pub from: Option<DateTime<Utc>>,
+    /// Recorded before.
     pub to: Option<DateTime<Utc>>,
 }
 
@@ -54,6 +60,7 @@ pub async fn page(
     .await
 }
 
+/// The header line of a CSV export.
 pub const CSV_HEADER: &str =
     "position,recorded_at,actor_id,actor_role,action,object_type,object_id,sequence,correlation_id,outcome,event_id\n";
 
@@ -66,6 +73,7 @@ fn csv_field(value: &str) -> String {
 }
 
 impl AuditEntry {
+    /// The entry as a CSV line.
     pub fn csv_line(&self) -> String {
         let fields = [
             self.position.to_string(),
@@ -112,16 +120,24 @@ pub async fn record_read(
     Ok(())
 }
 
+/// A read of the trail, recorded.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct AuditRead {
+    /// Its sequence number.
     pub id: i64,
+    /// Who read.
     pub actor_id: String,
+    /// In which role.
     pub actor_role: String,
+    /// Which route.
     pub route: String,
+    /// With which query string.
     pub query: String,
+    /// When.
     pub read_at: DateTime<Utc>,
 }
 
+/// The tenant's recorded reads of the trail, newest first.
 pub async fn reads(
     pool: &PgPool,
     tenant: &TenantId,

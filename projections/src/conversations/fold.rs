@@ -12,6 +12,7 @@ use crate::event::EventMeta;
 use crate::projection::ApplyError;
 use crate::read_model::{ReadModel, Refusal};
 
+/// The conversations read model.
 pub struct Conversations;
 
 fn question(doc: &mut ConversationDocument, id: uuid::Uuid) -> Result<&mut QuestionView, Refusal> {

@@ -15,24 +15,36 @@ use crate::read_model::fold_all;
 /// One line of the conversations list.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConversationSummary {
+    /// The conversation's id.
     pub id: Uuid,
+    /// Open or resolved.
     pub status: ConversationState,
+    /// Handed to a person.
     pub escalated: bool,
+    /// Who asked the first question.
     pub started_by: String,
+    /// Where the first question was asked.
     pub channel: String,
+    /// How many questions it holds.
     pub question_count: i32,
+    /// The newest question's text.
     pub last_question: String,
+    /// When the first question was asked.
     pub created_at: DateTime<Utc>,
+    /// When the last event was recorded.
     pub updated_at: DateTime<Utc>,
     /// The conversation's version in the read model: a client that got version N from a
     /// command waits until it reads at least N.
     pub version: i64,
 }
 
+/// One conversation with everything in it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConversationDetail {
+    /// Its list line.
     #[serde(flatten)]
     pub summary: ConversationSummary,
+    /// Its questions, answers and feedback.
     #[serde(flatten)]
     pub document: ConversationDocument,
 }
@@ -76,10 +88,15 @@ pub struct ConversationFilter {
     pub from: Option<DateTime<Utc>>,
     /// Started before.
     pub to: Option<DateTime<Utc>>,
+    /// Open or resolved.
     pub status: Option<ConversationState>,
+    /// Has an uncertain (true) or a certain (false) answer.
     pub uncertain: Option<bool>,
+    /// Has an upvote, a downvote, or no reaction at all.
     pub reaction: Option<ReactionFilter>,
+    /// Has a question of this intent.
     pub intent: Option<Intent>,
+    /// Has a question on this topic.
     pub topic: Option<String>,
     /// Case-insensitive text search in questions and answers.
     pub search: Option<String>,
@@ -146,6 +163,7 @@ struct DetailRow {
     document: serde_json::Value,
 }
 
+/// One conversation of the tenant, if the read model has it.
 pub async fn get(
     pool: &PgPool,
     tenant: &TenantId,

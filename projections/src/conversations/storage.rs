@@ -20,6 +20,7 @@ struct Stored {
     document: serde_json::Value,
 }
 
+/// Reads the part of the read model for `key`, locking it.
 pub async fn load(
     conn: &mut PgConnection,
     key: &ScopedId,
@@ -51,6 +52,7 @@ pub async fn load(
     .transpose()
 }
 
+/// Writes the part of the read model for `key`.
 pub async fn save(
     conn: &mut PgConnection,
     key: &ScopedId,

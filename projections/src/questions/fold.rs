@@ -11,6 +11,7 @@ use crate::intent;
 use crate::projection::ApplyError;
 use crate::read_model::{ReadModel, Refusal};
 
+/// The questions (analytics) read model.
 pub struct Questions;
 
 fn matches_nothing(event: &ConversationEvent) -> Refusal {

@@ -18,34 +18,55 @@ pub use fold::Questions;
 /// One question's facts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuestionRow {
+    /// Its id.
     pub question_id: Uuid,
+    /// When it was asked.
     pub asked_at: DateTime<Utc>,
+    /// The asking user.
     pub asked_by: String,
+    /// Where it was asked.
     pub channel: String,
+    /// The Kapa integration it came through, if any.
     pub integration_id: Option<String>,
+    /// The question.
     pub text: String,
+    /// The question normalised, to group repeats.
     pub normalized: String,
+    /// What it is after.
     pub intent: Intent,
+    /// What it is about, if found.
     pub topic: Option<String>,
+    /// Where it stands.
     pub status: QuestionStatus,
+    /// The engine was not sure of the answer.
     pub uncertain: bool,
+    /// How long the engine took.
     pub latency_ms: Option<i64>,
+    /// Which engine answered.
     pub engine: Option<String>,
+    /// Its answer, once recorded.
     pub answer_id: Option<Uuid>,
+    /// The question's length in characters.
     pub question_chars: i32,
+    /// The answer's length in characters.
     pub answer_chars: i32,
+    /// The URLs the answer cites.
     pub cited_sources: Vec<String>,
     /// One reaction per user, with its reasons.
     pub feedback: BTreeMap<String, (Reaction, Vec<DownvoteReason>)>,
+    /// Its conversation was resolved.
     pub resolved: bool,
+    /// Its conversation was escalated.
     pub escalated: bool,
 }
 
 impl QuestionRow {
+    /// How many users upvoted the answer.
     pub fn upvotes(&self) -> i32 {
         self.count(Reaction::Upvote)
     }
 
+    /// How many users downvoted the answer.
     pub fn downvotes(&self) -> i32 {
         self.count(Reaction::Downvote)
     }
@@ -57,6 +78,7 @@ impl QuestionRow {
             .count() as i32
     }
 
+    /// The reasons of every downvote.
     pub fn downvote_reasons(&self) -> Vec<DownvoteReason> {
         self.feedback
             .values()
@@ -69,6 +91,8 @@ impl QuestionRow {
 /// The questions of one conversation, and the conversation version they have folded in.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConversationQuestions {
+    /// The conversation version folded in.
     pub version: i64,
+    /// Its questions.
     pub rows: Vec<QuestionRow>,
 }

@@ -35,6 +35,7 @@ struct Stored {
     conversation_version: i64,
 }
 
+/// Reads the part of the read model for `key`, locking it.
 pub async fn load(
     conn: &mut PgConnection,
     key: &ScopedId,
@@ -92,6 +93,7 @@ pub async fn load(
     Ok(Some(ConversationQuestions { version, rows }))
 }
 
+/// Writes the part of the read model for `key`.
 pub async fn save(
     conn: &mut PgConnection,
     key: &ScopedId,

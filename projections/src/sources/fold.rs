@@ -9,6 +9,7 @@ use crate::event::EventMeta;
 use crate::projection::ApplyError;
 use crate::read_model::{ReadModel, Refusal};
 
+/// The knowledge sources read model.
 pub struct Sources;
 
 #[async_trait]

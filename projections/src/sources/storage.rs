@@ -44,6 +44,7 @@ impl Stored {
     }
 }
 
+/// Reads the part of the read model for `key`, locking it.
 pub async fn load(
     conn: &mut PgConnection,
     key: &ScopedId,
@@ -62,6 +63,7 @@ pub async fn load(
     row.map(Stored::decode).transpose()
 }
 
+/// Writes the part of the read model for `key`.
 pub async fn save(
     conn: &mut PgConnection,
     key: &ScopedId,

@@ -10,13 +10,17 @@ use crate::event::EventMeta;
 use crate::projection::{stored, to_json, ApplyError, ReadError};
 use crate::read_model::{ReadModel, Refusal};
 
+/// The tenants read model.
 pub struct Tenants;
 
 /// A tenant's state and the version it has folded in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantRow {
+    /// The tenant as its events say.
     pub state: Tenant,
+    /// The tenant version folded in.
     pub version: i64,
+    /// When its last event was recorded.
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
