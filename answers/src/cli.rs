@@ -108,9 +108,7 @@ impl Cli {
             Command::Rebuild { name } => {
                 telemetry::init(&settings.log);
                 let pool = startup::connect(&settings.database).await?;
-                let projection = projections::all()
-                    .into_iter()
-                    .find(|p| p.name() == name)
+                let projection = projections::find(&name)
                     .ok_or_else(|| anyhow::anyhow!("no projection named `{name}`"))?;
                 let report = projections::rebuild(&pool, projection.as_ref()).await?;
                 write_stdout(&format!(

@@ -35,15 +35,12 @@ fn admin(auth: &Authenticated) -> Result<(), ApiError> {
 }
 
 fn find(name: &str) -> Result<Arc<dyn Projection>, ApiError> {
-    projections::all()
-        .into_iter()
-        .find(|p| p.name() == name)
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::ProjectionNotFound,
-                format!("no projection named `{name}`"),
-            )
-        })
+    projections::find(name).ok_or_else(|| {
+        ApiError::new(
+            Code::ProjectionNotFound,
+            format!("no projection named `{name}`"),
+        )
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
