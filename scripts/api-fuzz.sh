@@ -19,7 +19,8 @@ if ! python3 -c 'import schemathesis.cli' >/dev/null 2>&1; then
 fi
 schemathesis() { python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())' "$@"; }
 cargo build --quiet -p answers
-PORT=${FUZZ_PORT:-18080}
+# A free port (the kernel picks one), unless FUZZ_PORT says which.
+PORT=${FUZZ_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 DB="answers_test_fuzz_$$"
 export APP__SERVER__PORT=$PORT
 export APP__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
