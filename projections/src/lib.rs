@@ -29,7 +29,7 @@ pub use projection::{error_chain, ApplyError, Projection, ReadError};
 pub use read_model::{Folded, ReadModel, Refusal};
 pub use rebuild::{rebuild, RebuildError, RebuildReport};
 pub use runner::{apply_one, ProjectionRunner, RunnerError};
-pub use source::{Delivery, EventSource, Origin, SourceError, StoreSource};
+pub use source::{Delivery, EventSource, Origin, SourceError, StoreFollower, StoreSource};
 pub use status::{Freshness, ProjectionStatus};
 
 use std::sync::Arc;

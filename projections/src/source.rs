@@ -1,7 +1,7 @@
 //! Where a runner's events come from. The runtime knows only this trait: the Kafka consumer
-//! (`streaming::KafkaSource`) is one source, the event store read in commit-safe order
-//! ([`StoreSource`], used by rebuilds) is another, and an in-process source for a broker-less
-//! mode would be a third.
+//! (`streaming::KafkaSource`) is one source; the event store read in commit-safe order is
+//! another, a batch at a time for rebuilds ([`StoreSource`]) or followed as it grows by a runner
+//! with no broker at all ([`StoreFollower`], what a broker-less mode builds on).
 use async_trait::async_trait;
 use domain::AggregateType;
 use event_store::{read_batch, Checkpoint, Envelope};
@@ -69,6 +69,12 @@ impl StoreSource {
         }
     }
 
+    /// The same source, reading after `checkpoint` instead of from the start.
+    pub fn after(mut self, checkpoint: Checkpoint) -> Self {
+        self.checkpoint = checkpoint;
+        self
+    }
+
     /// The highest position read so far.
     pub fn position(&self) -> i64 {
         self.checkpoint.position
@@ -96,5 +102,98 @@ impl StoreSource {
                 .map(Envelope::from)
                 .collect(),
         ))
+    }
+}
+
+/// The event store followed as it grows, as an [`EventSource`] for a runner: commit-safe order,
+/// polling every `idle` when caught up, no broker. It resumes after the last acknowledged event
+/// when a run fails; where a new follower starts is its caller's (a broker-less mode keeps that
+/// checkpoint with the projection's status).
+pub struct StoreFollower {
+    pool: sqlx::PgPool,
+    reader: StoreSource,
+    idle: std::time::Duration,
+    buffer: std::collections::VecDeque<(Checkpoint, Delivery)>,
+    in_flight: Option<Checkpoint>,
+    acked: Checkpoint,
+}
+
+impl StoreFollower {
+    /// Follows the store after `from` for `types`, `batch_size` events a read.
+    pub fn new(
+        pool: sqlx::PgPool,
+        types: &'static [AggregateType],
+        batch_size: i64,
+        from: Checkpoint,
+        idle: std::time::Duration,
+    ) -> Self {
+        Self {
+            pool,
+            reader: StoreSource::new(types, batch_size).after(from),
+            idle,
+            buffer: Default::default(),
+            in_flight: None,
+            acked: from,
+        }
+    }
+
+    /// The last acknowledged event.
+    pub fn acknowledged(&self) -> Checkpoint {
+        self.acked
+    }
+}
+
+#[async_trait]
+impl EventSource for StoreFollower {
+    async fn open(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Delivery, SourceError> {
+        loop {
+            if let Some((checkpoint, delivery)) = self.buffer.pop_front() {
+                self.in_flight = Some(checkpoint);
+                return Ok(delivery);
+            }
+            let mut conn = self.pool.acquire().await?;
+            match self.reader.next_batch(&mut conn).await? {
+                None => {
+                    drop(conn);
+                    tokio::time::sleep(self.idle).await;
+                }
+                Some(envelopes) => {
+                    for envelope in envelopes {
+                        let checkpoint = Checkpoint {
+                            transaction_id: envelope.transaction_id,
+                            position: envelope.position,
+                        };
+                        let delivery = Delivery {
+                            payload: serde_json::to_vec(&envelope)?,
+                            key: Some(envelope.aggregate_id.clone()),
+                            origin: Origin {
+                                channel: "store".into(),
+                                partition: 0,
+                                offset: envelope.position,
+                            },
+                        };
+                        self.buffer.push_back((checkpoint, delivery));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ack(&mut self, _delivery: &Delivery) -> Result<(), SourceError> {
+        if let Some(checkpoint) = self.in_flight.take() {
+            self.acked = checkpoint;
+        }
+        Ok(())
+    }
+
+    /// After a failed run: forget what was read past the last acknowledged event.
+    async fn close(&mut self) {
+        self.buffer.clear();
+        self.in_flight = None;
+        self.reader.checkpoint = self.acked;
     }
 }

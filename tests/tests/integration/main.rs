@@ -12,6 +12,7 @@ mod reader;
 mod seed;
 mod startup;
 mod store;
+mod store_follower;
 mod streaming_projections;
 mod streaming_relay;
 mod unreadable_rows;
