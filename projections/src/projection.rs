@@ -91,10 +91,12 @@ pub fn sqlstate_is_permanent(code: &str) -> bool {
 
 impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {
+        // A stored value of the wrong kind: retrying reads the same value.
+        if matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) {
+            return ApplyError::Poison(format!("a stored row is unreadable: {}", error_chain(&e)));
+        }
         let permanent = match &e {
             sqlx::Error::Database(db) => db.code().is_some_and(|c| sqlstate_is_permanent(&c)),
-            // A stored value of the wrong type: retrying reads the same value.
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
             _ => false,
         };
         if permanent {

@@ -144,6 +144,15 @@ async fn freshness(pool: &PgPool) -> Result<Freshness, ApiError> {
 /// stored row that does not decode is a 500 (an operator must look), never an empty value.
 pub fn read_error(e: impl Into<projections::ReadError>) -> ApiError {
     match e.into() {
+        // A stored value the column's type cannot take (an unknown status word...): the row is
+        // unreadable, retrying does not help.
+        e @ projections::ReadError::Database(
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_),
+        ) => ApiError::infrastructure(
+            Code::StoredDataUnreadable,
+            "a stored row holds a value of the wrong kind; an operator has to repair it",
+            &e,
+        ),
         e @ projections::ReadError::Database(_) => ApiError::infrastructure(
             Code::ServiceUnavailable,
             "the read model cannot be queried; retry shortly",

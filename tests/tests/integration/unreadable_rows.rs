@@ -185,6 +185,16 @@ async fn unreadable_conversation_and_tenant_rows_are_errors_on_read_and_on_apply
         .unwrap();
     assert_unreadable(&app, &path, &admin).await;
     assert_unreadable(&app, "/v1/tenant", &admin).await;
+    // A word no enum knows, in a typed column: unreadable too, not "retry shortly".
+    sqlx::query("UPDATE rm_conversations SET status = 'weird'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_unreadable(&app, "/v1/conversations", &admin).await;
+    sqlx::query("UPDATE rm_conversations SET status = 'open'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
     // Applying to the broken row dead-letters the event (it used to retry forever), and the
     // projection goes on with other conversations.
