@@ -10,7 +10,7 @@ pub enum Role {
     Admin,
     /// Asks, rates, and manages knowledge sources.
     Operator,
-    /// Asks, rates and reads.
+    /// Reads only: sends no command.
     Viewer,
 }
 

@@ -73,7 +73,7 @@ pub enum TenantCommand {
         project_id: String,
         /// The Kapa integration, if any.
         integration_id: Option<String>,
-        /// A reference to the API key (`env://`, `file://`, `vault://`).
+        /// A reference to the API key (`env://`, `vault://`, `aws-sm://`, `gcp-sm://`).
         api_key_ref: String,
     },
     /// Switch a feature on or off.

@@ -377,7 +377,7 @@ pub struct CostRow {
     pub questions: i64,
     /// Calls to the answer engine (answered or failed; blocked questions never reach it).
     pub engine_calls: i64,
-    /// Characters sent to the engine.
+    /// Characters of the questions asked.
     pub characters_in: i64,
     /// Characters the engine answered with.
     pub characters_out: i64,
