@@ -136,11 +136,6 @@ impl StoreFollower {
             acked: from,
         }
     }
-
-    /// The last acknowledged event.
-    pub fn acknowledged(&self) -> Checkpoint {
-        self.acked
-    }
 }
 
 #[async_trait]

@@ -37,7 +37,7 @@ pub fn test_settings() -> Settings {
     settings.database.max_connections = 30;
     settings.server.port = 0;
     settings.server.workers = 2;
-    // Tests that need the broker turn streaming on (`streaming_settings`).
+    // Tests that need the broker turn streaming on (`TestAppBuilder::streaming`).
     settings.kafka.enabled = false;
     settings.platform.operator_token = Some(
         format!(
@@ -53,18 +53,6 @@ pub fn test_settings() -> Settings {
 /// The Kafka-compatible broker the tests use; `KAFKA_BOOTSTRAP_SERVERS` overrides it.
 pub fn kafka_bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-/// Settings with the relay and projections on, on topics and consumer groups of this test only.
-pub fn streaming_settings() -> Settings {
-    let mut settings = test_settings();
-    let id = Uuid::new_v4().simple().to_string();
-    settings.kafka.enabled = true;
-    settings.kafka.bootstrap_servers = kafka_bootstrap();
-    settings.kafka.topic_prefix = format!("t{}", &id[..12]);
-    settings.kafka.consumer_group = format!("g{}", &id[..12]);
-    settings.kafka.relay.idle_ms = 20;
-    settings
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, failing the test after `timeout`.
@@ -138,11 +126,13 @@ pub struct TestAppBuilder {
 impl TestAppBuilder {
     /// The relay and projections on, on topics and consumer groups of this test only.
     pub fn streaming(mut self) -> Self {
-        let database = self.settings.database.clone();
-        let platform = self.settings.platform.clone();
-        self.settings = streaming_settings();
-        self.settings.database = database;
-        self.settings.platform = platform;
+        let id = Uuid::new_v4().simple().to_string();
+        let kafka = &mut self.settings.kafka;
+        kafka.enabled = true;
+        kafka.bootstrap_servers = kafka_bootstrap();
+        kafka.topic_prefix = format!("t{}", &id[..12]);
+        kafka.consumer_group = format!("g{}", &id[..12]);
+        kafka.relay.idle_ms = 20;
         self
     }
 

@@ -66,10 +66,11 @@ pub struct WindowQuery {
     pub format: Option<String>,
 }
 
-async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
+/// The checked window, and the cost report's format (checked on both routes: a word that names
+/// no format is refused even where it is not used).
+async fn window(pool: &PgPool, q: &WindowQuery) -> Result<(Window, Option<CostFormat>), ApiError> {
     let now = Utc::now();
-    // `format` is the cost route's, but a word that names no format is refused on both.
-    parse_word::<CostFormat>(q.format.as_deref(), Code::InvalidFormat)?;
+    let format: Option<CostFormat> = parse_word(q.format.as_deref(), Code::InvalidFormat)?;
     let range: Option<RangeWord> = parse_word(q.range.as_deref(), Code::InvalidRange)?;
     let (from, to, default_bucket) = match (q.from.map(|m| m.0), range) {
         (Some(from), _) => (from, q.to.map_or(now, |m| m.0), BucketWord::Day),
@@ -96,12 +97,15 @@ async fn window(pool: &PgPool, q: &WindowQuery) -> Result<Window, ApiError> {
             format!("`{tz}` is not an IANA time zone"),
         ));
     }
-    Ok(Window {
-        from,
-        to,
-        bucket,
-        tz,
-    })
+    Ok((
+        Window {
+            from,
+            to,
+            bucket,
+            tz,
+        },
+        format,
+    ))
 }
 
 /// Every dashboard figure of the caller's tenant for one window.
@@ -113,7 +117,7 @@ pub async fn overview(
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let w = window(&pool, &query).await?;
+    let (w, _) = window(&pool, &query).await?;
     let result = analytics::compute(&pool, &auth.0.tenant_id, &w)
         .await
         .map_err(read_error)?;
@@ -131,8 +135,8 @@ pub async fn cost(
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let csv = parse_word(query.format.as_deref(), Code::InvalidFormat)? == Some(CostFormat::Csv);
-    let w = window(&pool, &query).await?;
+    let (w, format) = window(&pool, &query).await?;
+    let csv = format == Some(CostFormat::Csv);
     let rows = analytics::cost(&pool, &auth.0.tenant_id, &w)
         .await
         .map_err(read_error)?;
