@@ -58,6 +58,15 @@ async fn source_at(app: &TestApp, admin: &str, id: &str, version: i64) -> Value 
     .await
 }
 
+/// Waits until `path` answers 200 (its read model has caught up).
+async fn readable(app: &TestApp, path: &str, token: &str) {
+    wait_for(path, Duration::from_secs(60), || async {
+        let (status, _) = app.call(Method::GET, path, token, None).await;
+        (status == 200).then_some(())
+    })
+    .await
+}
+
 async fn assert_unreadable(app: &TestApp, path: &str, token: &str) {
     let response = app.send(Method::GET, path, token, None).await;
     assert_eq!(response.status().as_u16(), 500, "{path}");
@@ -165,16 +174,8 @@ async fn unreadable_conversation_and_tenant_rows_are_errors_on_read_and_on_apply
     let admin = app.create_tenant("acme", "alice").await;
     let (conversation, _) = app.ask(&admin, "First question").await;
     let path = format!("/v1/conversations/{conversation}");
-    wait_for("the conversation", Duration::from_secs(60), || async {
-        let (status, _) = app.call(Method::GET, &path, &admin, None).await;
-        (status == 200).then_some(())
-    })
-    .await;
-    wait_for("the tenant", Duration::from_secs(60), || async {
-        let (status, _) = app.call(Method::GET, "/v1/tenant", &admin, None).await;
-        (status == 200).then_some(())
-    })
-    .await;
+    readable(&app, &path, &admin).await;
+    readable(&app, "/v1/tenant", &admin).await;
     sqlx::query("UPDATE rm_conversations SET document = '\"broken\"'")
         .execute(&app.pool)
         .await
@@ -213,22 +214,7 @@ async fn unreadable_conversation_and_tenant_rows_are_errors_on_read_and_on_apply
         "{error}"
     );
     let (other, _) = app.ask(&admin, "Another conversation").await;
-    wait_for(
-        "the other conversation",
-        Duration::from_secs(60),
-        || async {
-            let (status, _) = app
-                .call(
-                    Method::GET,
-                    &format!("/v1/conversations/{other}"),
-                    &admin,
-                    None,
-                )
-                .await;
-            (status == 200).then_some(())
-        },
-    )
-    .await;
+    readable(&app, &format!("/v1/conversations/{other}"), &admin).await;
 }
 
 #[tokio::test]
