@@ -20,6 +20,45 @@ pub struct Settings {
     pub kafka: streaming::KafkaSettings,
     #[serde(default)]
     pub platform: PlatformSettings,
+    pub engine: EngineSettings,
+    pub kapa: kapa::KapaSettings,
+    pub kapa_workers: KapaWorkerSettings,
+    pub secrets: secrets::SecretSettings,
+}
+
+/// The development pseudonym key. Start-up warns when it is in use.
+pub const DEV_PSEUDONYM_KEY: &str = "dev-only-insecure-pseudonym-key-change-me-0123456";
+
+/// How questions are answered (docs/kapa.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineSettings {
+    /// The engine of tenants without Kapa settings: `local` (development) or `none`
+    /// (production: such tenants are answered from the fallback or not at all).
+    pub default: String,
+    /// The key from which per-tenant pseudonym keys are derived (at least 32 bytes).
+    pub pseudonym_key: SecretString,
+    /// The least trigram similarity (0-1) for an earlier upvoted answer to be a fallback.
+    pub fallback_min_similarity: f32,
+    /// How old an upvoted answer may be to be reused for an identical question.
+    pub reuse_max_age_days: u32,
+    /// How long after a question without answer the sweeper fails it (longer than any engine
+    /// call: kapa.total_timeout_ms and more).
+    pub sweep_after_ms: u64,
+    /// How often the sweeper looks.
+    pub sweep_interval_ms: u64,
+    /// How far back the sweeper looks.
+    pub sweep_horizon_hours: u64,
+}
+
+/// The workers that talk to Kapa outside a request: feedback forwarding and source syncs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KapaWorkerSettings {
+    /// Run them in this process.
+    pub in_process: bool,
+    /// How often the feedback forwarder and the sync poller look for work.
+    pub interval_ms: u64,
+    /// Attempts before a feedback forward is given up (it stays visible as failed).
+    pub feedback_max_attempts: u32,
 }
 
 /// Operating the platform as a whole (not one tenant).
@@ -116,7 +155,32 @@ impl Settings {
             .set_default("kafka.relay.name", "kafka")?
             .set_default("kafka.relay.batch_size", 500)?
             .set_default("kafka.relay.idle_ms", 50)?
-            .set_default("kafka.projections_in_process", true)?;
+            .set_default("kafka.projections_in_process", true)?
+            .set_default("engine.default", "local")?
+            .set_default("engine.pseudonym_key", DEV_PSEUDONYM_KEY)?
+            .set_default("engine.fallback_min_similarity", 0.45)?
+            .set_default("engine.reuse_max_age_days", 30)?
+            .set_default("engine.sweep_after_ms", 120_000)?
+            .set_default("engine.sweep_interval_ms", 30_000)?
+            .set_default("engine.sweep_horizon_hours", 168)?
+            .set_default("kapa.enabled", true)?
+            .set_default("kapa.base_url", "https://api.kapa.ai")?
+            .set_default("kapa.connect_timeout_ms", 2_000)?
+            .set_default("kapa.total_timeout_ms", 30_000)?
+            .set_default("kapa.retries", 2)?
+            .set_default("kapa.retry_base_ms", 200)?
+            .set_default("kapa.retry_max_ms", 2_000)?
+            .set_default("kapa.breaker_failures", 5)?
+            .set_default("kapa.breaker_open_ms", 30_000)?
+            .set_default("kapa.tenant_concurrency", 8)?
+            .set_default("kapa.tenant_wait_ms", 2_000)?
+            .set_default("kapa.call_timeout_ms", 10_000)?
+            .set_default("kapa_workers.in_process", true)?
+            .set_default("kapa_workers.interval_ms", 1_000)?
+            .set_default("kapa_workers.feedback_max_attempts", 10)?
+            .set_default("secrets.env_prefix", "KAPA_")?
+            .set_default("secrets.file_root", "/run/secrets/answers")?
+            .set_default("secrets.ttl_ms", 300_000)?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
@@ -193,10 +257,63 @@ impl Settings {
                 );
             }
         }
+        if !matches!(self.engine.default.as_str(), "local" | "none") {
+            problems.push("engine.default must be `local` or `none`".to_string());
+        }
+        if self.engine.pseudonym_key.expose_secret().len() < 32 {
+            problems.push("engine.pseudonym_key must be at least 32 bytes".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.engine.fallback_min_similarity) {
+            problems.push("engine.fallback_min_similarity must be between 0 and 1".to_string());
+        }
+        if self.engine.sweep_after_ms <= self.kapa.total_timeout_ms {
+            problems.push(
+                "engine.sweep_after_ms must be longer than kapa.total_timeout_ms (a question \
+                 still being answered must not be swept)"
+                    .to_string(),
+            );
+        }
+        if self.engine.sweep_interval_ms == 0 || self.kapa_workers.interval_ms == 0 {
+            problems.push(
+                "engine.sweep_interval_ms and kapa_workers.interval_ms must be positive"
+                    .to_string(),
+            );
+        }
+        if self.kapa.enabled {
+            if let Err(e) = kapa::KapaClient::new(&self.kapa.base_url, Duration::ZERO) {
+                problems.push(e);
+            }
+            if self.kapa.total_timeout_ms == 0 || self.kapa.tenant_concurrency == 0 {
+                problems.push(
+                    "kapa.total_timeout_ms and kapa.tenant_concurrency must be positive"
+                        .to_string(),
+                );
+            }
+        }
+        if !self
+            .secrets
+            .env_prefix
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            || self.secrets.env_prefix.is_empty()
+        {
+            problems.push("secrets.env_prefix must be A-Z, 0-9 and _ (and not empty)".to_string());
+        }
+        if !self.secrets.file_root.is_absolute() {
+            problems.push("secrets.file_root must be an absolute path".to_string());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        }
+    }
+
+    pub fn answering(&self) -> commands::AnsweringSettings {
+        commands::AnsweringSettings {
+            pseudonym_key: self.engine.pseudonym_key.clone(),
+            fallback_min_similarity: self.engine.fallback_min_similarity,
+            reuse_max_age_days: self.engine.reuse_max_age_days,
         }
     }
 

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use domain::conversation::{DownvoteReason, Feedback, Reaction};
+use domain::guardrail::{GuardrailAction, GuardrailPolicy, GuardrailRule, OutputAction};
 use domain::knowledge_source::{KnowledgeSource, SourceKind, SourceStatus, SyncState};
-use domain::tenant::{Tenant, TenantStatus};
+use domain::tenant::{AnswerPolicy, Tenant, TenantStatus};
 use domain::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -65,8 +66,143 @@ pub struct KapaSettingsRequest {
     /// Blank is the same as absent.
     #[schema(pattern = r"^(?:\s*|(?=[\s\S]{1,200}$)\s*[^\s\x00-\x1f\x7f-\x9f]+\s*)$")]
     pub integration_id: Option<String>,
-    /// A reference to the API key (`env://NAME`, `vault://path`, `aws-sm://...`, `gcp-sm://...`), never the key.
+    /// A reference to the API key, never the key: `env://KAPA_<TENANT>_...`,
+    /// `file:///<secrets root>/<tenant>/...` or `vault://<mount>/tenants/<tenant>/...#field`
+    /// (docs/kapa.md).
+    #[schema(min_length = 1, max_length = 500)]
     pub api_key_ref: String,
+    /// Send the asking user's e-mail address to Kapa (default: no).
+    #[serde(default)]
+    pub share_user_email: bool,
+    /// Send the company's name to Kapa (default: no).
+    #[serde(default)]
+    pub share_company_name: bool,
+}
+
+/// What a guardrail rule does with a question in which it finds something.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailActionsDto {
+    pub email: Option<GuardrailAction>,
+    pub phone: Option<GuardrailAction>,
+    pub payment_card_number: Option<GuardrailAction>,
+    pub iban: Option<GuardrailAction>,
+    pub national_id: Option<GuardrailAction>,
+    pub secret: Option<GuardrailAction>,
+    /// Prompt injection can be blocked or allowed, not redacted.
+    pub prompt_injection: Option<InjectionActionDto>,
+    pub blocked_term: Option<GuardrailAction>,
+}
+
+mirror_enum!(
+    /// What happens to a question that tries to override the assistant's instructions.
+    InjectionActionDto <=> InjectionAction { Block, Allow }
+);
+
+/// The two choices prompt injection has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectionAction {
+    Block,
+    Allow,
+}
+
+impl GuardrailActionsDto {
+    fn into_map(self) -> BTreeMap<GuardrailRule, GuardrailAction> {
+        let injection = self
+            .prompt_injection
+            .map(|a| match InjectionAction::from(a) {
+                InjectionAction::Block => GuardrailAction::Block,
+                InjectionAction::Allow => GuardrailAction::Allow,
+            });
+        [
+            (GuardrailRule::Email, self.email),
+            (GuardrailRule::Phone, self.phone),
+            (GuardrailRule::PaymentCard, self.payment_card_number),
+            (GuardrailRule::Iban, self.iban),
+            (GuardrailRule::NationalId, self.national_id),
+            (GuardrailRule::Secret, self.secret),
+            (GuardrailRule::PromptInjection, injection),
+            (GuardrailRule::BlockedTerm, self.blocked_term),
+        ]
+        .into_iter()
+        .filter_map(|(rule, action)| Some((rule, action?)))
+        .collect()
+    }
+}
+
+/// A blocked term: 1-100 characters, not blank, no control characters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BlockedTerm(pub String);
+
+impl utoipa::PartialSchema for BlockedTerm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(100))
+            .pattern(Some(
+                "^[^\\x00-\\x1f\\x7f]*[^\\s\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*$",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for BlockedTerm {}
+
+/// The tenant's guardrails and answer reuse.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerPolicyRequest {
+    /// Per rule; rules left out keep their default (card numbers, prompt injection and
+    /// blocked terms block; other personal data is redacted).
+    #[serde(default)]
+    pub actions: GuardrailActionsDto,
+    /// Words or phrases (case-insensitive, whole words) never sent to the engine nor shown.
+    #[serde(default)]
+    #[schema(max_items = 200)]
+    pub blocked_terms: Vec<BlockedTerm>,
+    /// What happens to an answer that leaks personal data or a blocked term (default: redact).
+    pub output: Option<OutputAction>,
+    /// Answer a question identical to a recently upvoted one with that answer (default: no).
+    #[serde(default)]
+    pub reuse_upvoted_answers: bool,
+}
+
+impl From<AnswerPolicyRequest> for AnswerPolicy {
+    fn from(r: AnswerPolicyRequest) -> Self {
+        AnswerPolicy {
+            guardrails: GuardrailPolicy {
+                actions: r.actions.into_map(),
+                blocked_terms: r.blocked_terms.into_iter().map(|t| t.0).collect(),
+                output: r.output,
+            },
+            reuse_upvoted_answers: r.reuse_upvoted_answers,
+        }
+    }
+}
+
+/// The tenant's guardrails and answer reuse, every rule with the action it takes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AnswerPolicyView {
+    pub actions: BTreeMap<String, GuardrailAction>,
+    pub blocked_terms: Vec<String>,
+    pub output: OutputAction,
+    pub reuse_upvoted_answers: bool,
+}
+
+impl From<AnswerPolicy> for AnswerPolicyView {
+    fn from(p: AnswerPolicy) -> Self {
+        Self {
+            actions: GuardrailRule::ALL
+                .iter()
+                .map(|rule| (rule.to_string(), p.guardrails.action(*rule)))
+                .collect(),
+            output: p.guardrails.output_action(),
+            blocked_terms: p.guardrails.blocked_terms,
+            reuse_upvoted_answers: p.reuse_upvoted_answers,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -229,6 +365,8 @@ pub struct KapaSettingsView {
     pub project_id: String,
     pub integration_id: Option<String>,
     pub api_key_ref: String,
+    pub share_user_email: bool,
+    pub share_company_name: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -251,6 +389,10 @@ pub struct TenantView {
     pub name: String,
     pub status: TenantStatusDto,
     pub kapa: Option<KapaSettingsView>,
+    /// Why Kapa last refused the tenant's credentials, until it accepts them again or the
+    /// settings change: a configuration failure for the admin to fix.
+    pub engine_problem: Option<String>,
+    pub answer_policy: AnswerPolicyView,
     pub feature_flags: BTreeMap<String, FeatureFlagView>,
     pub members: Vec<MemberView>,
     pub version: u64,
@@ -266,7 +408,11 @@ impl TenantView {
                 project_id: k.project_id,
                 integration_id: k.integration_id,
                 api_key_ref: k.api_key_ref,
+                share_user_email: k.share_user_email,
+                share_company_name: k.share_company_name,
             }),
+            engine_problem: t.engine_problem,
+            answer_policy: t.answer_policy.into(),
             feature_flags: t
                 .feature_flags
                 .into_iter()

@@ -10,6 +10,7 @@ pub mod problem;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod workers;
 
 pub use config::Settings;
 pub use startup::Application;

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, analytics, audit, conversations, health, sources, tenant};
+use crate::routes::{admin, analytics, audit, conversations, engine, health, sources, tenant};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use crate::routes::{admin, analytics, audit, conversations, health, sources, ten
     ),
     paths(
         health::live, health::ready,
-        tenant::create, tenant::get_tenant, tenant::rename, tenant::set_kapa, tenant::set_flag,
+        tenant::create, tenant::get_tenant, tenant::rename, tenant::set_kapa, tenant::set_answer_policy, tenant::set_flag,
         tenant::clear_flag, tenant::invite, tenant::change_role, tenant::remove_member,
         tenant::suspend, tenant::reactivate,
         conversations::start, conversations::follow_up, conversations::feedback,
@@ -24,6 +24,7 @@ use crate::routes::{admin, analytics, audit, conversations, health, sources, ten
         sources::add, sources::list, sources::get_source, sources::update, sources::remove,
         sources::request_sync, sources::start_sync, sources::complete_sync, sources::fail_sync,
         admin::status, admin::start_rebuild, admin::dead_letters, admin::retry,
+        engine::engine_status, engine::feedback_forwards, engine::kapa_sources, engine::import_kapa_source,
         audit::list, audit::export, audit::state_at, audit::raw_events, audit::reads,
         analytics::overview, analytics::cost,
     ),

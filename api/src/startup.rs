@@ -6,9 +6,12 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{middleware::from_fn, web, App, HttpServer};
 use anyhow::Context;
-use commands::{CommandBus, LocalAnswerEngine, SystemClock};
+use commands::{CommandBus, Engines, LocalAnswerEngine, Sweeper, SystemClock};
 use domain::engine::AnswerEngine;
+use kapa::KapaEngine;
+use projections::questions::PgAnswerLibrary;
 use secrecy::ExposeSecret;
+use secrets::SecretResolver;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
@@ -19,6 +22,12 @@ use crate::auth::{JwtKeys, PlatformCredential};
 use crate::config::{DatabaseSettings, Settings, DEV_JWT_SECRET};
 use crate::problem;
 use crate::{middleware, routes};
+
+/// The answer engines' state, for the platform's status route.
+pub struct EngineStatus {
+    /// The Kapa engine, when enabled.
+    pub kapa: Option<Arc<KapaEngine>>,
+}
 
 pub struct Application {
     port: u16,
@@ -70,12 +79,52 @@ impl Application {
         } else {
             Vec::new()
         };
-        let bus = web::Data::new(CommandBus::new(
+        if settings.engine.pseudonym_key.expose_secret() == crate::config::DEV_PSEUDONYM_KEY {
+            tracing::warn!("engine.pseudonym_key is the development default; set APP__ENGINE__PSEUDONYM_KEY in production");
+        }
+        let secrets = Arc::new(
+            SecretResolver::new(settings.secrets.clone())
+                .context("could not set up the secret resolver")?,
+        );
+        let kapa = if settings.kapa.enabled {
+            let engine = KapaEngine::new(&settings.kapa, secrets.clone())
+                .map_err(|e| anyhow::anyhow!("could not set up the Kapa client: {e}"))?;
+            Some(Arc::new(engine))
+        } else {
+            None
+        };
+        let engines = Engines {
+            kapa: kapa.clone().map(|k| k as Arc<dyn AnswerEngine>),
+            default: (settings.engine.default == "local").then_some(engine),
+            library: Some(Arc::new(PgAnswerLibrary::new(pool.clone()))),
+        };
+        let bus = Arc::new(CommandBus::new(
             pool.clone(),
-            engine,
+            engines,
+            settings.answering(),
             clock,
             settings.idempotency(),
         ));
+        let mut background = background;
+        let sweeper = Sweeper::new(
+            pool.clone(),
+            bus.clone(),
+            Duration::from_millis(settings.engine.sweep_after_ms),
+            Duration::from_secs(settings.engine.sweep_horizon_hours * 3600),
+        );
+        background.push(tokio::spawn(
+            sweeper.run(Duration::from_millis(settings.engine.sweep_interval_ms)),
+        ));
+        if let (Some(kapa), true) = (&kapa, settings.kapa_workers.in_process) {
+            background.extend(crate::workers::spawn(
+                pool.clone(),
+                bus.clone(),
+                kapa.clone(),
+                &settings,
+            ));
+        }
+        let bus = web::Data::from(bus);
+        let engine_status = web::Data::new(EngineStatus { kapa });
         let keys = web::Data::new(JwtKeys::new(&settings.auth));
         let platform = web::Data::new(PlatformCredential::new(
             settings.platform.operator_token.as_ref(),
@@ -105,6 +154,7 @@ impl Application {
                 .app_data(platform.clone())
                 .app_data(pool_data.clone())
                 .app_data(kafka.clone())
+                .app_data(engine_status.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::fallback::unmatched))
         })

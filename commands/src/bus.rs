@@ -3,8 +3,8 @@ use std::sync::Arc;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, EventStore};
-use domain::conversation::{Conversation, ConversationCommand, ConversationServices};
-use domain::engine::AnswerEngine;
+use domain::conversation::{Conversation, ConversationCommand, ConversationEvent};
+use domain::engine::{ChunkSink, FailureKind};
 use domain::knowledge_source::{KnowledgeSource, SourceCommand};
 use domain::tenant::{Tenant, TenantCommand};
 use domain::{Action, DomainError, ScopedId, TenantId};
@@ -12,9 +12,10 @@ use event_store::{EventMetadata, PgEventRepository};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::answering::{Answering, AnsweringSettings, Asker, Engines};
 use crate::error::CommandError;
 use crate::idempotency::{Claim, IdempotencySettings, IdempotencyStore, Settled};
-use crate::outcome::{CommandOutcome, DescribeOutcome};
+use crate::outcome::{AnswerStatus, CommandOutcome, DescribeOutcome};
 use crate::{Clock, CommandContext};
 
 type Store<A> = PersistedEventStore<PgEventRepository, A>;
@@ -28,11 +29,28 @@ pub struct AskQuestion {
     pub integration_id: Option<String>,
 }
 
+/// What running a command produced.
+struct Ran<A: Aggregate, P> {
+    outcome: CommandOutcome,
+    /// The events stored, with their sequences (empty for a replay).
+    events: Vec<(u64, A::Event)>,
+    /// What `peek` saw of the aggregate before the command (`None` for a replay).
+    peeked: Option<P>,
+}
+
+/// The sequence and stored (screened) text of the question a command recorded.
+fn asked_text(events: &[(u64, ConversationEvent)]) -> Option<(u64, String)> {
+    events.iter().find_map(|(seq, e)| match e {
+        ConversationEvent::QuestionAsked { text, .. } => Some((*seq, text.clone())),
+        _ => None,
+    })
+}
+
 pub struct CommandBus {
     tenants: Store<Tenant>,
     conversations: Store<Conversation>,
     sources: Store<KnowledgeSource>,
-    conversation_services: ConversationServices,
+    answering: Answering,
     idempotency: IdempotencyStore,
     clock: Arc<dyn Clock>,
 }
@@ -67,7 +85,8 @@ fn authorize(ctx: &CommandContext, action: Action) -> Result<(), CommandError> {
 impl CommandBus {
     pub fn new(
         pool: PgPool,
-        engine: Arc<dyn AnswerEngine>,
+        engines: Engines,
+        answering: AnsweringSettings,
         clock: Arc<dyn Clock>,
         idempotency: IdempotencySettings,
     ) -> Self {
@@ -76,7 +95,7 @@ impl CommandBus {
             tenants: PersistedEventStore::new_event_store(repo.clone()),
             conversations: PersistedEventStore::new_event_store(repo.clone()),
             sources: PersistedEventStore::new_event_store(repo),
-            conversation_services: ConversationServices { engine },
+            answering: Answering::new(engines, answering),
             idempotency: IdempotencyStore::new(pool, idempotency),
             clock,
         }
@@ -93,34 +112,164 @@ impl CommandBus {
     }
 
     /// Asks a question: the first of a new conversation, or a follow-up in an existing one.
+    ///
+    /// Three steps, so that a command the aggregate refuses (a lost concurrency race, a
+    /// resolved conversation, a question still pending) never reaches the engine: record the
+    /// question (screened by the guardrails), ask the engine outside any aggregate, record the
+    /// answer or the failure. With `chunks`, the engine streams into it as the answer arrives.
     pub async fn ask(
         &self,
         ctx: &CommandContext,
         conversation_id: Uuid,
         follow_up: bool,
         question: AskQuestion,
+        chunks: Option<Arc<dyn ChunkSink>>,
     ) -> Result<CommandOutcome, CommandError> {
         authorize(ctx, Action::Ask)?;
         let tenant = self.active_tenant(ctx).await?;
+        let aggregate_id = scoped(ctx, conversation_id);
+        let question_id = Uuid::now_v7();
         let command = ConversationCommand::AskQuestion {
-            question_id: Uuid::now_v7(),
-            answer_id: Uuid::now_v7(),
+            question_id,
             follow_up,
             text: question.text,
             asked_by: ctx.user_id.to_string(),
-            channel: question.channel,
-            integration_id: question.integration_id,
-            tenant_id: ctx.tenant_id.to_string(),
-            engine: tenant.engine_context(),
+            channel: question.channel.clone(),
+            integration_id: question.integration_id.clone(),
+            policy: tenant.answer_policy.guardrails.clone(),
         };
-        self.run(
-            &self.conversations,
-            &self.conversation_services,
-            ctx,
-            scoped(ctx, conversation_id),
-            command,
+        let ran = self
+            .run_peek(
+                &self.conversations,
+                &(),
+                ctx,
+                aggregate_id.clone(),
+                command,
+                |c: &Conversation| c.engine_thread_id.clone(),
+            )
+            .await?;
+        let (Some(thread), Some((asked_seq, text))) = (ran.peeked, asked_text(&ran.events)) else {
+            return Ok(ran.outcome); // an idempotent replay: the first request answers
+        };
+        if ran.outcome.answer.as_ref().map(|a| a.status) != Some(AnswerStatus::Pending) {
+            return Ok(ran.outcome); // blocked by a guardrail
+        }
+        let asker = Asker {
+            tenant_id: ctx.tenant_id.as_str(),
+            user_id: ctx.user_id.as_str(),
+            role: ctx.role.as_str(),
+            channel: &question.channel,
+            integration_id: question.integration_id,
+        };
+        let request = self.answering.request(&tenant, asker, text, thread);
+        let answered = self.answering.answer(&tenant, request, chunks).await;
+        let command = match answered.result {
+            Ok(answer) => ConversationCommand::RecordAnswer {
+                question_id,
+                answer_id: Uuid::now_v7(),
+                answer,
+                policy: tenant.answer_policy.guardrails.clone(),
+                fallback_reason: answered.fallback_reason,
+            },
+            Err(failure) => ConversationCommand::FailAnswer {
+                question_id,
+                reason: failure.reason,
+                retryable: failure.retryable,
+            },
+        };
+        // The answer belongs to this request, but its recording is not the request itself:
+        // it carries no idempotency key (the question's recording settled that).
+        let inner = CommandContext {
+            idempotency_key: None,
+            ..ctx.clone()
+        };
+        self.record_engine_health(
+            &inner,
+            &tenant,
+            answered.engine_failure.as_ref(),
+            answered.kapa_answered,
         )
-        .await
+        .await;
+        self.record_answer(&inner, &aggregate_id, asked_seq, command)
+            .await
+    }
+
+    /// Fails a question whose answer never arrived (the process stopped between asking and
+    /// recording). Records nothing when it was answered meanwhile.
+    pub async fn fail_interrupted(
+        &self,
+        ctx: &CommandContext,
+        aggregate_id: &str,
+        question_id: Uuid,
+    ) -> Result<CommandOutcome, CommandError> {
+        let command = ConversationCommand::FailAnswer {
+            question_id,
+            reason: "the answer was interrupted before it arrived; ask again".into(),
+            retryable: true,
+        };
+        self.record_answer(ctx, aggregate_id, 0, command).await
+    }
+
+    /// Stores the answer (or failure) of a pending question. Another command on the same
+    /// conversation may commit in between (feedback, resolution): that is a concurrency
+    /// conflict for this append only, so it reloads and records again.
+    async fn record_answer(
+        &self,
+        ctx: &CommandContext,
+        aggregate_id: &str,
+        asked_seq: u64,
+        command: ConversationCommand,
+    ) -> Result<CommandOutcome, CommandError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .execute(
+                    &self.conversations,
+                    &(),
+                    ctx,
+                    aggregate_id,
+                    command.clone(),
+                    |_| (),
+                )
+                .await
+            {
+                Err(CommandError::Concurrency) if attempt < 10 => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(_) => break,
+            }
+        }
+        self.describe_since::<Conversation>(&self.conversations, aggregate_id, asked_seq)
+            .await
+    }
+
+    /// Keeps the tenant's record of its engine credentials true: a 401/403 is recorded for its
+    /// admin to see; the next answer from Kapa clears it.
+    async fn record_engine_health(
+        &self,
+        ctx: &CommandContext,
+        tenant: &Tenant,
+        failure: Option<&domain::engine::EngineFailure>,
+        kapa_answered: bool,
+    ) {
+        let command = match failure {
+            Some(f) if f.kind == FailureKind::CredentialsRejected => {
+                TenantCommand::RecordEngineRejection {
+                    reason: f.reason.clone(),
+                }
+            }
+            None if kapa_answered && tenant.engine_problem.is_some() => {
+                TenantCommand::RecordEngineRecovery
+            }
+            _ => return,
+        };
+        let id = ctx.tenant_id.to_string();
+        if let Err(error) = self
+            .execute(&self.tenants, &(), ctx, &id, command, |_| ())
+            .await
+        {
+            // The answer matters more than the health note; the next question tries again.
+            tracing::warn!(%error, "could not record the engine's verdict on the tenant's credentials");
+        }
     }
 
     /// Feedback, resolution and escalation of a conversation.
@@ -135,10 +284,22 @@ impl CommandBus {
             _ => Action::Ask,
         };
         authorize(ctx, action)?;
+        if matches!(
+            command,
+            ConversationCommand::AskQuestion { .. }
+                | ConversationCommand::RecordAnswer { .. }
+                | ConversationCommand::FailAnswer { .. }
+        ) {
+            return Err(CommandError::Internal {
+                context: "questions and answers go through CommandBus::ask",
+                source: "a question or answer command was sent as a plain conversation command"
+                    .into(),
+            });
+        }
         self.active_tenant(ctx).await?;
         self.run(
             &self.conversations,
-            &self.conversation_services,
+            &(),
             ctx,
             scoped(ctx, conversation_id),
             command,
@@ -169,6 +330,17 @@ impl CommandBus {
         Ok((context.aggregate, context.current_sequence as u64))
     }
 
+    /// The tenant as its events say it is now, for workers that act for it outside a request
+    /// (feedback forwarding, source syncs).
+    pub async fn tenant_snapshot(&self, tenant_id: &TenantId) -> Result<Tenant, CommandError> {
+        Ok(self.tenant_state(tenant_id).await?.0)
+    }
+
+    /// The pseudonym the engine knows a user of a tenant by.
+    pub fn pseudonym(&self, tenant_id: &TenantId, user_id: &str) -> String {
+        self.answering.pseudonym(tenant_id.as_str(), user_id)
+    }
+
     /// A knowledge source's current state and version, straight from its events.
     pub async fn source_state(
         &self,
@@ -191,12 +363,6 @@ impl CommandBus {
         Ok(tenant)
     }
 
-    #[tracing::instrument(
-        skip_all,
-        fields(aggregate_type = A::TYPE, aggregate_id = %aggregate_id, tenant = %ctx.tenant_id,
-               user = %ctx.user_id, correlation_id = %ctx.correlation_id),
-        err(level = tracing::Level::INFO)
-    )]
     async fn run<A>(
         &self,
         store: &Store<A>,
@@ -208,19 +374,49 @@ impl CommandBus {
     where
         A: Aggregate<Error = DomainError> + DescribeOutcome,
     {
+        let ran = self
+            .run_peek(store, services, ctx, aggregate_id, command, |_| ())
+            .await?;
+        Ok(ran.outcome)
+    }
+
+    /// `run`, also returning the stored events and what `peek` saw of the aggregate before the
+    /// command (both only for a first execution, not for an idempotent replay).
+    #[tracing::instrument(
+        skip_all,
+        fields(aggregate_type = A::TYPE, aggregate_id = %aggregate_id, tenant = %ctx.tenant_id,
+               user = %ctx.user_id, correlation_id = %ctx.correlation_id),
+        err(level = tracing::Level::INFO)
+    )]
+    async fn run_peek<A, P>(
+        &self,
+        store: &Store<A>,
+        services: &A::Services,
+        ctx: &CommandContext,
+        aggregate_id: String,
+        command: A::Command,
+        peek: impl FnOnce(&A) -> P,
+    ) -> Result<Ran<A, P>, CommandError>
+    where
+        A: Aggregate<Error = DomainError> + DescribeOutcome,
+    {
         let key = ctx.idempotency_key.as_deref();
         if let Some(key) = key {
             if let Claim::Replay(settled) = self.idempotency.claim(ctx, key).await? {
-                return self.replay(store, settled).await;
+                return Ok(Ran {
+                    outcome: self.replay(store, settled).await?,
+                    events: Vec::new(),
+                    peeked: None,
+                });
             }
         }
         let result = self
-            .execute(store, services, ctx, &aggregate_id, command)
+            .execute(store, services, ctx, &aggregate_id, command, peek)
             .await;
         if let Some(key) = key {
             match &result {
-                Ok((_, true)) => {} // settled with the events, in their transaction
-                Ok((outcome, false)) => {
+                Ok(ran) if !ran.events.is_empty() => {} // settled with the events, in their transaction
+                Ok(Ran { outcome, .. }) => {
                     self.idempotency
                         .settle_unchanged(ctx, key, A::TYPE, &aggregate_id, outcome.version)
                         .await?
@@ -233,19 +429,20 @@ impl CommandBus {
                 Err(_) => self.idempotency.release(ctx, key).await,
             }
         }
-        result.map(|(outcome, _)| outcome)
+        result
     }
 
     /// Loads the aggregate, lets it decide, stores what it decided. Returns the outcome and
     /// whether any event was stored.
-    async fn execute<A>(
+    async fn execute<A, P>(
         &self,
         store: &Store<A>,
         services: &A::Services,
         ctx: &CommandContext,
         aggregate_id: &str,
         command: A::Command,
-    ) -> Result<(CommandOutcome, bool), CommandError>
+        peek: impl FnOnce(&A) -> P,
+    ) -> Result<Ran<A, P>, CommandError>
     where
         A: Aggregate<Error = DomainError> + DescribeOutcome,
     {
@@ -254,6 +451,7 @@ impl CommandBus {
             .await
             .map_err(CommandError::from_aggregate)?;
         let version_before = context.current_sequence as u64;
+        let peeked = peek(context.aggregate());
         let sink = EventSink::<A>::default();
         context
             .aggregate()
@@ -274,15 +472,53 @@ impl CommandBus {
             .commit(events, context, metadata.into_map())
             .await
             .map_err(CommandError::from_aggregate)?;
-        let payloads: Vec<A::Event> = committed.iter().map(|e| e.payload.clone()).collect();
+        let events: Vec<(u64, A::Event)> = committed
+            .iter()
+            .map(|e| (e.sequence as u64, e.payload.clone()))
+            .collect();
+        let answer = A::answer_outcome(&events);
         let outcome = CommandOutcome {
             id: public_id(aggregate_id),
-            version: committed
-                .last()
-                .map_or(version_before, |e| e.sequence as u64),
-            answer: A::answer_outcome(&payloads),
+            version: answer.as_ref().map_or_else(
+                || events.last().map_or(version_before, |(seq, _)| *seq),
+                |(_, seq)| *seq,
+            ),
+            answer: answer.map(|(a, _)| a),
         };
-        Ok((outcome, !committed.is_empty()))
+        Ok(Ran {
+            outcome,
+            events,
+            peeked: Some(peeked),
+        })
+    }
+
+    /// The outcome of the command whose first event has `first_sequence`, from what is stored
+    /// now (later commands' events are ignored by `answer_outcome`).
+    async fn describe_since<A>(
+        &self,
+        store: &Store<A>,
+        aggregate_id: &str,
+        first_sequence: u64,
+    ) -> Result<CommandOutcome, CommandError>
+    where
+        A: Aggregate<Error = DomainError> + DescribeOutcome,
+    {
+        let events = store
+            .load_events(aggregate_id)
+            .await
+            .map_err(CommandError::from_aggregate)?;
+        let last = events.last().map_or(0, |e| e.sequence as u64);
+        let events: Vec<(u64, A::Event)> = events
+            .into_iter()
+            .filter(|e| e.sequence as u64 >= first_sequence)
+            .map(|e| (e.sequence as u64, e.payload))
+            .collect();
+        let answer = A::answer_outcome(&events);
+        Ok(CommandOutcome {
+            id: public_id(aggregate_id),
+            version: answer.as_ref().map_or(last, |(_, seq)| *seq),
+            answer: answer.map(|(a, _)| a),
+        })
     }
 
     /// Answers a retried request from what its first attempt stored.
@@ -305,19 +541,34 @@ impl CommandBus {
                 if aggregate_type != A::TYPE {
                     return Err(CommandError::IdempotencyKeyReused);
                 }
-                let events = store
-                    .load_events(&aggregate_id)
-                    .await
-                    .map_err(CommandError::from_aggregate)?;
-                let payloads: Vec<A::Event> = events
-                    .into_iter()
-                    .filter(|e| (first_sequence..=last_sequence).contains(&(e.sequence as u64)))
-                    .map(|e| e.payload)
-                    .collect();
+                // A question is settled with its recording, before the engine answers: a
+                // retry waits for the answer as it would for an unsettled key.
+                let (wait, poll) = self.idempotency.waiting();
+                let deadline = tokio::time::Instant::now() + wait;
+                let described = loop {
+                    let described = self
+                        .describe_since(store, &aggregate_id, first_sequence)
+                        .await?;
+                    let pending = described
+                        .answer
+                        .as_ref()
+                        .is_some_and(|a| a.status == AnswerStatus::Pending);
+                    if !pending {
+                        break described;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(CommandError::IdempotencyKeyInProgress);
+                    }
+                    tokio::time::sleep(poll.max(std::time::Duration::from_millis(20))).await;
+                };
                 Ok(CommandOutcome {
-                    id: public_id(&aggregate_id),
-                    version: last_sequence,
-                    answer: A::answer_outcome(&payloads),
+                    // Without an answer the command's own last event is its version.
+                    version: if described.answer.is_some() {
+                        described.version
+                    } else {
+                        last_sequence
+                    },
+                    ..described
                 })
             }
         }

@@ -67,7 +67,7 @@ impl CommandError {
         }
     }
 
-    pub(crate) fn from_sqlx(err: sqlx::Error) -> Self {
+    pub fn from_sqlx(err: sqlx::Error) -> Self {
         match err {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut

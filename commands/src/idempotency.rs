@@ -105,6 +105,11 @@ impl IdempotencyStore {
         Self { pool, settings }
     }
 
+    /// How long a retry waits for the first request, and how often it looks.
+    pub fn waiting(&self) -> (Duration, Duration) {
+        (self.settings.wait, self.settings.poll_interval)
+    }
+
     #[tracing::instrument(skip_all, fields(key), err)]
     pub async fn claim(&self, ctx: &CommandContext, key: &str) -> Result<Claim, CommandError> {
         let deadline = tokio::time::Instant::now() + self.settings.wait;

@@ -3,6 +3,7 @@
 //! events with their metadata. Errors keep domain rejections apart from infrastructure failures
 //! all the way up ([`CommandError`]).
 
+mod answering;
 mod bus;
 mod clock;
 mod context;
@@ -10,7 +11,9 @@ mod error;
 mod idempotency;
 mod local_engine;
 mod outcome;
+mod sweeper;
 
+pub use answering::{AnsweringSettings, Engines, FALLBACK_ENGINE, REUSE_ENGINE};
 pub use bus::{AskQuestion, CommandBus};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::CommandContext;
@@ -18,3 +21,4 @@ pub use error::{CommandError, Rejection};
 pub use idempotency::IdempotencySettings;
 pub use local_engine::LocalAnswerEngine;
 pub use outcome::{AnswerOutcome, AnswerStatus, CommandOutcome};
+pub use sweeper::{PendingQuestion, Sweeper};

@@ -19,9 +19,14 @@ pub struct CommandOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerStatus {
+    /// The engine is still answering (a replayed request while the first runs, or one whose
+    /// answer was interrupted and is awaiting the sweeper).
+    Pending,
     Answered,
     Failed,
     Blocked,
+    /// An answer arrived but the tenant's output guardrails kept it from the user.
+    Withheld,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -59,7 +64,9 @@ pub struct CitedSourceDto {
 /// Builds the outcome of a command from the events it stored. Both the first answer and every
 /// idempotent replay go through here, so they cannot differ.
 pub(crate) trait DescribeOutcome: cqrs_es::Aggregate {
-    fn answer_outcome(_events: &[Self::Event]) -> Option<AnswerOutcome> {
+    /// The answer outcome and the sequence at which it settled, from the events from the
+    /// command's first event on (events of later commands may follow; they are ignored).
+    fn answer_outcome(_events: &[(u64, Self::Event)]) -> Option<(AnswerOutcome, u64)> {
         None
     }
 }
@@ -68,21 +75,25 @@ impl DescribeOutcome for domain::tenant::Tenant {}
 impl DescribeOutcome for domain::knowledge_source::KnowledgeSource {}
 
 impl DescribeOutcome for domain::conversation::Conversation {
-    fn answer_outcome(events: &[ConversationEvent]) -> Option<AnswerOutcome> {
-        events.iter().find_map(|event| {
-            let empty = |question_id, status| AnswerOutcome {
-                question_id,
-                status,
-                answer_id: None,
-                text: None,
-                sources: vec![],
-                uncertain: None,
-                latency_ms: None,
-                engine: None,
-                reason: None,
-                retryable: None,
-            };
-            match event {
+    fn answer_outcome(events: &[(u64, ConversationEvent)]) -> Option<(AnswerOutcome, u64)> {
+        let (asked_at, question) = events.iter().find_map(|(seq, e)| match e {
+            ConversationEvent::QuestionAsked { question_id, .. } => Some((*seq, *question_id)),
+            _ => None,
+        })?;
+        let empty = |status| AnswerOutcome {
+            question_id: question,
+            status,
+            answer_id: None,
+            text: None,
+            sources: vec![],
+            uncertain: None,
+            latency_ms: None,
+            engine: None,
+            reason: None,
+            retryable: None,
+        };
+        let settled = events.iter().find_map(|(seq, event)| {
+            let outcome = match event {
                 ConversationEvent::AnswerRecorded {
                     question_id,
                     answer_id,
@@ -92,32 +103,45 @@ impl DescribeOutcome for domain::conversation::Conversation {
                     latency_ms,
                     engine,
                     ..
-                } => Some(AnswerOutcome {
+                } if *question_id == question => AnswerOutcome {
                     answer_id: Some(*answer_id),
                     text: Some(text.clone()),
                     sources: sources.clone(),
                     uncertain: Some(*uncertain),
                     latency_ms: Some(*latency_ms),
                     engine: Some(engine.clone()),
-                    ..empty(*question_id, AnswerStatus::Answered)
-                }),
+                    ..empty(AnswerStatus::Answered)
+                },
                 ConversationEvent::AnswerFailed {
                     question_id,
                     reason,
                     retryable,
-                } => Some(AnswerOutcome {
+                } if *question_id == question => AnswerOutcome {
                     reason: Some(reason.clone()),
                     retryable: Some(*retryable),
-                    ..empty(*question_id, AnswerStatus::Failed)
-                }),
+                    ..empty(AnswerStatus::Failed)
+                },
                 ConversationEvent::QuestionBlocked {
                     question_id, rule, ..
-                } => Some(AnswerOutcome {
+                } if *question_id == question => AnswerOutcome {
                     reason: Some(rule.clone()),
-                    ..empty(*question_id, AnswerStatus::Blocked)
-                }),
-                _ => None,
-            }
-        })
+                    ..empty(AnswerStatus::Blocked)
+                },
+                ConversationEvent::AnswerWithheld {
+                    question_id,
+                    rule,
+                    engine,
+                    latency_ms,
+                } if *question_id == question => AnswerOutcome {
+                    reason: Some(rule.to_string()),
+                    engine: Some(engine.clone()),
+                    latency_ms: Some(*latency_ms),
+                    ..empty(AnswerStatus::Withheld)
+                },
+                _ => return None,
+            };
+            Some((outcome, *seq))
+        });
+        Some(settled.unwrap_or_else(|| (empty(AnswerStatus::Pending), asked_at)))
     }
 }

@@ -80,6 +80,8 @@ catalogue! {
     ConversationExists = (409, "conversation_exists");
     ConversationResolved = (409, "conversation_resolved");
     ConversationEscalated = (409, "conversation_escalated");
+    QuestionPending = (409, "question_pending");
+    KapaNotConfigured = (409, "kapa_not_configured");
     SourceExists = (409, "source_exists");
     SourceRemoved = (409, "source_removed");
     SyncInProgress = (409, "sync_in_progress");
@@ -100,11 +102,13 @@ catalogue! {
     InvalidComment = (422, "invalid_comment");
     InvalidReason = (422, "invalid_reason");
     InvalidError = (422, "invalid_error");
+    InvalidGuardrailPolicy = (422, "invalid_guardrail_policy");
     ReasonsNeedDownvote = (422, "reasons_need_downvote");
     EmptyUpdate = (422, "empty_update");
     IdempotencyKeyReused = (422, "idempotency_key_reused");
     InternalError = (500, "internal_error");
     StoredDataUnreadable = (500, "stored_data_unreadable");
+    EngineUnavailable = (502, "engine_unavailable");
     ServiceUnavailable = (503, "service_unavailable");
     NotReady = (503, "not_ready");
 }

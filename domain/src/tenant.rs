@@ -7,6 +7,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineContext;
+use crate::guardrail::GuardrailPolicy;
 use crate::{domain_event, validate, DomainError, Role};
 
 /// Where the tenant's Kapa.ai project is.
@@ -19,6 +20,24 @@ pub struct KapaSettings {
     /// Where the API key lives (`env://KAPA_KEY_ACME`, `vault://kv/acme/kapa`, ...); the key
     /// itself is never stored in an event.
     pub api_key_ref: String,
+    /// Send the asking user's e-mail address to Kapa (off unless the tenant opts in).
+    #[serde(default)]
+    pub share_user_email: bool,
+    /// Send the company's name to Kapa (off unless the tenant opts in).
+    #[serde(default)]
+    pub share_company_name: bool,
+}
+
+/// How the tenant's questions are answered beyond the engine itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerPolicy {
+    /// What the guardrails do with questions and answers.
+    #[serde(default)]
+    pub guardrails: GuardrailPolicy,
+    /// Answer a question identical (after normalisation) to one recently answered and upvoted
+    /// with that answer instead of asking the engine again (saves cost; off by default).
+    #[serde(default)]
+    pub reuse_upvoted_answers: bool,
 }
 
 /// A feature switched on or off for the tenant.
@@ -73,9 +92,26 @@ pub enum TenantCommand {
         project_id: String,
         /// The Kapa integration, if any.
         integration_id: Option<String>,
-        /// A reference to the API key (`env://`, `vault://`, `aws-sm://`, `gcp-sm://`).
+        /// A reference to the API key (`env://`, `file://`, `vault://`, `aws-sm://`, `gcp-sm://`).
         api_key_ref: String,
+        /// Send the asking user's e-mail address to Kapa.
+        share_user_email: bool,
+        /// Send the company's name to Kapa.
+        share_company_name: bool,
     },
+    /// Set the guardrail policy and answer reuse.
+    SetAnswerPolicy {
+        /// The policy.
+        policy: AnswerPolicy,
+    },
+    /// Record that the engine refused the tenant's credentials (401/403): a person must fix the
+    /// settings. Records nothing when the same problem is already recorded.
+    RecordEngineRejection {
+        /// What the engine said, for the tenant's admin (never the key).
+        reason: String,
+    },
+    /// Record that the engine accepted the tenant's credentials again.
+    RecordEngineRecovery,
     /// Switch a feature on or off.
     SetFeatureFlag {
         /// The feature.
@@ -143,7 +179,25 @@ pub enum TenantEvent {
         integration_id: Option<String>,
         /// A reference to the API key (never the key).
         api_key_ref: String,
+        /// Send the asking user's e-mail address to Kapa.
+        #[serde(default)]
+        share_user_email: bool,
+        /// Send the company's name to Kapa.
+        #[serde(default)]
+        share_company_name: bool,
     },
+    /// The guardrail policy and answer reuse were set.
+    AnswerPolicySet {
+        /// The policy.
+        policy: AnswerPolicy,
+    },
+    /// The engine refused the tenant's credentials (401/403).
+    EngineCredentialsRejected {
+        /// What the engine said (never the key).
+        reason: String,
+    },
+    /// The engine accepted the tenant's credentials again.
+    EngineCredentialsAccepted {},
     /// A feature was switched on or off.
     FeatureFlagSet {
         /// The feature.
@@ -194,6 +248,9 @@ domain_event!(TenantEvent {
     TenantCreated,
     TenantRenamed,
     KapaSettingsSet,
+    AnswerPolicySet,
+    EngineCredentialsRejected,
+    EngineCredentialsAccepted,
     FeatureFlagSet,
     FeatureFlagCleared,
     MemberInvited,
@@ -203,8 +260,10 @@ domain_event!(TenantEvent {
     TenantReactivated,
 });
 
-/// The tenant aggregate: a company using the platform.
+/// The tenant aggregate: a company using the platform. Read models store it as JSON; fields
+/// added later default when an older document is read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Tenant {
     /// Where it stands.
     pub status: TenantStatus,
@@ -212,6 +271,11 @@ pub struct Tenant {
     pub name: String,
     /// Its Kapa project, if set.
     pub kapa: Option<KapaSettings>,
+    /// Why the engine last refused its credentials, until it accepts them again or the
+    /// settings change.
+    pub engine_problem: Option<String>,
+    /// Guardrails and answer reuse.
+    pub answer_policy: AnswerPolicy,
     /// Its feature flags by name.
     pub feature_flags: BTreeMap<String, FeatureFlag>,
     /// Its people by user id.
@@ -221,7 +285,8 @@ pub struct Tenant {
 /// The longest tenant name accepted, in characters.
 pub const MAX_TENANT_NAME_CHARS: usize = 200;
 /// Schemes an API key reference may use.
-pub const SECRET_REF_SCHEMES: [&str; 4] = ["env://", "vault://", "aws-sm://", "gcp-sm://"];
+pub const SECRET_REF_SCHEMES: [&str; 5] =
+    ["env://", "file://", "vault://", "aws-sm://", "gcp-sm://"];
 
 impl Tenant {
     /// The rule every other aggregate of the tenant obeys too: only an active tenant is commanded.
@@ -312,6 +377,8 @@ impl Tenant {
                 project_id,
                 integration_id,
                 api_key_ref,
+                share_user_email,
+                share_company_name,
             } => {
                 let project_id = validate::identifier("project id", &project_id)?;
                 let integration_id = match integration_id.as_deref().map(str::trim) {
@@ -340,7 +407,27 @@ impl Tenant {
                     project_id,
                     integration_id,
                     api_key_ref,
+                    share_user_email,
+                    share_company_name,
                 }
+            }
+            TenantCommand::SetAnswerPolicy { policy } => TenantEvent::AnswerPolicySet {
+                policy: AnswerPolicy {
+                    guardrails: policy.guardrails.validated()?,
+                    reuse_upvoted_answers: policy.reuse_upvoted_answers,
+                },
+            },
+            TenantCommand::RecordEngineRejection { reason } => {
+                if self.engine_problem.as_deref() == Some(reason.as_str()) {
+                    return Ok(vec![]);
+                }
+                TenantEvent::EngineCredentialsRejected { reason }
+            }
+            TenantCommand::RecordEngineRecovery => {
+                if self.engine_problem.is_none() {
+                    return Ok(vec![]);
+                }
+                TenantEvent::EngineCredentialsAccepted {}
             }
             TenantCommand::SetFeatureFlag {
                 flag,
@@ -482,13 +569,22 @@ impl Aggregate for Tenant {
                 project_id,
                 integration_id,
                 api_key_ref,
+                share_user_email,
+                share_company_name,
             } => {
+                // New settings deserve a fresh chance: the old problem may be what they fix.
+                self.engine_problem = None;
                 self.kapa = Some(KapaSettings {
                     project_id,
                     integration_id,
                     api_key_ref,
+                    share_user_email,
+                    share_company_name,
                 })
             }
+            TenantEvent::AnswerPolicySet { policy } => self.answer_policy = policy,
+            TenantEvent::EngineCredentialsRejected { reason } => self.engine_problem = Some(reason),
+            TenantEvent::EngineCredentialsAccepted {} => self.engine_problem = None,
             TenantEvent::FeatureFlagSet {
                 flag,
                 enabled,
@@ -646,6 +742,8 @@ mod tests {
                 project_id: "p-1".into(),
                 integration_id: None,
                 api_key_ref: "sk-live-abcdef".into(),
+                share_user_email: false,
+                share_company_name: false,
             })
             .await
             .inspect_result()
@@ -657,13 +755,46 @@ mod tests {
                 project_id: "p-1".into(),
                 integration_id: Some("web".into()),
                 api_key_ref: "env://KAPA_KEY_ACME".into(),
+                share_user_email: false,
+                share_company_name: true,
             })
             .await
             .then_expect_events(vec![TenantEvent::KapaSettingsSet {
                 project_id: "p-1".into(),
                 integration_id: Some("web".into()),
                 api_key_ref: "env://KAPA_KEY_ACME".into(),
+                share_user_email: false,
+                share_company_name: true,
             }]);
+    }
+
+    #[tokio::test]
+    async fn a_credentials_problem_is_recorded_once_and_cleared_by_new_settings() {
+        let rejected = TenantEvent::EngineCredentialsRejected {
+            reason: "401".into(),
+        };
+        let mut given = created();
+        given.push(rejected.clone());
+        Given::with(())
+            .given(given.clone())
+            .when_async(TenantCommand::RecordEngineRejection {
+                reason: "401".into(),
+            })
+            .await
+            .then_expect_events(vec![]);
+        let mut tenant = Tenant::default();
+        for e in given {
+            tenant.apply(e);
+        }
+        assert_eq!(tenant.engine_problem.as_deref(), Some("401"));
+        tenant.apply(TenantEvent::KapaSettingsSet {
+            project_id: "p".into(),
+            integration_id: None,
+            api_key_ref: "env://K".into(),
+            share_user_email: false,
+            share_company_name: false,
+        });
+        assert_eq!(tenant.engine_problem, None);
     }
 
     #[tokio::test]

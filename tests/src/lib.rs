@@ -6,7 +6,7 @@ use std::time::Duration;
 use answers_api::auth::JwtKeys;
 use answers_api::{Application, Settings};
 use async_trait::async_trait;
-use domain::engine::{AnswerEngine, AnswerRequest, EngineAnswer, EngineFailure};
+use domain::engine::{AnswerEngine, AnswerRequest, ChunkSink, EngineAnswer, EngineFailure};
 use domain::Role;
 use reqwest::{Method, Response};
 use serde_json::Value;
@@ -292,7 +292,11 @@ pub struct SlowEngine(pub Duration);
 
 #[async_trait]
 impl AnswerEngine for SlowEngine {
-    async fn answer(&self, request: AnswerRequest) -> Result<EngineAnswer, EngineFailure> {
+    async fn answer(
+        &self,
+        request: AnswerRequest,
+        _chunks: Option<Arc<dyn ChunkSink>>,
+    ) -> Result<EngineAnswer, EngineFailure> {
         tokio::time::sleep(self.0).await;
         Ok(EngineAnswer {
             text: format!("slow answer to {}", request.question),
@@ -302,7 +306,29 @@ impl AnswerEngine for SlowEngine {
             engine: "slow".into(),
             engine_answer_id: Uuid::new_v4().to_string(),
             engine_thread_id: None,
+            first_chunk_ms: None,
         })
+    }
+}
+
+/// Counts the questions that reach it (and answers like the local engine), so a test can tell
+/// which requests paid for an engine call.
+#[derive(Default)]
+pub struct CountingEngine {
+    pub calls: std::sync::atomic::AtomicUsize,
+    pub delay: Duration,
+}
+
+#[async_trait]
+impl AnswerEngine for CountingEngine {
+    async fn answer(
+        &self,
+        request: AnswerRequest,
+        chunks: Option<Arc<dyn ChunkSink>>,
+    ) -> Result<EngineAnswer, EngineFailure> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        commands::LocalAnswerEngine.answer(request, chunks).await
     }
 }
 

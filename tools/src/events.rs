@@ -89,6 +89,7 @@ pub async fn append_conversations(
                 asked_by: user.clone(),
                 channel: "web".into(),
                 integration_id: None,
+                redactions: Default::default(),
             },
             ConversationEvent::AnswerRecorded {
                 question_id,
@@ -100,6 +101,9 @@ pub async fn append_conversations(
                 engine: "bench".into(),
                 engine_answer_id: g.to_string(),
                 engine_thread_id: None,
+                redactions: Default::default(),
+                fallback_reason: None,
+                first_chunk_ms: None,
             },
             ConversationEvent::FeedbackGiven {
                 answer_id,

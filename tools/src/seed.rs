@@ -7,9 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use clap::Args;
-use commands::{AskQuestion, CommandBus, CommandContext, CommandError, IdempotencySettings};
+use commands::{
+    AskQuestion, CommandBus, CommandContext, CommandError, Engines, IdempotencySettings,
+};
 use domain::conversation::{ConversationCommand, DownvoteReason, Feedback, Reaction};
-use domain::engine::{AnswerEngine, AnswerRequest, CitedSource, EngineAnswer, EngineFailure};
+use domain::engine::{
+    AnswerEngine, AnswerRequest, ChunkSink, CitedSource, EngineAnswer, EngineFailure, FailureKind,
+};
 use domain::knowledge_source::{SourceCommand, SourceKind};
 use domain::tenant::TenantCommand;
 use domain::Role;
@@ -64,16 +68,20 @@ struct SeedEngine;
 
 #[async_trait]
 impl AnswerEngine for SeedEngine {
-    async fn answer(&self, r: AnswerRequest) -> Result<EngineAnswer, EngineFailure> {
+    async fn answer(
+        &self,
+        r: AnswerRequest,
+        _chunks: Option<Arc<dyn ChunkSink>>,
+    ) -> Result<EngineAnswer, EngineFailure> {
         let q = r.question.to_lowercase();
         let h = q
             .bytes()
             .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         if h % 40 == 0 {
-            return Err(EngineFailure {
-                reason: "upstream timeout".into(),
-                retryable: true,
-            });
+            return Err(EngineFailure::new(
+                FailureKind::Unavailable,
+                "upstream timeout",
+            ));
         }
         let topic = TOPICS.iter().find(|t| q.contains(*t)).unwrap_or(&"docs");
         Ok(EngineAnswer {
@@ -89,6 +97,7 @@ impl AnswerEngine for SeedEngine {
             engine: "seed".into(),
             engine_answer_id: format!("{h:x}"),
             engine_thread_id: None,
+            first_chunk_ms: None,
         })
     }
 }
@@ -124,9 +133,17 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
     let now = Utc::now();
     let start = now - Duration::days(args.days);
     let clock = commands::ManualClock::at(start);
+    // Seeded tenants get synthetic answers only: no library fallback (the read model may
+    // not exist yet), no Kapa.
+    let engines = Engines {
+        kapa: None,
+        default: Some(Arc::new(SeedEngine)),
+        library: None,
+    };
     let bus = CommandBus::new(
         pool,
-        Arc::new(SeedEngine),
+        engines,
+        settings.answering(),
         clock.clone(),
         IdempotencySettings::default(),
     );
@@ -154,9 +171,11 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
                     project_id: format!("{tenant}-project"),
                     integration_id: Some("web-widget".into()),
                     api_key_ref: format!(
-                        "env://KAPA_KEY_{}",
+                        "env://KAPA_{}_API_KEY",
                         tenant.to_uppercase().replace('-', "_")
                     ),
+                    share_user_email: false,
+                    share_company_name: false,
                 },
             )
             .await,
@@ -253,6 +272,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
                     channel: channel.into(),
                     integration_id: (channel == "web").then(|| "web-widget".to_string()),
                 },
+                None,
             )
             .await,
         )?

@@ -1,4 +1,4 @@
-use actix_web::{get, post, put, web, HttpResponse};
+use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use commands::{AskQuestion, CommandBus, CommandOutcome};
 use domain::conversation::ConversationCommand;
@@ -18,7 +18,7 @@ use crate::auth::Authenticated;
 
 use crate::dto::*;
 use crate::problem::ApiError;
-use crate::routes::{parse_word, Caller, CommandProblems};
+use crate::routes::{answer_stream, parse_word, Caller, CommandProblems};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(start)
@@ -39,19 +39,28 @@ fn question(body: &AskRequest) -> AskQuestion {
 }
 
 /// Ask the first question of a new conversation. Answers with the recorded answer
-/// (`answer.status` is `answered`, `failed` or `blocked`).
+/// (`answer.status` is `answered`, `failed`, `blocked` or `withheld`; `pending` only for a
+/// replay while the first request still runs). With `Accept: text/event-stream` the answer
+/// streams as Server-Sent Events: `chunk` events (`{"text"}`) as they arrive, then one `answer`
+/// event with this same outcome (or an `error` event with a problem).
 #[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = AskRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
-    responses((status = 201, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+    responses((status = 201, body = CommandOutcome),
+              (status = 200, description = "With `Accept: text/event-stream`: `event: chunk` (`data: {\"text\": ...}`) repeated, then `event: answer` (`data:` the CommandOutcome) or `event: error` (`data:` a problem)", content_type = "text/event-stream", body = String),
+              CommandProblems), security(("bearer" = [])))]
 #[post("/conversations")]
 pub async fn start(
+    req: HttpRequest,
     bus: web::Data<CommandBus>,
     caller: Caller,
     body: web::Json<AskRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = caller.context(&*body);
+    if answer_stream::wants_stream(&req) {
+        return answer_stream::respond(bus, ctx, Uuid::now_v7(), false, question(&body)).await;
+    }
     let outcome = bus
-        .ask(&ctx, Uuid::now_v7(), false, question(&body))
+        .ask(&ctx, Uuid::now_v7(), false, question(&body), None)
         .await?;
     Ok(HttpResponse::Created().json(outcome))
 }
@@ -59,16 +68,22 @@ pub async fn start(
 /// Ask a follow-up question in an open conversation.
 #[utoipa::path(post, path = "/v1/conversations/{id}/questions", tag = "conversations", request_body = AskRequest,
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
-    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+    responses((status = 200, body = CommandOutcome,
+               description = "The recorded answer; with `Accept: text/event-stream`, the same Server-Sent Events as `POST /v1/conversations`"),
+              CommandProblems), security(("bearer" = [])))]
 #[post("/conversations/{id}/questions")]
 pub async fn follow_up(
+    req: HttpRequest,
     bus: web::Data<CommandBus>,
     caller: Caller,
     id: web::Path<Uuid>,
     body: web::Json<AskRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = caller.context(&*body);
-    let outcome = bus.ask(&ctx, *id, true, question(&body)).await?;
+    if answer_stream::wants_stream(&req) {
+        return answer_stream::respond(bus, ctx, *id, true, question(&body)).await;
+    }
+    let outcome = bus.ask(&ctx, *id, true, question(&body), None).await?;
     Ok(HttpResponse::Ok().json(outcome))
 }
 

@@ -14,9 +14,11 @@ use crate::problem::{ApiError, Problem};
 
 pub mod admin;
 pub mod analytics;
+pub mod answer_stream;
 pub mod audit;
 pub mod conversations;
 pub mod docs;
+pub mod engine;
 pub mod fallback;
 pub mod health;
 pub mod sources;
@@ -147,6 +149,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .configure(tenant::configure)
                 .configure(conversations::configure)
+                // Before sources: `/sources/kapa` must not be taken for a source id.
+                .configure(engine::configure)
                 .configure(sources::configure)
                 .configure(admin::configure)
                 .configure(audit::configure)

@@ -13,6 +13,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get_tenant)
         .service(rename)
         .service(set_kapa)
+        .service(set_answer_policy)
         .service(set_flag)
         .service(clear_flag)
         .service(invite)
@@ -100,6 +101,25 @@ pub async fn set_kapa(
         project_id: body.project_id.clone(),
         integration_id: body.integration_id.clone(),
         api_key_ref: body.api_key_ref.clone(),
+        share_user_email: body.share_user_email,
+        share_company_name: body.share_company_name,
+    };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+/// Set the tenant's guardrails (what is redacted or blocked in questions and answers, blocked
+/// terms) and answer reuse. Replaces the whole policy.
+#[utoipa::path(put, path = "/v1/tenant/answer-policy", tag = "tenant", request_body = AnswerPolicyRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[put("/tenant/answer-policy")]
+pub async fn set_answer_policy(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    body: web::Json<AnswerPolicyRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::SetAnswerPolicy {
+        policy: body.clone().into(),
     };
     Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
 }

@@ -86,6 +86,7 @@ impl ReadModel for Conversations {
                 asked_by,
                 channel,
                 integration_id,
+                redactions,
             } => {
                 row.last_question = text.clone();
                 doc.questions.push(QuestionView {
@@ -99,6 +100,10 @@ impl ReadModel for Conversations {
                     answer: None,
                     reason: None,
                     retryable: None,
+                    redactions: redactions
+                        .into_iter()
+                        .map(|(rule, n)| (rule.to_string(), n))
+                        .collect(),
                 });
             }
             ConversationEvent::AnswerRecorded {
@@ -146,6 +151,13 @@ impl ReadModel for Conversations {
                 let q = question(doc, question_id)?;
                 q.status = QuestionStatus::Blocked;
                 q.reason = Some(rule);
+            }
+            ConversationEvent::AnswerWithheld {
+                question_id, rule, ..
+            } => {
+                let q = question(doc, question_id)?;
+                q.status = QuestionStatus::Withheld;
+                q.reason = Some(rule.to_string());
             }
             ConversationEvent::FeedbackGiven {
                 answer_id,
@@ -226,6 +238,7 @@ mod tests {
             asked_by: "alice".into(),
             channel: "web".into(),
             integration_id: None,
+            redactions: Default::default(),
         })
     }
 
@@ -240,6 +253,9 @@ mod tests {
             engine: "local".into(),
             engine_answer_id: "x".into(),
             engine_thread_id: None,
+            redactions: Default::default(),
+            fallback_reason: None,
+            first_chunk_ms: None,
         })
     }
 

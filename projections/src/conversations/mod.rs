@@ -33,6 +33,7 @@ domain::text_enum! {
         Answered = "answered",
         Failed = "failed",
         Blocked = "blocked",
+        Withheld = "withheld",
     }
 }
 
@@ -72,6 +73,9 @@ pub struct QuestionView {
     pub reason: Option<String>,
     /// For a failed question: whether asking again may work.
     pub retryable: Option<bool>,
+    /// What the guardrails redacted from the question: counts per rule, never the text.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redactions: BTreeMap<String, u32>,
 }
 
 /// An answer as the read model shows it.

@@ -64,6 +64,7 @@ impl ReadModel for Questions {
                 asked_by,
                 channel,
                 integration_id,
+                redactions,
             } => {
                 let escalated = rows.iter().any(|r| r.escalated);
                 rows.push(QuestionRow {
@@ -87,6 +88,15 @@ impl ReadModel for Questions {
                     feedback: Default::default(),
                     resolved: false,
                     escalated,
+                    answer_text: None,
+                    redactions: redactions
+                        .into_iter()
+                        .map(|(rule, n)| (rule.to_string(), n))
+                        .collect(),
+                    fallback_reason: None,
+                    first_chunk_ms: None,
+                    answered_at: None,
+                    resolved_at: None,
                 });
             }
             ConversationEvent::AnswerRecorded {
@@ -97,11 +107,21 @@ impl ReadModel for Questions {
                 uncertain,
                 latency_ms,
                 engine,
+                redactions,
+                fallback_reason,
+                first_chunk_ms,
                 ..
             } => {
                 let i = by_question(rows, question_id)
                     .map_err(|_| Refusal(format!("no question {question_id}")))?;
                 let row = &mut rows[i];
+                for (rule, n) in redactions {
+                    *row.redactions.entry(rule.to_string()).or_insert(0) += n;
+                }
+                row.answer_text = Some(text.clone());
+                row.fallback_reason = fallback_reason;
+                row.first_chunk_ms = first_chunk_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+                row.answered_at = Some(meta.recorded_at);
                 let urls: Vec<String> = sources.into_iter().map(|s| s.url).collect();
                 row.status = QuestionStatus::Answered;
                 row.uncertain = uncertain;
@@ -115,10 +135,26 @@ impl ReadModel for Questions {
             ConversationEvent::AnswerFailed { question_id, .. } => {
                 let i = by_question(rows, question_id)?;
                 rows[i].status = QuestionStatus::Failed;
+                rows[i].answered_at = Some(meta.recorded_at);
             }
             ConversationEvent::QuestionBlocked { question_id, .. } => {
                 let i = by_question(rows, question_id)?;
                 rows[i].status = QuestionStatus::Blocked;
+                rows[i].answered_at = Some(meta.recorded_at);
+            }
+            ConversationEvent::AnswerWithheld {
+                question_id,
+                rule,
+                engine,
+                latency_ms,
+            } => {
+                let i = by_question(rows, question_id)?;
+                let row = &mut rows[i];
+                row.status = QuestionStatus::Withheld;
+                row.engine = Some(engine);
+                row.latency_ms = Some(i64::try_from(latency_ms).unwrap_or(i64::MAX));
+                *row.redactions.entry(rule.to_string()).or_insert(0) += 1;
+                row.answered_at = Some(meta.recorded_at);
             }
             ConversationEvent::FeedbackGiven {
                 answer_id,
@@ -142,7 +178,10 @@ impl ReadModel for Questions {
                 if rows.is_empty() {
                     return Err(matches_nothing(event));
                 }
-                rows.iter_mut().for_each(|r| r.resolved = true);
+                rows.iter_mut().for_each(|r| {
+                    r.resolved = true;
+                    r.resolved_at = Some(meta.recorded_at);
+                });
             }
             ConversationEvent::ConversationEscalated { .. } => {
                 if rows.is_empty() {
@@ -214,6 +253,7 @@ mod tests {
                     asked_by: "alice".into(),
                     channel: "slack".into(),
                     integration_id: None,
+                    redactions: Default::default(),
                 }),
             ),
             event(
@@ -233,6 +273,9 @@ mod tests {
                     engine: "local".into(),
                     engine_answer_id: "e".into(),
                     engine_thread_id: None,
+                    redactions: Default::default(),
+                    fallback_reason: None,
+                    first_chunk_ms: None,
                 }),
             ),
             event(

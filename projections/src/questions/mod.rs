@@ -11,9 +11,11 @@ use crate::conversations::QuestionStatus;
 use crate::intent::Intent;
 
 pub mod fold;
+pub mod library;
 pub mod storage;
 
 pub use fold::Questions;
+pub use library::PgAnswerLibrary;
 
 /// One question's facts.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +60,18 @@ pub struct QuestionRow {
     pub resolved: bool,
     /// Its conversation was escalated.
     pub escalated: bool,
+    /// The answer's text, once recorded (searched by the fallback and answer reuse).
+    pub answer_text: Option<String>,
+    /// What the guardrails redacted from the question and its answer, counts per rule.
+    pub redactions: BTreeMap<String, u32>,
+    /// Why the fallback answered instead of the engine, if it did.
+    pub fallback_reason: Option<String>,
+    /// For streamed answers, how long until the first chunk.
+    pub first_chunk_ms: Option<i64>,
+    /// When it was answered (or failed, blocked, withheld).
+    pub answered_at: Option<DateTime<Utc>>,
+    /// When its conversation was resolved.
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 impl QuestionRow {

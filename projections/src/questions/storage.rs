@@ -33,6 +33,12 @@ struct Stored {
     resolved: bool,
     escalated: bool,
     conversation_version: i64,
+    answer_text: Option<String>,
+    redactions: serde_json::Value,
+    fallback_reason: Option<String>,
+    first_chunk_ms: Option<i64>,
+    answered_at: Option<chrono::DateTime<chrono::Utc>>,
+    resolved_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Reads the part of the read model for `key`, locking it.
@@ -45,7 +51,8 @@ pub async fn load(
         r#"SELECT question_id, asked_at, asked_by, channel, integration_id, text, normalized,
              intent AS "intent: Intent", topic, status AS "status: QuestionStatus", uncertain,
              latency_ms, engine, answer_id, question_chars, answer_chars, cited_sources, feedback,
-             resolved, escalated, conversation_version
+             resolved, escalated, conversation_version, answer_text, redactions, fallback_reason,
+             first_chunk_ms, answered_at, resolved_at
            FROM rm_questions WHERE tenant_id = $1 AND conversation_id = $2
            ORDER BY asked_at, question_id FOR UPDATE"#,
         key.tenant.as_str(),
@@ -87,6 +94,12 @@ pub async fn load(
                 feedback,
                 resolved: r.resolved,
                 escalated: r.escalated,
+                answer_text: r.answer_text,
+                redactions: stored("redactions of the question", r.redactions)?,
+                fallback_reason: r.fallback_reason,
+                first_chunk_ms: r.first_chunk_ms,
+                answered_at: r.answered_at,
+                resolved_at: r.resolved_at,
             })
         })
         .collect::<Result<Vec<_>, ReadError>>()?;
@@ -101,6 +114,7 @@ pub async fn save(
 ) -> Result<(), ApplyError> {
     for r in &state.rows {
         let feedback = to_json(&r.feedback)?;
+        let redactions = to_json(&r.redactions)?;
         let reasons: Vec<String> = r
             .downvote_reasons()
             .iter()
@@ -110,13 +124,16 @@ pub async fn save(
             "INSERT INTO rm_questions (tenant_id, question_id, conversation_id, asked_at, asked_by, channel,
                integration_id, text, normalized, intent, topic, status, uncertain, latency_ms, engine,
                answer_id, question_chars, answer_chars, cited_sources, feedback, upvotes, downvotes,
-               downvote_reasons, resolved, escalated, conversation_version)
+               downvote_reasons, resolved, escalated, conversation_version, answer_text, redactions,
+               fallback_reason, first_chunk_ms, answered_at, resolved_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-               $19, $20, $21, $22, $23, $24, $25, $26)
+               $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)
              ON CONFLICT (tenant_id, question_id) DO UPDATE SET topic = $11, status = $12,
                uncertain = $13, latency_ms = $14, engine = $15, answer_id = $16, answer_chars = $18,
                cited_sources = $19, feedback = $20, upvotes = $21, downvotes = $22,
-               downvote_reasons = $23, resolved = $24, escalated = $25, conversation_version = $26",
+               downvote_reasons = $23, resolved = $24, escalated = $25, conversation_version = $26,
+               answer_text = $27, redactions = $28, fallback_reason = $29, first_chunk_ms = $30,
+               answered_at = $31, resolved_at = $32",
             key.tenant.as_str(),
             r.question_id,
             key.id,
@@ -143,6 +160,12 @@ pub async fn save(
             r.resolved,
             r.escalated,
             state.version,
+            r.answer_text,
+            redactions,
+            r.fallback_reason,
+            r.first_chunk_ms,
+            r.answered_at,
+            r.resolved_at,
         )
         .execute(&mut *conn)
         .await?;

@@ -18,13 +18,17 @@ struct ScriptedEngine;
 
 #[async_trait]
 impl AnswerEngine for ScriptedEngine {
-    async fn answer(&self, r: AnswerRequest) -> Result<EngineAnswer, EngineFailure> {
+    async fn answer(
+        &self,
+        r: AnswerRequest,
+        _chunks: Option<std::sync::Arc<dyn domain::engine::ChunkSink>>,
+    ) -> Result<EngineAnswer, EngineFailure> {
         let q = r.question.to_lowercase();
         if q.contains("boom") {
-            return Err(EngineFailure {
-                reason: "engine exploded".into(),
-                retryable: true,
-            });
+            return Err(EngineFailure::new(
+                domain::engine::FailureKind::Unavailable,
+                "engine exploded",
+            ));
         }
         let mut sources = vec![];
         if q.contains("export") {
@@ -47,6 +51,7 @@ impl AnswerEngine for ScriptedEngine {
             engine: "scripted".into(),
             engine_answer_id: "x".into(),
             engine_thread_id: None,
+            first_chunk_ms: None,
         })
     }
 }

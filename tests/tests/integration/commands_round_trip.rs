@@ -582,11 +582,12 @@ impl domain::engine::AnswerEngine for FailingEngine {
     async fn answer(
         &self,
         _: domain::engine::AnswerRequest,
+        _: Option<std::sync::Arc<dyn domain::engine::ChunkSink>>,
     ) -> Result<domain::engine::EngineAnswer, domain::engine::EngineFailure> {
-        Err(domain::engine::EngineFailure {
-            reason: "kapa answered 503".into(),
-            retryable: true,
-        })
+        Err(domain::engine::EngineFailure::new(
+            domain::engine::FailureKind::Unavailable,
+            "kapa answered 503",
+        ))
     }
 }
 
