@@ -57,6 +57,8 @@ pub struct KapaWorkerSettings {
     pub in_process: bool,
     /// How often the feedback forwarder and the sync poller look for work.
     pub interval_ms: u64,
+    /// The first retry delay of a failed feedback forward (it doubles, at most ten minutes).
+    pub retry_base_ms: u64,
     /// Attempts before a feedback forward is given up (it stays visible as failed).
     pub feedback_max_attempts: u32,
 }
@@ -178,6 +180,7 @@ impl Settings {
             .set_default("kapa_workers.in_process", true)?
             .set_default("kapa_workers.interval_ms", 1_000)?
             .set_default("kapa_workers.feedback_max_attempts", 10)?
+            .set_default("kapa_workers.retry_base_ms", 2_000)?
             .set_default("secrets.env_prefix", "KAPA_")?
             .set_default("secrets.file_root", "/run/secrets/answers")?
             .set_default("secrets.ttl_ms", 300_000)?;

@@ -35,6 +35,7 @@ pub fn spawn(
         bus: bus.clone(),
         kapa: kapa.clone(),
         max_attempts: settings.kapa_workers.feedback_max_attempts,
+        retry_base: Duration::from_millis(settings.kapa_workers.retry_base_ms),
     };
     let syncs = SyncPoller { pool, bus, kapa };
     vec![
@@ -77,6 +78,7 @@ pub struct FeedbackForwarder {
     pub bus: Arc<CommandBus>,
     pub kapa: Arc<KapaEngine>,
     pub max_attempts: u32,
+    pub retry_base: Duration,
 }
 
 struct Due {
@@ -176,8 +178,9 @@ impl FeedbackForwarder {
                 Err(error) => {
                     let attempts = row.attempts + 1;
                     let gave_up = attempts >= self.max_attempts as i32;
-                    // 2, 4, 8... seconds, at most ten minutes.
-                    let delay = 2f64.powi(attempts.min(9)).min(600.0);
+                    // The base, then doubling, at most ten minutes.
+                    let delay = (self.retry_base.as_secs_f64() * 2f64.powi(attempts.min(20) - 1))
+                        .min(600.0);
                     tracing::info!(event = %row.event_id, attempts, %error, gave_up, "feedback not forwarded");
                     sqlx::query!(
                         "UPDATE feedback_forwards SET attempts = $3, last_error = $4,

@@ -6,6 +6,7 @@ mod bad_input;
 mod commands_round_trip;
 mod concurrency;
 mod idempotency;
+mod kapa;
 mod openapi;
 mod read_models;
 mod reader;
