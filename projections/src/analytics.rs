@@ -65,6 +65,20 @@ pub struct Outcomes {
     pub blocked: i64,
     /// Not answered yet.
     pub pending: i64,
+    /// An answer came, but the tenant's output guardrails withheld it.
+    pub withheld: i64,
+    /// Answered from the tenant's earlier upvoted answers because the engine could not.
+    pub fallback: i64,
+    /// Answered with a recent upvoted answer to the identical question (no engine call).
+    pub reused: i64,
+    /// From the question to the resolution of its conversation, over resolved questions.
+    pub resolution_p50_ms: Option<f64>,
+    /// 95th percentile of the time to resolution.
+    pub resolution_p95_ms: Option<f64>,
+    /// Until the first chunk of a streamed answer, over streamed answers.
+    pub first_chunk_p50_ms: Option<f64>,
+    /// 95th percentile of the time to the first chunk.
+    pub first_chunk_p95_ms: Option<f64>,
     /// Over every answered question (certain or not).
     pub latency_p50_ms: Option<f64>,
     /// 95th percentile of the engine's latency.
@@ -196,6 +210,13 @@ struct WindowTotals {
     pending: i64,
     p50: Option<f64>,
     p95: Option<f64>,
+    withheld: i64,
+    fallback: i64,
+    reused: i64,
+    resolution_p50: Option<f64>,
+    resolution_p95: Option<f64>,
+    first_chunk_p50: Option<f64>,
+    first_chunk_p95: Option<f64>,
     up: i64,
     down: i64,
     rated: i64,
@@ -252,6 +273,15 @@ pub async fn compute(
            count(*) FILTER (WHERE status = 'pending') AS pending, \
            percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE status = 'answered') AS p50, \
            percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE status = 'answered') AS p95, \
+           count(*) FILTER (WHERE status = 'withheld') AS withheld, \
+           count(*) FILTER (WHERE status = 'answered' AND engine = 'fallback') AS fallback, \
+           count(*) FILTER (WHERE status = 'answered' AND engine = 'reuse') AS reused, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM resolved_at - asked_at) * 1000) \
+             FILTER (WHERE resolved_at IS NOT NULL) AS resolution_p50, \
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM resolved_at - asked_at) * 1000) \
+             FILTER (WHERE resolved_at IS NOT NULL) AS resolution_p95, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY first_chunk_ms) AS first_chunk_p50, \
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY first_chunk_ms) AS first_chunk_p95, \
            coalesce(sum(upvotes), 0)::bigint AS up, coalesce(sum(downvotes), 0)::bigint AS down, \
            count(*) FILTER (WHERE status = 'answered' AND upvotes + downvotes > 0) AS rated, \
            count(*) FILTER (WHERE upvotes > 0) AS upvoted, \
@@ -331,6 +361,13 @@ pub async fn compute(
             failed: t.failed,
             blocked: t.blocked,
             pending: t.pending,
+            withheld: t.withheld,
+            fallback: t.fallback,
+            reused: t.reused,
+            resolution_p50_ms: t.resolution_p50,
+            resolution_p95_ms: t.resolution_p95,
+            first_chunk_p50_ms: t.first_chunk_p50,
+            first_chunk_p95_ms: t.first_chunk_p95,
             latency_p50_ms: t.p50,
             latency_p95_ms: t.p95,
         },
@@ -375,8 +412,17 @@ pub struct CostRow {
     pub period_start: String,
     /// Questions asked.
     pub questions: i64,
-    /// Calls to the answer engine (answered or failed; blocked questions never reach it).
+    /// Questions sent to the answer engine: answered by it, withheld after it answered, failed,
+    /// or answered by the fallback after it failed. Blocked and reused questions never reach it.
     pub engine_calls: i64,
+    /// Questions the engine did not answer (some answered by the fallback instead).
+    pub engine_failures: i64,
+    /// Answered by the fallback from earlier upvoted answers.
+    pub fallbacks: i64,
+    /// Answered by reusing an upvoted answer to the identical question: engine calls saved.
+    pub reused: i64,
+    /// Findings the guardrails redacted from questions and answers.
+    pub redactions: i64,
     /// Characters of the questions asked.
     pub characters_in: i64,
     /// Characters the engine answered with.
@@ -393,14 +439,21 @@ pub async fn cost(
 ) -> Result<Vec<CostRow>, sqlx::Error> {
     sqlx::query_as(
         "WITH q AS (SELECT to_char(date_trunc($4, asked_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS p, \
-                      count(*) AS questions, count(*) FILTER (WHERE status IN ('answered', 'failed')) AS calls, \
+                      count(*) AS questions, \
+                      count(*) FILTER (WHERE status IN ('answered', 'failed', 'withheld') AND coalesce(engine, '') <> 'reuse') AS calls, \
+                      count(*) FILTER (WHERE status = 'failed' OR engine = 'fallback') AS failures, \
+                      count(*) FILTER (WHERE status = 'answered' AND engine = 'fallback') AS fallbacks, \
+                      count(*) FILTER (WHERE status = 'answered' AND engine = 'reuse') AS reused, \
+                      coalesce(sum((SELECT sum(value::bigint) FROM jsonb_each_text(redactions))), 0)::bigint AS redactions, \
                       coalesce(sum(question_chars), 0)::bigint AS chars_in, coalesce(sum(answer_chars), 0)::bigint AS chars_out \
                     FROM rm_questions WHERE tenant_id = $1 AND asked_at >= $2 AND asked_at < $3 GROUP BY 1), \
               s AS (SELECT to_char(date_trunc($4, recorded_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS p, \
                       count(*) AS syncs FROM rm_audit WHERE tenant_id = $1 AND action = 'SyncStarted' \
                       AND recorded_at >= $2 AND recorded_at < $3 GROUP BY 1) \
          SELECT coalesce(q.p, s.p) AS period_start, coalesce(q.questions, 0) AS questions, \
-           coalesce(q.calls, 0) AS engine_calls, coalesce(q.chars_in, 0) AS characters_in, \
+           coalesce(q.calls, 0) AS engine_calls, coalesce(q.failures, 0) AS engine_failures, \
+           coalesce(q.fallbacks, 0) AS fallbacks, coalesce(q.reused, 0) AS reused, \
+           coalesce(q.redactions, 0) AS redactions, coalesce(q.chars_in, 0) AS characters_in, \
            coalesce(q.chars_out, 0) AS characters_out, coalesce(s.syncs, 0) AS sync_runs \
          FROM q FULL JOIN s ON q.p = s.p ORDER BY 1",
     )
@@ -415,16 +468,20 @@ pub async fn cost(
 
 /// The header line of the cost report as CSV.
 pub const COST_CSV_HEADER: &str =
-    "period_start,questions,engine_calls,characters_in,characters_out,sync_runs\n";
+    "period_start,questions,engine_calls,engine_failures,fallbacks,reused,redactions,characters_in,characters_out,sync_runs\n";
 
 impl CostRow {
     /// The row as a CSV line.
     pub fn csv_line(&self) -> String {
         format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{}\n",
             self.period_start,
             self.questions,
             self.engine_calls,
+            self.engine_failures,
+            self.fallbacks,
+            self.reused,
+            self.redactions,
             self.characters_in,
             self.characters_out,
             self.sync_runs
