@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// How long the latency run sends commands.
     #[arg(long, default_value_t = 10)]
     pub latency_secs: u64,
+    /// Also measure asking through the real Kapa client against a local fake Kapa.
+    #[arg(long)]
+    pub kapa: bool,
     /// Also stream an audit export of this many entries and measure peak memory (0: skip).
     #[arg(long, default_value_t = 0)]
     pub audit_export: usize,
@@ -184,6 +187,10 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     result?;
     if args.streaming {
         crate::bench_streaming::run(&settings, &args, fresh).await?;
+    }
+    if args.kapa {
+        let report = crate::bench_kapa::run(&settings, args.commands, fresh).await?;
+        write_stdout(&report)?;
     }
     if args.audit_export > 0 {
         let report = crate::bench_audit::run(&settings, args.audit_export, fresh).await?;

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_audit;
+pub mod bench_kapa;
 pub mod bench_streaming;
 pub mod events;
 pub mod seed;
