@@ -142,7 +142,7 @@ impl utoipa::PartialSchema for BlockedTerm {
             .min_length(Some(1))
             .max_length(Some(100))
             .pattern(Some(
-                "^[^\\x00-\\x1f\\x7f]*[^\\s\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*$",
+                "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
             ))
             .into()
     }
