@@ -201,13 +201,15 @@ impl CommandBus {
         ctx: &CommandContext,
         aggregate_id: &str,
         question_id: Uuid,
+        asked_seq: u64,
     ) -> Result<CommandOutcome, CommandError> {
         let command = ConversationCommand::FailAnswer {
             question_id,
             reason: "the answer was interrupted before it arrived; ask again".into(),
             retryable: true,
         };
-        self.record_answer(ctx, aggregate_id, 0, command).await
+        self.record_answer(ctx, aggregate_id, asked_seq, command)
+            .await
     }
 
     /// Stores the answer (or failure) of a pending question. Another command on the same

@@ -22,6 +22,8 @@ pub struct PendingQuestion {
     pub conversation: ScopedId,
     /// The question.
     pub question_id: Uuid,
+    /// The sequence of its `QuestionAsked` in the conversation.
+    pub sequence: u64,
 }
 
 pub struct Sweeper {
@@ -52,7 +54,7 @@ impl Sweeper {
         // previous settled: any settling event after the question settled it.
         let rows = sqlx::query!(
             r#"
-            SELECT q.aggregate_id AS "aggregate_id!",
+            SELECT q.aggregate_id AS "aggregate_id!", q.sequence AS "sequence!",
                    (q.payload -> 'QuestionAsked' ->> 'question_id') AS "question_id!"
               FROM events q
              WHERE q.aggregate_type = 'conversation'
@@ -83,6 +85,7 @@ impl Sweeper {
             pending.push(PendingQuestion {
                 conversation,
                 question_id,
+                sequence: u64::try_from(row.sequence).unwrap_or(0),
             });
         }
         Ok(pending)
@@ -101,6 +104,7 @@ impl Sweeper {
                     &ctx,
                     &question.conversation.to_string(),
                     question.question_id,
+                    question.sequence,
                 )
                 .await?;
             tracing::info!(conversation = %question.conversation, question = %question.question_id,

@@ -136,18 +136,16 @@ impl KapaEngine {
         thread: Thread<'_>,
         body: &ChatBody,
         chunks: Option<&Arc<dyn ChunkSink>>,
-        started: &AtomicBool,
-        first_chunk_ms: &AtomicU64,
-        since: Instant,
+        progress: &Progress,
     ) -> Result<ChatAnswer, CallError> {
         match chunks {
             None => self.client.chat(key, thread, body).await,
             Some(sink) => {
-                let mut on_start = || started.store(true, Ordering::SeqCst);
+                let mut on_start = || progress.started.store(true, Ordering::SeqCst);
                 let mut on_text = |text: &str| {
-                    let _ = first_chunk_ms.compare_exchange(
+                    let _ = progress.first_chunk_ms.compare_exchange(
                         u64::MAX,
-                        since.elapsed().as_millis() as u64,
+                        progress.since.elapsed().as_millis() as u64,
                         Ordering::SeqCst,
                         Ordering::SeqCst,
                     );
@@ -159,6 +157,16 @@ impl KapaEngine {
             }
         }
     }
+}
+
+/// How far a question's streamed answer got, across attempts.
+struct Progress {
+    /// When the question started.
+    since: Instant,
+    /// A response began: no more retries.
+    started: AtomicBool,
+    /// Milliseconds to the first chunk (`u64::MAX` until one came).
+    first_chunk_ms: AtomicU64,
 }
 
 /// Releases a half-open breaker's probe if the call is abandoned without a verdict.
@@ -293,20 +301,15 @@ impl AnswerEngine for KapaEngine {
                 project_id: project,
             },
         };
-        let started = AtomicBool::new(false);
-        let first_chunk_ms = AtomicU64::new(u64::MAX);
+        let progress = Progress {
+            since,
+            started: AtomicBool::new(false),
+            first_chunk_ms: AtomicU64::new(u64::MAX),
+        };
         let mut attempt = 0;
         let outcome = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let call = self.attempt(
-                &key,
-                thread,
-                &body,
-                chunks.as_ref(),
-                &started,
-                &first_chunk_ms,
-                since,
-            );
+            let call = self.attempt(&key, thread, &body, chunks.as_ref(), &progress);
             let result = match tokio::time::timeout(remaining, call).await {
                 Ok(result) => result,
                 Err(_) => Err(CallError::Timeout),
@@ -314,7 +317,7 @@ impl AnswerEngine for KapaEngine {
             match result {
                 Err(e)
                     if e.retry_safe()
-                        && !started.load(Ordering::SeqCst)
+                        && !progress.started.load(Ordering::SeqCst)
                         && attempt < self.backoff.retries =>
                 {
                     let retry_after = match &e {
@@ -338,7 +341,7 @@ impl AnswerEngine for KapaEngine {
         match outcome {
             Ok(answer) => {
                 self.breakers.succeeded(project);
-                let first = first_chunk_ms.load(Ordering::SeqCst);
+                let first = progress.first_chunk_ms.load(Ordering::SeqCst);
                 Ok(EngineAnswer {
                     text: answer.answer,
                     sources: answer

@@ -130,10 +130,10 @@ impl SecretResolver {
             return Ok(secret);
         }
         let secret = match &parsed {
-            SecretRef::Env(name) => self.from_env(tenant, name)?,
-            SecretRef::File(path) => self.from_file(tenant, path).await?,
+            SecretRef::Env(name) => self.read_env(tenant, name)?,
+            SecretRef::File(path) => self.read_file(tenant, path).await?,
             SecretRef::Vault { mount, path, field } => {
-                self.from_vault(tenant, mount, path, field).await?
+                self.read_vault(tenant, mount, path, field).await?
             }
         };
         if let Ok(mut cache) = self.cache.lock() {
@@ -156,7 +156,7 @@ impl SecretResolver {
         (at.elapsed() < ttl).then(|| secret.clone())
     }
 
-    fn from_env(&self, tenant: &str, name: &str) -> Result<SecretString, SecretError> {
+    fn read_env(&self, tenant: &str, name: &str) -> Result<SecretString, SecretError> {
         let expected = format!(
             "{}{}_",
             self.settings.env_prefix,
@@ -175,7 +175,7 @@ impl SecretResolver {
         }
     }
 
-    async fn from_file(&self, tenant: &str, path: &Path) -> Result<SecretString, SecretError> {
+    async fn read_file(&self, tenant: &str, path: &Path) -> Result<SecretString, SecretError> {
         let root = self.settings.file_root.join(tenant);
         let escapes = path
             .components()
@@ -201,7 +201,7 @@ impl SecretResolver {
         }
     }
 
-    async fn from_vault(
+    async fn read_vault(
         &self,
         tenant: &str,
         mount: &str,

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The resolver against a local server speaking Vault's KV v2 API, real files and the real
 //! environment.
 use std::path::PathBuf;
