@@ -594,9 +594,16 @@ async fn every_figure_matches_what_the_generated_inputs_say() {
                     row["engine_calls"],
                     of_day.iter().filter(|g| g.status() != "blocked").count()
                 );
+                // What is stored is the question as screened: the card number redacted.
+                let stored = |g: &&Generated| {
+                    g.text
+                        .replace("4111 1111 1111 1111", "[redacted:payment_card_number]")
+                        .chars()
+                        .count()
+                };
                 assert_eq!(
                     row["characters_in"],
-                    of_day.iter().map(|g| g.text.chars().count()).sum::<usize>()
+                    of_day.iter().map(stored).sum::<usize>()
                 );
                 let out: usize = of_day
                     .iter()

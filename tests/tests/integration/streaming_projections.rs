@@ -270,6 +270,21 @@ async fn poison_events_are_dead_lettered_and_later_events_still_apply() {
         "{letters:?}"
     );
 
+    // The questions projection consumes the same topic on its own: wait for its letter too.
+    wait_for(
+        "the questions projection's letter",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT projection) FROM dead_letters WHERE tenant_id = 'acme'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            (n == 2).then_some(())
+        },
+    )
+    .await;
     // The admin API lists the tenant's letter; a retry that still fails says so and keeps it open.
     let (status, listed) = app
         .call(Method::GET, "/v1/admin/dead-letters", &admin, None)
