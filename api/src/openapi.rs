@@ -24,7 +24,7 @@ use crate::routes::{admin, analytics, audit, conversations, engine, health, sour
         sources::add, sources::list, sources::get_source, sources::update, sources::remove,
         sources::request_sync, sources::start_sync, sources::complete_sync, sources::fail_sync,
         admin::status, admin::start_rebuild, admin::dead_letters, admin::retry,
-        engine::engine_status, engine::feedback_forwards, engine::kapa_sources, engine::import_kapa_source,
+        engine::engine_status, engine::feedback_forwards, engine::kapa_sources, engine::import_kapa_source, engine::retrieve,
         audit::list, audit::export, audit::state_at, audit::raw_events, audit::reads,
         analytics::overview, analytics::cost,
     ),

@@ -103,6 +103,7 @@ catalogue! {
     InvalidReason = (422, "invalid_reason");
     InvalidError = (422, "invalid_error");
     InvalidGuardrailPolicy = (422, "invalid_guardrail_policy");
+    QueryBlocked = (422, "query_blocked");
     ReasonsNeedDownvote = (422, "reasons_need_downvote");
     EmptyUpdate = (422, "empty_update");
     IdempotencyKeyReused = (422, "idempotency_key_reused");

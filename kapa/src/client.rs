@@ -262,17 +262,13 @@ impl KapaClient {
         thread: Thread<'_>,
         body: &ChatBody,
     ) -> Result<ChatAnswer, CallError> {
-        let response = self
-            .http
-            .post(self.url(&Self::chat_path(thread, false))?)
-            .headers(Self::headers(key)?)
-            .json(body)
-            .send()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        let response = checked(response).await?;
-        let bytes = response.bytes().await.map_err(CallError::from_reqwest)?;
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))
+        read_json(
+            self.http
+                .post(self.url(&Self::chat_path(thread, false))?)
+                .headers(Self::headers(key)?)
+                .json(body),
+        )
+        .await
     }
 
     /// Asks on the streaming endpoint, handing every piece of text to `on_text` as it comes.
@@ -287,15 +283,13 @@ impl KapaClient {
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ChatAnswer, CallError> {
         use futures::StreamExt;
-        let response = self
-            .http
-            .post(self.url(&Self::chat_path(thread, true))?)
-            .headers(Self::headers(key)?)
-            .json(body)
-            .send()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        let response = checked(response).await?;
+        let response = send(
+            self.http
+                .post(self.url(&Self::chat_path(thread, true))?)
+                .headers(Self::headers(key)?)
+                .json(body),
+        )
+        .await?;
         on_start();
         let mut answer = ChatAnswer::default();
         let mut parser = ChunkParser::default();
@@ -355,16 +349,15 @@ impl KapaClient {
         body: &FeedbackBody,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        let response = self
-            .http
-            .post(self.url("/query/v1/feedback/upsert/")?)
-            .headers(Self::headers(key)?)
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        checked(response).await.map(|_| ())
+        send(
+            self.http
+                .post(self.url("/query/v1/feedback/upsert/")?)
+                .headers(Self::headers(key)?)
+                .timeout(timeout)
+                .json(body),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Retrieval without generation: the best chunks of the project's knowledge.
@@ -376,24 +369,17 @@ impl KapaClient {
         top_k: u8,
         timeout: Duration,
     ) -> Result<Vec<serde_json::Value>, CallError> {
-        let response = self
-            .http
-            .post(self.url(&format!(
-                "/query/v1/projects/{}/retrieval/",
-                segment(project_id)
-            ))?)
-            .headers(Self::headers(key)?)
-            .timeout(timeout)
-            .json(&serde_json::json!({"query": query, "top_k": top_k.clamp(1, 15)}))
-            .send()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        let bytes = checked(response)
-            .await?
-            .bytes()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))
+        read_json(
+            self.http
+                .post(self.url(&format!(
+                    "/query/v1/projects/{}/retrieval/",
+                    segment(project_id)
+                ))?)
+                .headers(Self::headers(key)?)
+                .timeout(timeout)
+                .json(&serde_json::json!({"query": query, "top_k": top_k.clamp(1, 15)})),
+        )
+        .await
     }
 
     /// Every knowledge source of the project, following `next` pages (only on Kapa's own
@@ -410,21 +396,13 @@ impl KapaClient {
         ))?;
         let mut all = Vec::new();
         for _ in 0..100 {
-            let response = self
-                .http
-                .get(url.clone())
-                .headers(Self::headers(key)?)
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(CallError::from_reqwest)?;
-            let bytes = checked(response)
-                .await?
-                .bytes()
-                .await
-                .map_err(CallError::from_reqwest)?;
-            let page: Page<KapaSource> =
-                serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))?;
+            let page: Page<KapaSource> = read_json(
+                self.http
+                    .get(url.clone())
+                    .headers(Self::headers(key)?)
+                    .timeout(timeout),
+            )
+            .await?;
             all.extend(page.results);
             match page.next {
                 Some(next) => {
@@ -454,30 +432,41 @@ impl KapaClient {
         source_id: &str,
         timeout: Duration,
     ) -> Result<KapaSource, CallError> {
-        let response = self
-            .http
-            .get(self.url(&format!(
-                "/ingestion/v1/projects/{}/sources/{}/",
-                segment(project_id),
-                segment(source_id)
-            ))?)
-            .headers(Self::headers(key)?)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        let bytes = checked(response)
-            .await?
-            .bytes()
-            .await
-            .map_err(CallError::from_reqwest)?;
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))
+        read_json(
+            self.http
+                .get(self.url(&format!(
+                    "/ingestion/v1/projects/{}/sources/{}/",
+                    segment(project_id),
+                    segment(source_id)
+                ))?)
+                .headers(Self::headers(key)?)
+                .timeout(timeout),
+        )
+        .await
     }
 }
 
 /// A path segment, percent-encoded: ids come from tenants' settings.
 fn segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Sends, and turns an error status into a [`CallError`].
+async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+    let response = request.send().await.map_err(CallError::from_reqwest)?;
+    checked(response).await
+}
+
+/// Sends and reads a JSON body.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+) -> Result<T, CallError> {
+    let bytes = send(request)
+        .await?
+        .bytes()
+        .await
+        .map_err(CallError::from_reqwest)?;
+    serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))
 }
 
 async fn checked(response: reqwest::Response) -> Result<reqwest::Response, CallError> {

@@ -23,13 +23,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(retry);
 }
 
-fn admin(auth: &Authenticated) -> Result<(), ApiError> {
+/// Only the tenant's admin operates its read side and sees its engine's state.
+pub(crate) fn admin(auth: &Authenticated) -> Result<(), ApiError> {
     if auth.0.role == Role::Admin {
         Ok(())
     } else {
         Err(ApiError::new(
             Code::Forbidden,
-            "only an admin operates the read side",
+            "only an admin operates the read side and the engine",
         ))
     }
 }

@@ -5,7 +5,7 @@ use actix_web::{get, post, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use commands::{CommandBus, CommandOutcome};
 use domain::knowledge_source::{SourceCommand, SourceKind};
-use domain::{Code, Role};
+use domain::Code;
 use kapa::BreakerStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{Authenticated, PlatformOperator};
 use crate::problem::ApiError;
+use crate::routes::admin::admin;
 use crate::routes::conversations::read_error;
 use crate::routes::{Caller, CommandProblems};
 use crate::startup::EngineStatus;
@@ -23,18 +24,85 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(engine_status)
         .service(feedback_forwards)
         .service(kapa_sources)
-        .service(import_kapa_source);
+        .service(import_kapa_source)
+        .service(retrieve);
 }
 
-fn admin(auth: &Authenticated) -> Result<(), ApiError> {
-    if auth.0.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(ApiError::new(
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalRequest {
+    /// What to look for (screened by the tenant's guardrails like a question).
+    #[schema(min_length = 1, max_length = 2000, pattern = "^[^\\x00]*\\S[^\\x00]*$")]
+    pub query: String,
+    /// How many chunks, 1-15 (default 5).
+    #[schema(minimum = 1, maximum = 15)]
+    pub top_k: Option<u8>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetrievalView {
+    /// The query as sent to Kapa (after the guardrails).
+    pub query: String,
+    /// Kapa's chunks, best first, as Kapa sends them (`source_url`, `content`, ...).
+    #[schema(value_type = Vec<Object>)]
+    pub chunks: Vec<serde_json::Value>,
+}
+
+/// Search the tenant's Kapa knowledge without generating an answer (Kapa's retrieval). The
+/// query passes the tenant's guardrails first: redacted, or refused when a rule blocks it.
+#[utoipa::path(post, path = "/v1/sources/kapa/retrieval", tag = "sources", request_body = RetrievalRequest,
+    responses((status = 200, body = RetrievalView), CommandProblems), security(("bearer" = [])))]
+#[post("/sources/kapa/retrieval")]
+pub async fn retrieve(
+    bus: web::Data<CommandBus>,
+    engines: web::Data<EngineStatus>,
+    auth: Authenticated,
+    body: web::Json<RetrievalRequest>,
+) -> Result<HttpResponse, ApiError> {
+    if !auth.0.role.may(domain::Action::Ask) {
+        return Err(ApiError::new(
             Code::Forbidden,
-            "only an admin sees the engine's state",
-        ))
+            "the role viewer may not search the knowledge",
+        ));
     }
+    let top_k = body.top_k.unwrap_or(5);
+    if !(1..=15).contains(&top_k) {
+        return Err(ApiError::new(
+            Code::InvalidLimit,
+            "top_k is between 1 and 15",
+        ));
+    }
+    let query = body.query.trim();
+    if query.is_empty() || query.chars().count() > 2000 || query.contains('\0') {
+        return Err(ApiError::new(
+            Code::InvalidQuestion,
+            "the query has 1 to 2000 characters",
+        ));
+    }
+    let tenant = bus.tenant_snapshot(&auth.0.tenant_id).await?;
+    let screened = domain::guardrail::screen_question(query, &tenant.answer_policy.guardrails);
+    if let Some(violation) = screened.blocked {
+        return Err(ApiError::new(
+            Code::QueryBlocked,
+            format!("{} (guardrail `{}`)", violation.reason, violation.rule),
+        ));
+    }
+    let (kapa, settings, key) = kapa_of(&bus, &engines, &auth).await?;
+    let chunks = kapa
+        .client()
+        .retrieve(
+            &key,
+            &settings.project_id,
+            &screened.text,
+            top_k,
+            kapa.call_timeout(),
+        )
+        .await
+        .map_err(kapa_error)?;
+    Ok(HttpResponse::Ok().json(RetrievalView {
+        query: screened.text,
+        chunks,
+    }))
 }
 
 /// A circuit breaker guarding one Kapa project.
