@@ -1180,3 +1180,52 @@ async fn one_tenants_burst_waits_for_its_own_permits_and_not_for_other_tenants()
         "another tenant is not held up: {c}"
     );
 }
+
+#[tokio::test]
+async fn feedback_recorded_while_no_forwarder_ran_is_forwarded_by_the_next_process() {
+    let kapa = MockServer::start().await;
+    Mock::given(path("/query/v1/projects/p1/chat/"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer_json("ok", "t", "qa-r")))
+        .mount(&kapa)
+        .await;
+    Mock::given(path("/query/v1/feedback/upsert/"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&kapa)
+        .await;
+    // The first process records feedback but forwards nothing (as if it stopped first).
+    let first = kapa_app(&kapa)
+        .configure(|s| s.kapa_workers.in_process = false)
+        .spawn()
+        .await;
+    let admin = kapa_tenant(&first, "kapa-restart", json!({})).await;
+    let asked = ask(&first, &admin, "How do I export my data?").await;
+    let (id, answer) = (
+        asked["id"].as_str().unwrap(),
+        asked["answer"]["answer_id"].as_str().unwrap(),
+    );
+    first
+        .call(
+            Method::PUT,
+            &format!("/v1/conversations/{id}/answers/{answer}/feedback"),
+            &admin,
+            Some(json!({"reaction": "upvote"})),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&kapa, "/query/v1/feedback/").await.len(), 0);
+    // The next process on the same database finds the change in the store and forwards it.
+    let url = first.settings.database.url.clone();
+    let _second = kapa_app(&kapa)
+        .configure(move |s| s.database.url = url)
+        .spawn()
+        .await;
+    wait_for("the forward", Duration::from_secs(20), || async {
+        (received(&kapa, "/query/v1/feedback/").await.len() == 1).then_some(())
+    })
+    .await;
+    let sent = body_of(&received(&kapa, "/query/v1/feedback/").await[0]);
+    assert_eq!(
+        (sent["question_answer"].as_str(), sent["reaction"].as_str()),
+        (Some("qa-r"), Some("upvote"))
+    );
+}
