@@ -190,7 +190,7 @@ impl CommandBus {
             answered.kapa_answered,
         )
         .await;
-        self.record_answer(&inner, &aggregate_id, asked_seq, command)
+        self.record_answer(&inner, &aggregate_id, asked_seq, &ran.events, command)
             .await
     }
 
@@ -208,22 +208,24 @@ impl CommandBus {
             reason: "the answer was interrupted before it arrived; ask again".into(),
             retryable: true,
         };
-        self.record_answer(ctx, aggregate_id, asked_seq, command)
+        self.record_answer(ctx, aggregate_id, asked_seq, &[], command)
             .await
     }
 
-    /// Stores the answer (or failure) of a pending question. Another command on the same
-    /// conversation may commit in between (feedback, resolution): that is a concurrency
-    /// conflict for this append only, so it reloads and records again.
+    /// Stores the answer (or failure) of the question asked at `asked_seq` (whose events are
+    /// `asked`, when the caller has them). Another command on the same conversation may commit
+    /// in between (feedback, resolution): that is a concurrency conflict for this append only,
+    /// so it reloads and records again.
     async fn record_answer(
         &self,
         ctx: &CommandContext,
         aggregate_id: &str,
         asked_seq: u64,
+        asked: &[(u64, ConversationEvent)],
         command: ConversationCommand,
     ) -> Result<CommandOutcome, CommandError> {
         let mut attempt = 0;
-        loop {
+        let recorded = loop {
             match self
                 .execute(
                     &self.conversations,
@@ -237,11 +239,27 @@ impl CommandBus {
             {
                 Err(CommandError::Concurrency) if attempt < 10 => attempt += 1,
                 Err(e) => return Err(e),
-                Ok(_) => break,
+                Ok(ran) => break ran,
             }
+        };
+        if recorded.events.is_empty() || asked.is_empty() {
+            // Settled by someone else (the sweeper) or described from its question on: read
+            // what is stored.
+            return self
+                .describe_since::<Conversation>(&self.conversations, aggregate_id, asked_seq)
+                .await;
         }
-        self.describe_since::<Conversation>(&self.conversations, aggregate_id, asked_seq)
-            .await
+        // The question's and the answer's events are all the outcome needs: no reload.
+        let events: Vec<(u64, ConversationEvent)> =
+            asked.iter().cloned().chain(recorded.events).collect();
+        let (answer, version) = Conversation::answer_outcome(&events)
+            .map(|(a, v)| (Some(a), v))
+            .unwrap_or((None, recorded.outcome.version));
+        Ok(CommandOutcome {
+            id: recorded.outcome.id,
+            version,
+            answer,
+        })
     }
 
     /// Keeps the tenant's record of its engine credentials true: a 401/403 is recorded for its
