@@ -24,6 +24,18 @@ pub struct Settings {
     pub kapa: kapa::KapaSettings,
     pub kapa_workers: KapaWorkerSettings,
     pub secrets: secrets::SecretSettings,
+    pub flags: FlagSettings,
+}
+
+/// Feature flags (docs/feature-flags.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FlagSettings {
+    /// How long a tenant's overrides are reused before they are read again.
+    pub cache_ttl_ms: u64,
+    /// How often exposure counts are written.
+    pub flush_interval_ms: u64,
+    /// Usage reports one user may send per flag per minute.
+    pub usage_per_minute: u32,
 }
 
 /// The development pseudonym key. Start-up warns when it is in use.
@@ -183,7 +195,10 @@ impl Settings {
             .set_default("kapa_workers.retry_base_ms", 2_000)?
             .set_default("secrets.env_prefix", "KAPA_")?
             .set_default("secrets.file_root", "/run/secrets/answers")?
-            .set_default("secrets.ttl_ms", 300_000)?;
+            .set_default("secrets.ttl_ms", 300_000)?
+            .set_default("flags.cache_ttl_ms", 1_000)?
+            .set_default("flags.flush_interval_ms", 1_000)?
+            .set_default("flags.usage_per_minute", 30)?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }

@@ -209,10 +209,85 @@ impl From<AnswerPolicy> for AnswerPolicyView {
 #[serde(deny_unknown_fields)]
 pub struct FeatureFlagRequest {
     pub enabled: bool,
-    /// 0-100; the share of the tenant's users who see the feature.
+    /// 0-100; the share of the tenant's users who get `on` (by a stable hash of the user).
     #[serde(default = "hundred", deserialize_with = "whole_number")]
     #[schema(minimum = 0, maximum = 100)]
     pub rollout_percentage: u8,
+    /// Users who always get `on`.
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub allow: Vec<FlagUser>,
+    /// Users who always get `off` (wins over `allow`).
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub deny: Vec<FlagUser>,
+}
+
+/// A user in an allow or deny list: 1-200 characters, not blank, no control characters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FlagUser(pub String);
+
+impl utoipa::PartialSchema for FlagUser {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(200))
+            .pattern(Some(
+                "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for FlagUser {}
+
+impl FeatureFlagRequest {
+    pub fn setting(&self) -> domain::flags::FlagOverride {
+        domain::flags::FlagOverride {
+            enabled: self.enabled,
+            rollout_percentage: self.rollout_percentage,
+            allow: self.allow.iter().map(|u| u.0.clone()).collect(),
+            deny: self.deny.iter().map(|u| u.0.clone()).collect(),
+        }
+    }
+}
+
+/// A flag the platform defines (path parameter): one of its keys.
+pub struct FlagKey;
+
+impl utoipa::PartialSchema for FlagKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        flag_keys(domain::flags::FLAGS.iter().map(|f| f.key))
+    }
+}
+
+impl ToSchema for FlagKey {}
+
+/// A flag a tenant's Admin may override (path parameter).
+pub struct TenantFlagKey;
+
+impl utoipa::PartialSchema for TenantFlagKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        flag_keys(
+            domain::flags::FLAGS
+                .iter()
+                .filter(|f| f.tenant_controllable)
+                .map(|f| f.key),
+        )
+    }
+}
+
+impl ToSchema for TenantFlagKey {}
+
+fn flag_keys<'a>(
+    keys: impl Iterator<Item = &'a str>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(keys.map(str::to_string).collect::<Vec<_>>()))
+        .into()
 }
 
 fn hundred() -> u8 {
@@ -373,6 +448,8 @@ pub struct KapaSettingsView {
 pub struct FeatureFlagView {
     pub enabled: bool,
     pub rollout_percentage: u8,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -422,6 +499,8 @@ impl TenantView {
                         FeatureFlagView {
                             enabled: f.enabled,
                             rollout_percentage: f.rollout_percentage,
+                            allow: f.allow,
+                            deny: f.deny,
                         },
                     )
                 })

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, analytics, audit, conversations, engine, health, sources, tenant};
+use crate::routes::{
+    admin, analytics, audit, conversations, engine, flags, health, sources, tenant,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +27,7 @@ use crate::routes::{admin, analytics, audit, conversations, engine, health, sour
         sources::request_sync, sources::start_sync, sources::complete_sync, sources::fail_sync,
         admin::status, admin::start_rebuild, admin::dead_letters, admin::retry,
         engine::engine_status, engine::feedback_forwards, engine::kapa_sources, engine::import_kapa_source, engine::retrieve,
+        flags::evaluate_all, flags::report_usage, flags::flag_status, flags::operator_set, flags::operator_clear,
         audit::list, audit::export, audit::state_at, audit::raw_events, audit::reads,
         analytics::overview, analytics::cost,
     ),

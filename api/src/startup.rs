@@ -74,7 +74,7 @@ impl Application {
                 )
             })?;
         let port = listener.local_addr()?.port();
-        let background = if settings.kafka.enabled {
+        let mut background = if settings.kafka.enabled {
             spawn_streaming(&pool, &settings.kafka)?
         } else {
             Vec::new()
@@ -104,8 +104,20 @@ impl Application {
             settings.answering(),
             clock,
             settings.idempotency(),
+            Duration::from_millis(settings.flags.cache_ttl_ms),
         ));
-        let mut background = background;
+        crate::flags::warn_about_stale_flags(chrono::Utc::now().date_naive());
+        let flags = bus.flags();
+        let flush_pool = pool.clone();
+        let flush_every = Duration::from_millis(settings.flags.flush_interval_ms.max(10));
+        background.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(flush_every);
+            loop {
+                ticker.tick().await;
+                // A failed flush is logged; its counts are lost, not the evaluations.
+                let _ = flags.exposures().flush(&flush_pool).await;
+            }
+        }));
         let sweeper = Sweeper::new(
             pool.clone(),
             bus.clone(),
@@ -125,6 +137,9 @@ impl Application {
         }
         let bus = web::Data::from(bus);
         let engine_status = web::Data::new(EngineStatus { kapa });
+        let usage_limiter = web::Data::new(crate::flags::UsageLimiter::new(
+            settings.flags.usage_per_minute,
+        ));
         let keys = web::Data::new(JwtKeys::new(&settings.auth));
         let platform = web::Data::new(PlatformCredential::new(
             settings.platform.operator_token.as_ref(),
@@ -155,6 +170,7 @@ impl Application {
                 .app_data(pool_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())
+                .app_data(usage_limiter.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::fallback::unmatched))
         })

@@ -10,10 +10,14 @@ use domain::engine::{
     AnswerEngine, AnswerLibrary, AnswerRequest, ChunkSink, EngineAnswer, EngineFailure,
     FailureKind, LibraryAnswer, LibraryLookup,
 };
+use domain::flags;
 use domain::tenant::Tenant;
+use domain::TenantId;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
+
+use crate::flags::TenantFlags;
 
 /// The engine names recorded for answers that did not come from an engine.
 pub const FALLBACK_ENGINE: &str = "fallback";
@@ -60,6 +64,21 @@ pub(crate) struct Answered {
 pub(crate) struct Answering {
     engines: Engines,
     settings: AnsweringSettings,
+}
+
+/// The feature flags that gate answering, for the asking user.
+pub(crate) struct Gates<'a> {
+    pub flags: &'a TenantFlags,
+    pub tenant_id: &'a TenantId,
+    pub user: &'a str,
+}
+
+impl Gates<'_> {
+    fn on(&self, tenant: &Tenant, flag: &str) -> bool {
+        self.flags
+            .evaluate(self.tenant_id, tenant, flag, self.user)
+            .value
+    }
 }
 
 /// Who is asking, as far as the engine may know.
@@ -125,10 +144,11 @@ impl Answering {
     pub async fn answer(
         &self,
         tenant: &Tenant,
+        gates: Gates<'_>,
         request: AnswerRequest,
         chunks: Option<Arc<dyn ChunkSink>>,
     ) -> Answered {
-        if tenant.answer_policy.reuse_upvoted_answers {
+        if tenant.answer_policy.reuse_upvoted_answers && gates.on(tenant, flags::ANSWER_REUSE) {
             let lookup = LibraryLookup::Identical {
                 max_age_days: self.settings.reuse_max_age_days,
             };
@@ -168,9 +188,12 @@ impl Answering {
         };
         tracing::info!(kind = %failure.kind, reason = %failure.reason, "the engine did not answer");
         let min_similarity = self.settings.fallback_min_similarity;
-        let fallback = self
-            .library(&request, LibraryLookup::Similar { min_similarity })
-            .await;
+        let fallback = if gates.on(tenant, flags::FALLBACK_ENGINE) {
+            self.library(&request, LibraryLookup::Similar { min_similarity })
+                .await
+        } else {
+            None
+        };
         match fallback {
             Some(found) => {
                 tracing::Span::current().record("engine", FALLBACK_ENGINE);

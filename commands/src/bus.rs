@@ -12,8 +12,9 @@ use event_store::{EventMetadata, PgEventRepository};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::answering::{Answering, AnsweringSettings, Asker, Engines};
+use crate::answering::{Answering, AnsweringSettings, Asker, Engines, Gates};
 use crate::error::CommandError;
+use crate::flags::TenantFlags;
 use crate::idempotency::{Claim, IdempotencySettings, IdempotencyStore, Settled};
 use crate::outcome::{AnswerStatus, CommandOutcome, DescribeOutcome};
 use crate::{Clock, CommandContext};
@@ -51,6 +52,7 @@ pub struct CommandBus {
     conversations: Store<Conversation>,
     sources: Store<KnowledgeSource>,
     answering: Answering,
+    flags: Arc<TenantFlags>,
     idempotency: IdempotencyStore,
     clock: Arc<dyn Clock>,
 }
@@ -89,9 +91,27 @@ impl CommandBus {
         answering: AnsweringSettings,
         clock: Arc<dyn Clock>,
         idempotency: IdempotencySettings,
+        flag_cache_ttl: std::time::Duration,
     ) -> Self {
         let repo = PgEventRepository::new(pool.clone());
+        let flag_repo = repo.clone();
+        let flags = Arc::new(TenantFlags::new(
+            flag_cache_ttl,
+            Arc::new(move |tenant: TenantId| {
+                let store: Store<Tenant> = PersistedEventStore::new_event_store(flag_repo.clone());
+                Box::pin(async move {
+                    match store.load_aggregate(tenant.as_str()).await {
+                        Ok(context) => Some(context.aggregate),
+                        Err(error) => {
+                            tracing::warn!(%error, "flags: the tenant could not be read; defaults apply");
+                            None
+                        }
+                    }
+                })
+            }),
+        ));
         Self {
+            flags,
             tenants: PersistedEventStore::new_event_store(repo.clone()),
             conversations: PersistedEventStore::new_event_store(repo.clone()),
             sources: PersistedEventStore::new_event_store(repo),
@@ -107,8 +127,18 @@ impl CommandBus {
         command: TenantCommand,
     ) -> Result<CommandOutcome, CommandError> {
         authorize(ctx, Action::AdministerTenant)?;
-        self.run(&self.tenants, &(), ctx, ctx.tenant_id.to_string(), command)
-            .await
+        let changes_flags = matches!(
+            command,
+            TenantCommand::SetFeatureFlag { .. } | TenantCommand::ClearFeatureFlag { .. }
+        );
+        let outcome = self
+            .run(&self.tenants, &(), ctx, ctx.tenant_id.to_string(), command)
+            .await;
+        if changes_flags {
+            // This instance sees its own change at once; others within the cache's TTL.
+            self.flags.invalidate(&ctx.tenant_id);
+        }
+        outcome
     }
 
     /// Asks a question: the first of a new conversation, or a follow-up in an existing one.
@@ -162,7 +192,12 @@ impl CommandBus {
             integration_id: question.integration_id,
         };
         let request = self.answering.request(&tenant, asker, text, thread);
-        let answered = self.answering.answer(&tenant, request, chunks).await;
+        let gates = Gates {
+            flags: &self.flags,
+            tenant_id: &ctx.tenant_id,
+            user: ctx.user_id.as_str(),
+        };
+        let answered = self.answering.answer(&tenant, gates, request, chunks).await;
         let command = match answered.result {
             Ok(answer) => ConversationCommand::RecordAnswer {
                 question_id,
@@ -354,6 +389,11 @@ impl CommandBus {
     /// (feedback forwarding, source syncs).
     pub async fn tenant_snapshot(&self, tenant_id: &TenantId) -> Result<Tenant, CommandError> {
         Ok(self.tenant_state(tenant_id).await?.0)
+    }
+
+    /// The feature flags, for handlers and workers.
+    pub fn flags(&self) -> Arc<TenantFlags> {
+        self.flags.clone()
     }
 
     /// The pseudonym the engine knows a user of a tenant by.

@@ -8,6 +8,7 @@ mod bus;
 mod clock;
 mod context;
 mod error;
+pub mod flags;
 mod idempotency;
 mod local_engine;
 mod outcome;

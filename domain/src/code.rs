@@ -57,6 +57,7 @@ catalogue! {
     PlatformCredentialInvalid = (401, "platform_credential_invalid");
     Forbidden = (403, "forbidden");
     PlatformOnly = (403, "platform_only");
+    FlagNotTenantControllable = (403, "flag_not_tenant_controllable");
     RouteNotFound = (404, "route_not_found");
     ProjectionNotFound = (404, "projection_not_found");
     DeadLetterNotFound = (404, "dead_letter_not_found");
@@ -107,6 +108,7 @@ catalogue! {
     ReasonsNeedDownvote = (422, "reasons_need_downvote");
     EmptyUpdate = (422, "empty_update");
     IdempotencyKeyReused = (422, "idempotency_key_reused");
+    RateLimited = (429, "rate_limited");
     InternalError = (500, "internal_error");
     StoredDataUnreadable = (500, "stored_data_unreadable");
     EngineUnavailable = (502, "engine_unavailable");

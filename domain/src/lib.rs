@@ -12,6 +12,7 @@ pub mod engine;
 /// Why an aggregate refuses a command.
 pub mod error;
 pub mod event;
+pub mod flags;
 pub mod guardrail;
 pub mod ids;
 pub mod knowledge_source;

@@ -7,6 +7,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineContext;
+use crate::flags::FlagOverride;
 use crate::guardrail::GuardrailPolicy;
 use crate::{domain_event, validate, DomainError, Role};
 
@@ -40,14 +41,8 @@ pub struct AnswerPolicy {
     pub reuse_upvoted_answers: bool,
 }
 
-/// A feature switched on or off for the tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureFlag {
-    /// On or off.
-    pub enabled: bool,
-    /// The share of users (0-100) who see it when on.
-    pub rollout_percentage: u8,
-}
+/// The tenant's override of a platform-defined feature flag (`crate::flags`).
+pub type FeatureFlag = FlagOverride;
 
 /// A person of the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,19 +107,22 @@ pub enum TenantCommand {
     },
     /// Record that the engine accepted the tenant's credentials again.
     RecordEngineRecovery,
-    /// Switch a feature on or off.
+    /// Override a platform-defined flag for the tenant.
     SetFeatureFlag {
-        /// The feature.
+        /// The flag's key.
         flag: String,
-        /// On or off.
-        enabled: bool,
-        /// The share of users (0-100) who see it.
-        rollout_percentage: u8,
+        /// The override.
+        setting: FlagOverride,
+        /// Sent by a platform operator (who may override any flag); a tenant's Admin may only
+        /// override flags marked tenant-controllable.
+        by_platform: bool,
     },
-    /// Forget a feature flag.
+    /// Remove the tenant's override: the platform's default applies again.
     ClearFeatureFlag {
-        /// The feature.
+        /// The flag's key.
         flag: String,
+        /// Sent by a platform operator.
+        by_platform: bool,
     },
     /// Add a person.
     InviteMember {
@@ -198,14 +196,23 @@ pub enum TenantEvent {
     },
     /// The engine accepted the tenant's credentials again.
     EngineCredentialsAccepted {},
-    /// A feature was switched on or off.
+    /// A flag was overridden for the tenant.
     FeatureFlagSet {
-        /// The feature.
+        /// The flag's key.
         flag: String,
         /// On or off.
         enabled: bool,
-        /// The share of users (0-100) who see it.
+        /// The share of users (0-100) who get `on`.
         rollout_percentage: u8,
+        /// Always `on` for these users.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        allow: Vec<String>,
+        /// Always `off` for these users.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deny: Vec<String>,
+        /// Set by a platform operator (not the tenant's Admin).
+        #[serde(default)]
+        by_platform: bool,
     },
     /// A feature flag was forgotten.
     FeatureFlagCleared {
@@ -431,23 +438,22 @@ impl Tenant {
             }
             TenantCommand::SetFeatureFlag {
                 flag,
-                enabled,
-                rollout_percentage,
+                setting,
+                by_platform,
             } => {
-                if rollout_percentage > 100 {
-                    return Err(DomainError::new(
-                        Code::InvalidRollout,
-                        "rollout_percentage must be between 0 and 100",
-                    ));
-                }
+                let flag = controllable_flag(&flag, by_platform)?;
+                let setting = setting.validated()?;
                 TenantEvent::FeatureFlagSet {
-                    flag: flag_name(&flag)?,
-                    enabled,
-                    rollout_percentage,
+                    flag,
+                    enabled: setting.enabled,
+                    rollout_percentage: setting.rollout_percentage,
+                    allow: setting.allow,
+                    deny: setting.deny,
+                    by_platform,
                 }
             }
-            TenantCommand::ClearFeatureFlag { flag } => {
-                let flag = flag_name(&flag)?;
+            TenantCommand::ClearFeatureFlag { flag, by_platform } => {
+                let flag = controllable_flag(&flag, by_platform)?;
                 if !self.feature_flags.contains_key(&flag) {
                     return Err(DomainError::new(
                         Code::FeatureFlagNotFound,
@@ -522,6 +528,24 @@ impl Tenant {
     }
 }
 
+/// A flag the platform defines and the sender may override.
+fn controllable_flag(flag: &str, by_platform: bool) -> Result<String, DomainError> {
+    let flag = flag_name(flag)?;
+    let definition = crate::flags::definition(&flag).ok_or_else(|| {
+        DomainError::new(
+            Code::FeatureFlagNotFound,
+            format!("the platform defines no flag `{flag}`"),
+        )
+    })?;
+    if !by_platform && !definition.tenant_controllable {
+        return Err(DomainError::new(
+            Code::FlagNotTenantControllable,
+            format!("`{flag}` is set by the platform's operators, not by the tenant"),
+        ));
+    }
+    Ok(flag)
+}
+
 fn flag_name(flag: &str) -> Result<String, DomainError> {
     let valid = !flag.is_empty()
         && flag.len() <= 64
@@ -589,12 +613,17 @@ impl Aggregate for Tenant {
                 flag,
                 enabled,
                 rollout_percentage,
+                allow,
+                deny,
+                ..
             } => {
                 self.feature_flags.insert(
                     flag,
-                    FeatureFlag {
+                    FlagOverride {
                         enabled,
                         rollout_percentage,
+                        allow,
+                        deny,
                     },
                 );
             }
@@ -797,43 +826,90 @@ mod tests {
         assert_eq!(tenant.engine_problem, None);
     }
 
-    #[tokio::test]
-    async fn feature_flags_are_set_validated_and_cleared() {
-        let err = Given::with(())
-            .given(created())
-            .when_async(TenantCommand::SetFeatureFlag {
-                flag: "beta".into(),
+    fn set(flag: &str, pct: u8, by_platform: bool) -> TenantCommand {
+        TenantCommand::SetFeatureFlag {
+            flag: flag.into(),
+            setting: FlagOverride {
                 enabled: true,
-                rollout_percentage: 101,
-            })
+                rollout_percentage: pct,
+                ..Default::default()
+            },
+            by_platform,
+        }
+    }
+
+    async fn refused(command: TenantCommand) -> Code {
+        Given::with(())
+            .given(created())
+            .when_async(command)
             .await
             .inspect_result()
-            .unwrap_err();
-        assert_eq!(err.code, Code::InvalidRollout);
+            .unwrap_err()
+            .code
+    }
+
+    #[tokio::test]
+    async fn feature_flags_are_overridden_validated_and_cleared() {
+        use crate::flags::{FALLBACK_ENGINE, STREAMING_ANSWERS};
+        assert_eq!(
+            refused(set(STREAMING_ANSWERS, 101, false)).await,
+            Code::InvalidRollout
+        );
+        assert_eq!(
+            refused(set("beta", 50, true)).await,
+            Code::FeatureFlagNotFound
+        );
+        // A platform-only flag: the tenant's Admin may not, an operator may.
+        assert_eq!(
+            refused(set(FALLBACK_ENGINE, 50, false)).await,
+            Code::FlagNotTenantControllable
+        );
+        Given::with(())
+            .given(created())
+            .when_async(set(FALLBACK_ENGINE, 50, true))
+            .await
+            .then_expect_events(vec![TenantEvent::FeatureFlagSet {
+                flag: FALLBACK_ENGINE.into(),
+                enabled: true,
+                rollout_percentage: 50,
+                allow: vec![],
+                deny: vec![],
+                by_platform: true,
+            }]);
         let mut given = created();
         given.push(TenantEvent::FeatureFlagSet {
-            flag: "beta".into(),
+            flag: STREAMING_ANSWERS.into(),
             enabled: true,
             rollout_percentage: 50,
+            allow: vec![],
+            deny: vec![],
+            by_platform: false,
         });
         Given::with(())
             .given(given)
             .when_async(TenantCommand::ClearFeatureFlag {
-                flag: "beta".into(),
+                flag: STREAMING_ANSWERS.into(),
+                by_platform: false,
             })
             .await
             .then_expect_events(vec![TenantEvent::FeatureFlagCleared {
-                flag: "beta".into(),
+                flag: STREAMING_ANSWERS.into(),
             }]);
-        let missing = Given::with(())
-            .given(created())
-            .when_async(TenantCommand::ClearFeatureFlag {
-                flag: "beta".into(),
-            })
-            .await
-            .inspect_result()
-            .unwrap_err();
-        assert_eq!(missing.code, Code::FeatureFlagNotFound);
+        let missing = refused(TenantCommand::ClearFeatureFlag {
+            flag: STREAMING_ANSWERS.into(),
+            by_platform: false,
+        })
+        .await;
+        assert_eq!(missing, Code::FeatureFlagNotFound);
+    }
+
+    #[test]
+    fn an_older_flag_event_without_lists_still_loads() {
+        let old = serde_json::json!({"FeatureFlagSet": {"flag": "x", "enabled": true, "rollout_percentage": 5}});
+        let event: TenantEvent = serde_json::from_value(old).unwrap();
+        assert!(
+            matches!(event, TenantEvent::FeatureFlagSet { allow, by_platform: false, .. } if allow.is_empty())
+        );
     }
 
     #[tokio::test]

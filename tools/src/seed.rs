@@ -146,6 +146,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
         settings.answering(),
         clock.clone(),
         IdempotencySettings::default(),
+        std::time::Duration::from_secs(1),
     );
     let mut rng = StdRng::seed_from_u64(args.seed);
     let set = |t: DateTime<Utc>| clock.set(t);

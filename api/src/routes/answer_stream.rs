@@ -29,6 +29,23 @@ pub fn wants_stream(req: &HttpRequest) -> bool {
         })
 }
 
+/// Whether the caller asked for a stream and the `streaming-answers` flag lets them have one
+/// (otherwise they get the JSON answer).
+pub async fn streams(req: &HttpRequest, bus: &CommandBus, ctx: &CommandContext) -> bool {
+    use commands::flags::{EvaluationContext, FlagProvider};
+    if !wants_stream(req) {
+        return false;
+    }
+    let context = EvaluationContext {
+        tenant: ctx.tenant_id.clone(),
+        user: ctx.user_id.to_string(),
+    };
+    bus.flags()
+        .resolve_bool(domain::flags::STREAMING_ANSWERS, true, &context)
+        .await
+        .value
+}
+
 enum Message {
     Chunk(String),
     Done(Result<CommandOutcome, ApiError>),

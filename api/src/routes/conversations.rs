@@ -56,7 +56,7 @@ pub async fn start(
     body: web::Json<AskRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = caller.context(&*body);
-    if answer_stream::wants_stream(&req) {
+    if answer_stream::streams(&req, &bus, &ctx).await {
         return answer_stream::respond(bus, ctx, Uuid::now_v7(), false, question(&body)).await;
     }
     let outcome = bus
@@ -80,7 +80,7 @@ pub async fn follow_up(
     body: web::Json<AskRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = caller.context(&*body);
-    if answer_stream::wants_stream(&req) {
+    if answer_stream::streams(&req, &bus, &ctx).await {
         return answer_stream::respond(bus, ctx, *id, true, question(&body)).await;
     }
     let outcome = bus.ask(&ctx, *id, true, question(&body), None).await?;

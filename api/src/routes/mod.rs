@@ -20,6 +20,7 @@ pub mod conversations;
 pub mod docs;
 pub mod engine;
 pub mod fallback;
+pub mod flags;
 pub mod health;
 pub mod sources;
 pub mod tenant;
@@ -153,6 +154,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(engine::configure)
                 .configure(sources::configure)
                 .configure(admin::configure)
+                .configure(flags::configure)
                 .configure(audit::configure)
                 .configure(analytics::configure),
         );

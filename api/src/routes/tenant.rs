@@ -124,8 +124,10 @@ pub async fn set_answer_policy(
     Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
 }
 
+/// Override a tenant-controllable flag for the tenant (Admin). Platform-only flags are set by
+/// operators (`PUT /v1/admin/tenants/{tenant}/feature-flags/{flag}`).
 #[utoipa::path(put, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant", request_body = FeatureFlagRequest,
-    params(("flag" = String, Path, description = "1-64 characters of a-z, 0-9, _ . -"),
+    params(("flag" = TenantFlagKey, Path, description = "A flag the platform defines and tenants may override"),
            ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/tenant/feature-flags/{flag}")]
@@ -137,14 +139,15 @@ pub async fn set_flag(
 ) -> Result<HttpResponse, ApiError> {
     let command = TenantCommand::SetFeatureFlag {
         flag: flag.into_inner(),
-        enabled: body.enabled,
-        rollout_percentage: body.rollout_percentage,
+        setting: body.setting(),
+        by_platform: false,
     };
     Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
 }
 
+/// Remove the tenant's override of a flag: the platform's default applies again.
 #[utoipa::path(delete, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant",
-    params(("flag" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
+    params(("flag" = TenantFlagKey, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[delete("/tenant/feature-flags/{flag}")]
 pub async fn clear_flag(
@@ -154,6 +157,7 @@ pub async fn clear_flag(
 ) -> Result<HttpResponse, ApiError> {
     let command = TenantCommand::ClearFeatureFlag {
         flag: flag.into_inner(),
+        by_platform: false,
     };
     Ok(HttpResponse::Ok().json(send(&bus, &caller, &(), command).await?))
 }

@@ -1001,6 +1001,35 @@ async fn the_fallback_answers_from_the_tenants_own_upvoted_answers_only_and_reus
         2,
         "no call for the reused answer"
     );
+
+    // The flags gate both: with `answer-reuse` off (the tenant's Admin may) Kapa is asked and
+    // the fallback answers; with `fallback-engine` off (operators only) nothing does.
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/v1/tenant/feature-flags/answer-reuse",
+            &a,
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let not_reused = ask(&app, &a, "How do I export my invoices to CSV?").await;
+    assert_eq!(not_reused["answer"]["engine"], "fallback", "{not_reused}");
+    assert_eq!(received(&kapa, "/query/").await.len(), 3);
+    let response = app
+        .client
+        .put(format!(
+            "{}/v1/admin/tenants/fallback-a/feature-flags/fallback-engine",
+            app.address
+        ))
+        .bearer_auth(&app.platform_token)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let no_fallback = ask(&app, &a, "How do I export my invoices to CSV?").await;
+    assert_eq!(no_fallback["answer"]["status"], "failed", "{no_fallback}");
 }
 
 #[tokio::test]

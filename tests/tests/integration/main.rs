@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod commands_round_trip;
 mod concurrency;
+mod flags;
 mod idempotency;
 mod kapa;
 mod openapi;
