@@ -34,9 +34,6 @@ pub const STREAMING_ANSWERS: &str = "streaming-answers";
 pub const ANSWER_REUSE: &str = "answer-reuse";
 /// Answering from earlier upvoted answers when the engine cannot.
 pub const FALLBACK_ENGINE: &str = "fallback-engine";
-/// Screening answers (output guardrails) before users see them.
-pub const OUTPUT_GUARDRAILS: &str = "output-guardrails";
-
 /// Every flag the platform defines.
 pub const FLAGS: &[FlagDefinition] = &[
     FlagDefinition {
@@ -65,16 +62,6 @@ pub const FLAGS: &[FlagDefinition] = &[
         default: true,
         tenant_controllable: false,
         salt: "e93a",
-    },
-    FlagDefinition {
-        key: OUTPUT_GUARDRAILS,
-        description:
-            "Answers are screened for personal data and blocked terms before users see them",
-        owner: "trust-team",
-        expires: "2027-03-31",
-        default: true,
-        tenant_controllable: false,
-        salt: "41c8",
     },
 ];
 
