@@ -77,7 +77,7 @@ pub struct UsageReport {
 /// The frontend reports that the signed-in user used a flagged feature (for adoption: exposed
 /// users who used it). Rate limited per user and flag (`flags.usage_per_minute`).
 #[utoipa::path(post, path = "/v1/flags/{flag}/usage", tag = "flags", request_body = UsageReport,
-    params(("flag" = FlagKey, Path)),
+    params(("flag" = inline(FlagKey), Path)),
     responses((status = 204, description = "Recorded"), CommandProblems), security(("bearer" = [])))]
 #[post("/flags/{flag}/usage")]
 pub async fn report_usage(
@@ -264,7 +264,7 @@ fn operator_context(tenant: &str) -> Result<CommandContext, ApiError> {
 #[utoipa::path(put, path = "/v1/admin/tenants/{tenant}/feature-flags/{flag}", tag = "admin",
     request_body = FeatureFlagRequest,
     params(("tenant" = String, Path, description = "The tenant id", pattern = "^[a-z0-9_-]{1,64}$"),
-           ("flag" = FlagKey, Path)),
+           ("flag" = inline(FlagKey), Path)),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("platform" = [])))]
 #[put("/admin/tenants/{tenant}/feature-flags/{flag}")]
 pub async fn operator_set(
@@ -286,7 +286,7 @@ pub async fn operator_set(
 /// Remove a tenant's override of a flag (platform operators).
 #[utoipa::path(delete, path = "/v1/admin/tenants/{tenant}/feature-flags/{flag}", tag = "admin",
     params(("tenant" = String, Path, description = "The tenant id", pattern = "^[a-z0-9_-]{1,64}$"),
-           ("flag" = FlagKey, Path)),
+           ("flag" = inline(FlagKey), Path)),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("platform" = [])))]
 #[delete("/admin/tenants/{tenant}/feature-flags/{flag}")]
 pub async fn operator_clear(

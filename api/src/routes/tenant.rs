@@ -127,7 +127,7 @@ pub async fn set_answer_policy(
 /// Override a tenant-controllable flag for the tenant (Admin). Platform-only flags are set by
 /// operators (`PUT /v1/admin/tenants/{tenant}/feature-flags/{flag}`).
 #[utoipa::path(put, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant", request_body = FeatureFlagRequest,
-    params(("flag" = TenantFlagKey, Path, description = "A flag the platform defines and tenants may override"),
+    params(("flag" = inline(TenantFlagKey), Path, description = "A flag the platform defines and tenants may override"),
            ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/tenant/feature-flags/{flag}")]
@@ -147,7 +147,7 @@ pub async fn set_flag(
 
 /// Remove the tenant's override of a flag: the platform's default applies again.
 #[utoipa::path(delete, path = "/v1/tenant/feature-flags/{flag}", tag = "tenant",
-    params(("flag" = TenantFlagKey, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
+    params(("flag" = inline(TenantFlagKey), Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[delete("/tenant/feature-flags/{flag}")]
 pub async fn clear_flag(

@@ -18,6 +18,18 @@ fn the_committed_openapi_document_matches_the_code() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+    // Every reference resolves: a schema used only by reference must be registered.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for reference in generated
+        .split("\"#/components/schemas/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+    {
+        assert!(
+            schemas.contains_key(reference),
+            "{reference} is referenced but not defined"
+        );
+    }
 }
 
 #[tokio::test]
