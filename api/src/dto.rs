@@ -130,6 +130,19 @@ impl GuardrailActionsDto {
     }
 }
 
+/// A string of 1 to `max` characters, not blank, without control characters (the schema of the
+/// hand-written string newtypes below; the domain checks the same).
+fn printable_text(max: usize) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(
+            "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        ))
+        .into()
+}
+
 /// A blocked term: 1-100 characters, not blank, no control characters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -137,14 +150,7 @@ pub struct BlockedTerm(pub String);
 
 impl utoipa::PartialSchema for BlockedTerm {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(100))
-            .pattern(Some(
-                "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
-            ))
-            .into()
+        printable_text(100)
     }
 }
 
@@ -230,14 +236,7 @@ pub struct FlagUser(pub String);
 
 impl utoipa::PartialSchema for FlagUser {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(200))
-            .pattern(Some(
-                "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
-            ))
-            .into()
+        printable_text(200)
     }
 }
 
