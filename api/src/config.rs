@@ -298,7 +298,7 @@ impl Settings {
             );
         }
         if self.kapa.enabled {
-            if let Err(e) = kapa::KapaClient::new(&self.kapa.base_url, Duration::ZERO) {
+            if let Err(e) = kapa::KapaClient::parse_base_url(&self.kapa.base_url) {
                 problems.push(e);
             }
             if self.kapa.total_timeout_ms == 0 || self.kapa.tenant_concurrency == 0 {

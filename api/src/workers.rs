@@ -37,27 +37,35 @@ pub fn spawn(
         max_attempts: settings.kapa_workers.feedback_max_attempts,
         retry_base: Duration::from_millis(settings.kapa_workers.retry_base_ms),
     };
-    let syncs = SyncPoller { pool, bus, kapa };
+    let forwarder = Arc::new(forwarder);
+    let syncs = Arc::new(SyncPoller { pool, bus, kapa });
     vec![
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            loop {
-                ticker.tick().await;
-                if let Err(error) = forwarder.run_once().await {
-                    tracing::warn!(%error, "feedback forwarding failed; trying again");
-                }
-            }
+        every(interval, "feedback forwarding", move || {
+            let forwarder = forwarder.clone();
+            async move { forwarder.run_once().await }
         }),
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            loop {
-                ticker.tick().await;
-                if let Err(error) = syncs.run_once().await {
-                    tracing::warn!(%error, "polling source syncs failed; trying again");
-                }
-            }
+        every(interval, "polling source syncs", move || {
+            let syncs = syncs.clone();
+            async move { syncs.run_once().await }
         }),
     ]
+}
+
+/// Runs `work` every `interval`, for ever; a failed round is logged and tried at the next tick.
+fn every<F, Fut>(interval: Duration, what: &'static str, work: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = work().await {
+                tracing::warn!(%error, "{what} failed; trying again");
+            }
+        }
+    })
 }
 
 fn system_context(tenant: &TenantId, user: &str) -> anyhow::Result<CommandContext> {

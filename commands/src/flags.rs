@@ -44,8 +44,6 @@ impl From<Evaluation> for Resolution {
 /// implementation of this trait (docs/feature-flags.md); none may need the network to start.
 #[async_trait]
 pub trait FlagProvider: Send + Sync {
-    /// The provider's name, for status pages.
-    fn name(&self) -> &'static str;
     /// Resolves a boolean flag; `default` when the provider cannot (never an error).
     async fn resolve_bool(&self, flag: &str, default: bool, ctx: &EvaluationContext) -> Resolution;
 }
@@ -87,20 +85,29 @@ impl TenantFlags {
         flag: &str,
         user: &str,
     ) -> Resolution {
-        let resolution = match flags::definition(flag) {
-            Some(definition) => Resolution::from(flags::evaluate(
-                definition,
-                tenant.feature_flags.get(flag),
-                user,
-            )),
-            None => Resolution {
-                value: false,
-                variant: "off",
+        self.resolve(tenant_id, flag, false, tenant.feature_flags.get(flag), user)
+    }
+
+    /// One evaluation, counted as an exposure. An unknown flag gets `default` and is not
+    /// counted: nobody was exposed to anything.
+    fn resolve(
+        &self,
+        tenant: &TenantId,
+        flag: &str,
+        default: bool,
+        over: Option<&FlagOverride>,
+        user: &str,
+    ) -> Resolution {
+        let Some(definition) = flags::definition(flag) else {
+            return Resolution {
+                value: default,
+                variant: if default { "on" } else { "off" },
                 reason: Reason::Unknown,
-            },
+            };
         };
+        let resolution = Resolution::from(flags::evaluate(definition, over, user));
         self.exposures
-            .record(tenant_id, flag, user, resolution.variant);
+            .record(tenant, flag, user, resolution.variant);
         resolution
     }
 
@@ -135,28 +142,14 @@ impl TenantFlags {
 
 #[async_trait]
 impl FlagProvider for TenantFlags {
-    fn name(&self) -> &'static str {
-        "answers-tenant-overrides"
-    }
-
     async fn resolve_bool(&self, flag: &str, default: bool, ctx: &EvaluationContext) -> Resolution {
-        let Some(definition) = flags::definition(flag) else {
-            return Resolution {
-                value: default,
-                variant: if default { "on" } else { "off" },
-                reason: Reason::Unknown,
-            };
+        // A tenant that cannot be read gets the platform's defaults, not an error.
+        let overrides = match flags::definition(flag) {
+            Some(_) => self.overrides(&ctx.tenant).await,
+            None => None,
         };
-        // A tenant that cannot be read gets the platform's default, not an error.
-        let overrides = self.overrides(&ctx.tenant).await;
-        let resolution = Resolution::from(flags::evaluate(
-            definition,
-            overrides.as_ref().and_then(|o| o.get(flag)),
-            &ctx.user,
-        ));
-        self.exposures
-            .record(&ctx.tenant, flag, &ctx.user, resolution.variant);
-        resolution
+        let over = overrides.as_ref().and_then(|o| o.get(flag));
+        self.resolve(&ctx.tenant, flag, default, over, &ctx.user)
     }
 }
 

@@ -251,12 +251,13 @@ mod tests {
 
     #[test]
     fn the_bucket_is_launchdarklys() {
-        // SHA-1("streaming-answers.b1f0.alice") computed independently, first 15 hex digits.
-        let digest = Sha1::digest(b"streaming-answers.b1f0.alice");
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let expected = u64::from_str_radix(&hex[..15], 16).unwrap() as f64 / 1152921504606846975.0;
-        assert_eq!(bucket(STREAMING_ANSWERS, "b1f0", "alice"), expected);
-        assert!(bucket("a", "b", "c") < 1.0);
+        // Computed outside this code (Python: int(sha1(b"streaming-answers.b1f0.alice")
+        // .hexdigest()[:15], 16) / 0xFFFFFFFFFFFFFFF); a change of key format, digit count or
+        // scale changes every user's bucket and must fail here.
+        let alice = bucket(STREAMING_ANSWERS, "b1f0", "alice");
+        assert!((alice - 0.303_918_862_637_648_56).abs() < 1e-12, "{alice}");
+        let bob = bucket(ANSWER_REUSE, "7c2d", "bob");
+        assert!((bob - 0.012_418_158_811_094_562).abs() < 1e-12, "{bob}");
     }
 
     #[test]

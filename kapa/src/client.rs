@@ -210,16 +210,22 @@ pub struct KapaClient {
 impl KapaClient {
     /// A client for `base_url` (`https://api.kapa.ai`), connecting within `connect_timeout`.
     pub fn new(base_url: &str, connect_timeout: Duration) -> Result<Self, String> {
-        let base = Url::parse(base_url).map_err(|e| format!("kapa.base_url: {e}"))?;
-        if !matches!(base.scheme(), "https" | "http") {
-            return Err("kapa.base_url must be http(s)".into());
-        }
+        let base = Self::parse_base_url(base_url)?;
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .user_agent(concat!("answers-platform/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("building the Kapa HTTP client: {e}"))?;
         Ok(Self { http, base })
+    }
+
+    /// Checks a base URL as `new` would, without building a client (configuration checks).
+    pub fn parse_base_url(base_url: &str) -> Result<Url, String> {
+        let base = Url::parse(base_url).map_err(|e| format!("kapa.base_url: {e}"))?;
+        if !matches!(base.scheme(), "https" | "http") {
+            return Err("kapa.base_url must be http(s)".into());
+        }
+        Ok(base)
     }
 
     /// The base URL calls go to.

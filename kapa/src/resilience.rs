@@ -21,6 +21,17 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The word the status route shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// A breaker as the status route shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BreakerStatus {

@@ -87,7 +87,7 @@ pub async fn retrieve(
             format!("{} (guardrail `{}`)", violation.reason, violation.rule),
         ));
     }
-    let (kapa, settings, key) = kapa_of(&bus, &engines, &auth).await?;
+    let (kapa, settings, key) = kapa_of(&engines, &auth, tenant).await?;
     let chunks = kapa
         .client()
         .retrieve(
@@ -121,10 +121,7 @@ impl From<BreakerStatus> for BreakerView {
     fn from(b: BreakerStatus) -> Self {
         Self {
             project_id: b.project_id,
-            state: serde_json::to_value(b.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            state: b.state.as_str().to_string(),
             consecutive_failures: b.consecutive_failures,
             times_opened: b.times_opened,
             retry_in_ms: b.retry_in_ms,
@@ -222,10 +219,11 @@ pub struct KapaSourceView {
     pub linked_source_id: Option<Uuid>,
 }
 
+/// The Kapa engine, the tenant's Kapa settings and its key, for a tenant already loaded.
 async fn kapa_of(
-    bus: &CommandBus,
     engines: &EngineStatus,
     auth: &Authenticated,
+    tenant: domain::tenant::Tenant,
 ) -> Result<
     (
         std::sync::Arc<kapa::KapaEngine>,
@@ -240,7 +238,6 @@ async fn kapa_of(
             "this deployment does not talk to Kapa",
         )
     })?;
-    let tenant = bus.tenant_snapshot(&auth.0.tenant_id).await?;
     let settings = tenant.kapa.ok_or_else(|| {
         ApiError::new(
             Code::KapaNotConfigured,
@@ -270,7 +267,8 @@ pub async fn kapa_sources(
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
-    let (kapa, settings, key) = kapa_of(&bus, &engines, &auth).await?;
+    let tenant = bus.tenant_snapshot(&auth.0.tenant_id).await?;
+    let (kapa, settings, key) = kapa_of(&engines, &auth, tenant).await?;
     let found = kapa
         .client()
         .sources(&key, &settings.project_id, kapa.call_timeout())
@@ -340,7 +338,8 @@ pub async fn import_kapa_source(
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
     let kapa_source_id = kapa_source_id.into_inner();
-    let (kapa, settings, key) = kapa_of(&bus, &engines, &auth).await?;
+    let tenant = bus.tenant_snapshot(&auth.0.tenant_id).await?;
+    let (kapa, settings, key) = kapa_of(&engines, &auth, tenant).await?;
     if linked_sources(&pool, &auth.0.tenant_id)
         .await?
         .iter()
@@ -382,7 +381,7 @@ pub async fn import_kapa_source(
         .unwrap_or_else(|| format!("Kapa source {kapa_source_id}"));
     let location = format!(
         "{}/ingestion/v1/projects/{}/sources/{}/",
-        kapa_base(&kapa),
+        kapa.client().base_url().trim_end_matches('/'),
         settings.project_id,
         kapa_source_id
     );
@@ -396,8 +395,4 @@ pub async fn import_kapa_source(
     };
     let outcome = bus.source(&ctx, Uuid::now_v7(), command).await?;
     Ok(HttpResponse::Created().json(outcome))
-}
-
-fn kapa_base(kapa: &kapa::KapaEngine) -> String {
-    kapa.client().base_url().trim_end_matches('/').to_string()
 }
