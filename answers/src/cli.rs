@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use domain::Role;
 
 use answers_api::auth::JwtKeys;
+use answers_api::config::Profile;
 use answers_api::{openapi, startup, telemetry, Application, Settings};
 use answers_tools::{bench, seed, write_stdout};
 
@@ -25,7 +26,9 @@ pub enum Command {
     Serve,
     /// Run the database migrations and exit.
     Migrate,
-    /// Mint a development token signed with the configured secret.
+    /// Print a new Ed25519 signing key (PKCS#8 PEM) for `auth.signing_key`.
+    Keygen,
+    /// Mint a development token (no session; refused by the production profile).
     Token {
         #[arg(long)]
         tenant: String,
@@ -77,7 +80,12 @@ impl Cli {
                 user,
                 ttl,
             } => {
-                let keys = JwtKeys::new(&settings.auth);
+                if settings.profile == Profile::Production {
+                    anyhow::bail!(
+                        "`answers token` is for development: production tokens come from signing in (docs/identity.md)"
+                    );
+                }
+                let keys = JwtKeys::new(&settings.auth)?;
                 let token = keys.mint(
                     &user,
                     &tenant,
@@ -85,6 +93,9 @@ impl Cli {
                     ttl.unwrap_or(settings.auth.dev_token_ttl_secs),
                 )?;
                 write_stdout(&format!("{token}\n"))?;
+            }
+            Command::Keygen => {
+                write_stdout(&identity::keys::generate_pem()?)?;
             }
             Command::Relay => {
                 telemetry::init(&settings.log);

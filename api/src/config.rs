@@ -6,11 +6,21 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-/// The development secret. Start-up warns when it is in use.
-pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-change-me-0123456789";
+/// How the service runs: `development` starts with no configuration (a built-in signing key,
+/// development tokens); `production` refuses to start with any built-in secret.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Development,
+    Production,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    #[serde(default)]
+    pub profile: Profile,
+    pub identity: IdentitySettings,
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
@@ -103,15 +113,105 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
+/// Our tokens and sessions (docs/identity.md).
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
-    /// HS256 secret, at least 32 bytes.
-    pub jwt_secret: SecretString,
+    /// The Ed25519 key that signs access tokens (PKCS#8 PEM, `answers keygen`). Unset in
+    /// development: a built-in key (refused in production).
+    pub signing_key: Option<SecretString>,
+    /// Its `kid`.
+    pub signing_key_id: Option<String>,
+    /// During a rotation: the previous key, still accepted and published until its tokens
+    /// expire (`access_ttl_secs` after the rotation).
+    pub previous_signing_key: Option<SecretString>,
+    pub previous_signing_key_id: Option<String>,
     pub issuer: String,
     pub audience: String,
-    /// Lifetime of tokens minted by the `token` subcommand.
+    /// Lifetime of tokens minted by the `token` subcommand (development only).
     pub dev_token_ttl_secs: u64,
     pub leeway_secs: u64,
+    /// Lifetime of an access token.
+    pub access_ttl_secs: u64,
+    /// A session unused this long ends.
+    pub session_idle_secs: u64,
+    /// A session ends this long after sign-in, used or not.
+    pub session_absolute_secs: u64,
+    /// How long a session check (revoked? member? role?) is reused: a revocation or a role
+    /// change reaches live tokens within this.
+    pub session_check_ttl_ms: u64,
+    /// Cookies carry `Secure` (off only for plain-HTTP development).
+    pub cookie_secure: bool,
+    /// How long a sign-in may take between leaving for the provider and coming back.
+    pub sign_in_ttl_secs: u64,
+    /// How long a sign-in waits for its second factor.
+    pub mfa_ttl_secs: u64,
+}
+
+/// Sign-in providers and platform operators (docs/identity.md). An absent provider is not
+/// offered.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdentitySettings {
+    pub google: Option<identity::ProviderSettings>,
+    pub microsoft: Option<identity::ProviderSettings>,
+    pub github: Option<identity::ProviderSettings>,
+    /// Verified e-mail addresses of the platform operators, comma-separated.
+    pub operators: String,
+    /// Timeout of every call to a provider.
+    pub provider_timeout_ms: u64,
+    /// The name authenticator apps show for our TOTP factors.
+    pub totp_issuer: String,
+}
+
+impl IdentitySettings {
+    /// The configured providers.
+    pub fn providers(
+        &self,
+    ) -> std::collections::BTreeMap<domain::access::Provider, identity::ProviderSettings> {
+        use domain::access::Provider;
+        [
+            (Provider::Google, &self.google),
+            (Provider::Microsoft, &self.microsoft),
+            (Provider::Github, &self.github),
+        ]
+        .into_iter()
+        .filter_map(|(p, s)| s.clone().map(|s| (p, s)))
+        .collect()
+    }
+
+    /// The operators' addresses, lower-cased.
+    pub fn operators(&self) -> Vec<String> {
+        self.operators
+            .split(',')
+            .map(|e| e.trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+}
+
+impl AuthSettings {
+    /// The signing keys: configured ones, or the development key when none is.
+    pub fn token_keys(&self) -> anyhow::Result<identity::TokenKeys> {
+        let Some(key) = &self.signing_key else {
+            return Ok(identity::TokenKeys::development(
+                &self.issuer,
+                &self.audience,
+                self.leeway_secs,
+            ));
+        };
+        let kid = self.signing_key_id.as_deref().unwrap_or("current");
+        let previous = match (&self.previous_signing_key, &self.previous_signing_key_id) {
+            (Some(k), Some(id)) => Some((id.as_str(), k.expose_secret())),
+            (Some(k), None) => Some(("previous", k.expose_secret())),
+            _ => None,
+        };
+        Ok(identity::TokenKeys::new(
+            (kid, key.expose_secret()),
+            previous,
+            &self.issuer,
+            &self.audience,
+            self.leeway_secs,
+        )?)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,7 +245,17 @@ impl Settings {
             .set_default("database.acquire_timeout_ms", 5000)?
             .set_default("database.create_if_missing", true)?
             .set_default("database.migrate_on_start", true)?
-            .set_default("auth.jwt_secret", DEV_JWT_SECRET)?
+            .set_default("profile", "development")?
+            .set_default("auth.access_ttl_secs", 600)?
+            .set_default("auth.session_idle_secs", 12 * 3600)?
+            .set_default("auth.session_absolute_secs", 7 * 24 * 3600)?
+            .set_default("auth.session_check_ttl_ms", 1_000)?
+            .set_default("auth.cookie_secure", true)?
+            .set_default("auth.sign_in_ttl_secs", 600)?
+            .set_default("auth.mfa_ttl_secs", 300)?
+            .set_default("identity.operators", "")?
+            .set_default("identity.provider_timeout_ms", 5_000)?
+            .set_default("identity.totp_issuer", "Answers")?
             .set_default("auth.issuer", "answers-dev")?
             .set_default("auth.audience", "answers-api")?
             .set_default("auth.dev_token_ttl_secs", 12 * 3600)?
@@ -217,17 +327,52 @@ impl Settings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut problems = Vec::new();
-        if self.auth.jwt_secret.expose_secret().len() < 32 {
-            problems.push("auth.jwt_secret must be at least 32 bytes".to_string());
+        match self.auth.token_keys() {
+            Ok(keys) if self.profile == Profile::Production && keys.is_development() => problems
+                .push(
+                    "profile production refuses the development signing key: set \
+                     auth.signing_key (answers keygen) and auth.signing_key_id"
+                        .to_string(),
+                ),
+            Ok(_) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+        if self.profile == Profile::Production {
+            if self.auth.signing_key.is_none() {
+                problems.push("profile production needs auth.signing_key".to_string());
+            }
+            if self.engine.pseudonym_key.expose_secret() == DEV_PSEUDONYM_KEY {
+                problems.push(
+                    "profile production refuses the development engine.pseudonym_key".to_string(),
+                );
+            }
+            if !self.auth.cookie_secure {
+                problems.push("profile production needs auth.cookie_secure".to_string());
+            }
+        }
+        let ttls = [
+            self.auth.access_ttl_secs,
+            self.auth.session_idle_secs,
+            self.auth.session_absolute_secs,
+            self.auth.sign_in_ttl_secs,
+            self.auth.mfa_ttl_secs,
+        ];
+        if ttls.contains(&0) {
+            problems.push("auth TTLs and timeouts must be positive".to_string());
+        }
+        for (name, provider) in self.identity.providers() {
+            if provider.client_id.trim().is_empty()
+                || provider.client_secret.expose_secret().is_empty()
+                || url::Url::parse(&provider.redirect_uri).is_err()
+            {
+                problems.push(format!(
+                    "identity.{name} needs client_id, client_secret and an absolute redirect_uri"
+                ));
+            }
         }
         if let Some(token) = &self.platform.operator_token {
-            let token = token.expose_secret();
-            if token.len() < 32 {
+            if token.expose_secret().len() < 32 {
                 problems.push("platform.operator_token must be at least 32 bytes".to_string());
-            }
-            if token == self.auth.jwt_secret.expose_secret() {
-                problems
-                    .push("platform.operator_token must differ from auth.jwt_secret".to_string());
             }
         }
         if self.auth.issuer.trim().is_empty() || self.auth.audience.trim().is_empty() {
@@ -377,13 +522,21 @@ mod tests {
     }
 
     #[test]
-    fn a_short_secret_is_refused_with_a_readable_message() {
+    fn production_refuses_the_built_in_secrets_with_a_readable_message() {
         let mut s = Settings::load(None).unwrap();
-        s.auth.jwt_secret = SecretString::from("short");
+        s.profile = Profile::Production;
         let err = s.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("auth.jwt_secret must be at least 32 bytes"),
-            "{err}"
-        );
+        assert!(err.contains("production needs auth.signing_key"), "{err}");
+        assert!(err.contains("development engine.pseudonym_key"), "{err}");
+        s.auth.signing_key = Some(SecretString::from(identity::keys::generate_pem().unwrap()));
+        s.auth.signing_key_id = Some("development".into());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("refuses the development signing key"), "{err}");
+        s.auth.signing_key_id = Some("2026-11".into());
+        s.engine.pseudonym_key = SecretString::from("p".repeat(40));
+        s.validate().unwrap();
+        s.auth.signing_key = Some(SecretString::from("not a key"));
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("not an Ed25519 private key"), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! API: renaming a domain field must not silently change the public contract.
 use std::collections::BTreeMap;
 
+use domain::access::{AccessPolicy, MfaRequirement, Provider};
 use domain::conversation::{DownvoteReason, Feedback, Reaction};
 use domain::guardrail::{GuardrailAction, GuardrailPolicy, GuardrailRule, OutputAction};
 use domain::knowledge_source::{KnowledgeSource, SourceKind, SourceStatus, SyncState};
@@ -31,6 +32,14 @@ mirror_enum!(
     RoleDto <=> Role { Admin, Operator, Viewer }
 );
 mirror_enum!(ReactionDto <=> Reaction { Upvote, Downvote });
+mirror_enum!(
+    /// An identity provider.
+    ProviderDto <=> Provider { Google, Microsoft, Github }
+);
+mirror_enum!(
+    /// Who must sign in with a second factor.
+    MfaRequirementDto <=> MfaRequirement { Nobody, Admins, Everyone }
+);
 mirror_enum!(
     /// Why an answer was downvoted.
     DownvoteReasonDto <=> DownvoteReason { Incorrect, Irrelevant, Unaddressed }
@@ -301,10 +310,63 @@ pub struct InviteMemberRequest {
         max_length = 200,
         pattern = "^\\s*[^\\s\\x00-\\x1f\\x7f-\\x9f]+\\s*$"
     )]
-    pub user_id: String,
+    /// The member's id; omitted, one is made (invite by address: the person signs in with a
+    /// provider that verifies this address).
+    pub user_id: Option<String>,
     #[schema(max_length = 320, format = Email, pattern = "^[^\\x00]*$")]
     pub email: Option<String>,
     pub role: RoleDto,
+}
+
+/// Who may join the tenant and how they sign in (replaces the whole policy).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessPolicyRequest {
+    /// When not empty, every sign-in's verified address must be in one of these domains.
+    #[schema(max_items = 50, value_type = Vec<String>, example = json!(["acme.com"]))]
+    pub allowed_domains: Vec<String>,
+    /// When not empty, only these providers may be used.
+    pub allowed_providers: Vec<ProviderDto>,
+    /// Sign-in must come from an organisation's directory (Google Workspace, Microsoft Entra).
+    pub sso_required: bool,
+    /// Who needs a second factor.
+    pub mfa_required: Option<MfaRequirementDto>,
+    /// People of an allowed domain join as viewers on first sign-in, uninvited.
+    pub domain_members_join: bool,
+}
+
+impl AccessPolicyRequest {
+    pub fn policy(&self) -> AccessPolicy {
+        AccessPolicy {
+            allowed_domains: self.allowed_domains.clone(),
+            allowed_providers: self.allowed_providers.iter().map(|p| (*p).into()).collect(),
+            sso_required: self.sso_required,
+            mfa_required: self.mfa_required.map(Into::into).unwrap_or_default(),
+            domain_members_join: self.domain_members_join,
+        }
+    }
+}
+
+/// The access policy as set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessPolicyView {
+    pub allowed_domains: Vec<String>,
+    pub allowed_providers: Vec<ProviderDto>,
+    pub sso_required: bool,
+    pub mfa_required: MfaRequirementDto,
+    pub domain_members_join: bool,
+}
+
+impl From<AccessPolicy> for AccessPolicyView {
+    fn from(p: AccessPolicy) -> Self {
+        Self {
+            allowed_domains: p.allowed_domains,
+            allowed_providers: p.allowed_providers.into_iter().map(Into::into).collect(),
+            sso_required: p.sso_required,
+            mfa_required: p.mfa_required.into(),
+            domain_members_join: p.domain_members_join,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -456,6 +518,8 @@ pub struct MemberView {
     pub user_id: String,
     pub email: Option<String>,
     pub role: RoleDto,
+    /// Invited and not signed in yet.
+    pub invitation_pending: bool,
 }
 
 /// The tenant as its events say it is now.
@@ -471,6 +535,7 @@ pub struct TenantView {
     pub answer_policy: AnswerPolicyView,
     pub feature_flags: BTreeMap<String, FeatureFlagView>,
     pub members: Vec<MemberView>,
+    pub access_policy: AccessPolicyView,
     pub version: u64,
 }
 
@@ -509,10 +574,12 @@ impl TenantView {
                 .into_iter()
                 .map(|(user_id, m)| MemberView {
                     user_id,
+                    invitation_pending: m.invitation_pending(),
                     email: m.email,
                     role: m.role.into(),
                 })
                 .collect(),
+            access_policy: t.access.into(),
             version,
         }
     }

@@ -9,6 +9,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
+pub mod sign_in;
 pub mod startup;
 pub mod telemetry;
 pub mod workers;

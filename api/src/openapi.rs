@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    admin, analytics, audit, conversations, engine, flags, health, sources, tenant,
+    access, admin, analytics, audit, conversations, engine, flags, health, identity, platform,
+    sources, tenant,
 };
 
 #[derive(OpenApi)]
@@ -30,7 +31,14 @@ use crate::routes::{
         flags::evaluate_all, flags::report_usage, flags::flag_status, flags::operator_set, flags::operator_clear,
         audit::list, audit::export, audit::state_at, audit::raw_events, audit::reads,
         analytics::overview, analytics::cost,
+        identity::jwks, identity::list_providers, identity::authorize, identity::callback, identity::mfa_verify,
+        identity::mfa_enrol, identity::mfa_confirm, identity::refresh, identity::me, identity::list_sessions,
+        identity::sign_out, identity::revoke_session,
+        access::set_access_policy, access::revoke_member_sessions, access::reset_member_mfa,
+        access::create_api_key, access::list_api_keys, access::revoke_api_key,
+        platform::create_tenant, platform::suspend_tenant, platform::reactivate_tenant, platform::whoami,
     ),
+    components(schemas(crate::sign_in::MfaRequired)),
     modifiers(&BearerAuth),
     tags(
         (name = "tenant", description = "Administer the caller's tenant (admin)"),
@@ -40,6 +48,8 @@ use crate::routes::{
         (name = "analytics", description = "Dashboards of the caller's tenant (any role)"),
         (name = "audit", description = "The audit trail for compliance reviews (admin; every read is recorded)"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "identity", description = "Sign-in (OpenID Connect, GitHub), sessions, second factors"),
+        (name = "platform", description = "Platform operators: tenants across the platform"),
     )
 )]
 pub struct ApiDoc;
@@ -64,7 +74,8 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The platform operator credential (platform.operator_token), not a tenant token",
+                        "A platform operator's access token (signed in without a tenant), or the \
+                         break-glass platform.operator_token; never a tenant's token",
                     ))
                     .build(),
             ),

@@ -18,8 +18,8 @@ use sqlx::{PgPool, Postgres};
 use streaming::{KafkaSettings, Relay};
 use tokio::task::JoinHandle;
 
-use crate::auth::{JwtKeys, PlatformCredential};
-use crate::config::{DatabaseSettings, Settings, DEV_JWT_SECRET};
+use crate::auth::{Auth, PlatformCredential};
+use crate::config::{DatabaseSettings, Profile, Settings};
 use crate::problem;
 use crate::{middleware, routes};
 
@@ -57,8 +57,10 @@ impl Application {
         engine: Arc<dyn AnswerEngine>,
         clock: Arc<dyn commands::Clock>,
     ) -> anyhow::Result<Self> {
-        if settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
-            tracing::warn!("auth.jwt_secret is the development default; set APP__AUTH__JWT_SECRET in production");
+        settings.validate()?;
+        let token_keys = settings.auth.token_keys()?;
+        if token_keys.is_development() {
+            tracing::warn!("profile development: access tokens are signed with the built-in development key; production needs APP__AUTH__SIGNING_KEY");
         }
         let pool = connect(&settings.database).await?;
         if settings.database.migrate_on_start {
@@ -140,10 +142,27 @@ impl Application {
         let usage_limiter = web::Data::new(crate::flags::UsageLimiter::new(
             settings.flags.usage_per_minute,
         ));
-        let keys = web::Data::new(JwtKeys::new(&settings.auth));
-        let platform = web::Data::new(PlatformCredential::new(
-            settings.platform.operator_token.as_ref(),
+        let identity_store = identity::store::IdentityStore::new(pool.clone());
+        let auth = web::Data::new(Auth::new(
+            token_keys,
+            identity_store,
+            bus.clone().into_inner(),
+            settings.profile,
+            settings.auth.clone(),
+            settings.identity.operators(),
+            PlatformCredential::new(settings.platform.operator_token.as_ref()),
         ));
+        let providers = web::Data::new(
+            identity::Providers::new(
+                settings.identity.providers(),
+                Duration::from_millis(settings.identity.provider_timeout_ms),
+            )
+            .context("could not set up the identity providers' client")?,
+        );
+        let sign_in = web::Data::new(crate::sign_in::SignInSettings {
+            totp_issuer: settings.identity.totp_issuer.clone(),
+            development: settings.profile == Profile::Development,
+        });
         let pool_data = web::Data::new(pool.clone());
         let kafka = web::Data::new(settings.kafka.clone());
         let json_limit = settings.limits.json_body_bytes;
@@ -165,8 +184,9 @@ impl Application {
                         .error_handler(|err, _| problem::query_error(err).into()),
                 )
                 .app_data(bus.clone())
-                .app_data(keys.clone())
-                .app_data(platform.clone())
+                .app_data(auth.clone())
+                .app_data(providers.clone())
+                .app_data(sign_in.clone())
                 .app_data(pool_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())

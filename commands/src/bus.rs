@@ -3,6 +3,7 @@ use std::sync::Arc;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, EventStore};
+use domain::account::{Account, AccountCommand};
 use domain::conversation::{Conversation, ConversationCommand, ConversationEvent};
 use domain::engine::{ChunkSink, FailureKind};
 use domain::knowledge_source::{KnowledgeSource, SourceCommand};
@@ -51,6 +52,7 @@ pub struct CommandBus {
     tenants: Store<Tenant>,
     conversations: Store<Conversation>,
     sources: Store<KnowledgeSource>,
+    accounts: Store<Account>,
     answering: Answering,
     flags: Arc<TenantFlags>,
     idempotency: IdempotencyStore,
@@ -114,7 +116,8 @@ impl CommandBus {
             flags,
             tenants: PersistedEventStore::new_event_store(repo.clone()),
             conversations: PersistedEventStore::new_event_store(repo.clone()),
-            sources: PersistedEventStore::new_event_store(repo),
+            sources: PersistedEventStore::new_event_store(repo.clone()),
+            accounts: PersistedEventStore::new_event_store(repo),
             answering: Answering::new(engines, answering),
             idempotency: IdempotencyStore::new(pool, idempotency),
             clock,
@@ -139,6 +142,39 @@ impl CommandBus {
             self.flags.invalidate(&ctx.tenant_id);
         }
         outcome
+    }
+
+    /// What a sign-in does to the tenant on the signing-in person's behalf: accepting their
+    /// invitation, joining by domain. No role is needed (the sign-in flow has verified the
+    /// identity and `Tenant::admit` decided); nothing else may be sent this way.
+    pub async fn sign_in_membership(
+        &self,
+        ctx: &CommandContext,
+        command: TenantCommand,
+    ) -> Result<CommandOutcome, CommandError> {
+        if !matches!(
+            command,
+            TenantCommand::AcceptInvitation { .. } | TenantCommand::Join { .. }
+        ) {
+            return Err(CommandError::Internal {
+                context: "only membership changes of a sign-in go without a role",
+                source: "another tenant command was sent as a sign-in's".into(),
+            });
+        }
+        self.run(&self.tenants, &(), ctx, ctx.tenant_id.to_string(), command)
+            .await
+    }
+
+    /// Records on a person's sign-in record (the identity part of the audit trail). The
+    /// sign-in flow and the session routes decide who may; the record itself refuses little.
+    pub async fn account(
+        &self,
+        ctx: &CommandContext,
+        account_id: Uuid,
+        command: AccountCommand,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.run(&self.accounts, &(), ctx, scoped(ctx, account_id), command)
+            .await
     }
 
     /// Asks a question: the first of a new conversation, or a follow-up in an existing one.

@@ -72,6 +72,7 @@ pub(crate) trait DescribeOutcome: cqrs_es::Aggregate {
 }
 
 impl DescribeOutcome for domain::tenant::Tenant {}
+impl DescribeOutcome for domain::account::Account {}
 impl DescribeOutcome for domain::knowledge_source::KnowledgeSource {}
 
 impl DescribeOutcome for domain::conversation::Conversation {

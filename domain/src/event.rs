@@ -3,6 +3,7 @@
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::Deserialize;
 
+use crate::account::AccountEvent;
 use crate::conversation::ConversationEvent;
 use crate::knowledge_source::SourceEvent;
 use crate::tenant::TenantEvent;
@@ -13,6 +14,7 @@ crate::text_enum! {
         Tenant = "tenant",
         Conversation = "conversation",
         KnowledgeSource = "knowledge_source",
+        Account = "account",
     }
 }
 
@@ -25,6 +27,8 @@ pub enum AnyEvent {
     Conversation(ConversationEvent),
     /// An event of a knowledge source.
     Source(SourceEvent),
+    /// An event of a person's sign-in record.
+    Account(AccountEvent),
 }
 
 impl AnyEvent {
@@ -39,6 +43,7 @@ impl AnyEvent {
                 AnyEvent::Conversation(ConversationEvent::deserialize(payload)?)
             }
             AggregateType::KnowledgeSource => AnyEvent::Source(SourceEvent::deserialize(payload)?),
+            AggregateType::Account => AnyEvent::Account(AccountEvent::deserialize(payload)?),
         })
     }
 
@@ -48,6 +53,7 @@ impl AnyEvent {
             AnyEvent::Tenant(_) => AggregateType::Tenant,
             AnyEvent::Conversation(_) => AggregateType::Conversation,
             AnyEvent::Source(_) => AggregateType::KnowledgeSource,
+            AnyEvent::Account(_) => AggregateType::Account,
         }
     }
 
@@ -57,6 +63,7 @@ impl AnyEvent {
             AnyEvent::Tenant(e) => serde_json::to_value(e),
             AnyEvent::Conversation(e) => serde_json::to_value(e),
             AnyEvent::Source(e) => serde_json::to_value(e),
+            AnyEvent::Account(e) => serde_json::to_value(e),
         }
     }
 
@@ -66,6 +73,7 @@ impl AnyEvent {
             AnyEvent::Tenant(e) => e.event_type(),
             AnyEvent::Conversation(e) => e.event_type(),
             AnyEvent::Source(e) => e.event_type(),
+            AnyEvent::Account(e) => e.event_type(),
         }
     }
 }

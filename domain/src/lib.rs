@@ -6,6 +6,8 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
+pub mod account;
 pub mod code;
 pub mod conversation;
 pub mod engine;

@@ -6,6 +6,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{refuse, AccessPolicy, Admission, LinkedIdentity, Provider, VerifiedIdentity};
 use crate::engine::EngineContext;
 use crate::flags::FlagOverride;
 use crate::guardrail::GuardrailPolicy;
@@ -51,6 +52,29 @@ pub struct Member {
     pub role: Role,
     /// Their address, if known.
     pub email: Option<String>,
+    /// The provider accounts they signed in with (none until the invitation is accepted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<LinkedIdentity>,
+}
+
+impl Member {
+    /// Invited and not signed in yet.
+    pub fn invitation_pending(&self) -> bool {
+        self.identities.is_empty()
+    }
+}
+
+/// An API key of the tenant (the secret itself is only ever stored hashed, outside events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyInfo {
+    /// What it is for.
+    pub name: String,
+    /// What it may do (Operator at most).
+    pub role: Role,
+    /// The key's visible prefix, to recognise it.
+    pub prefix: String,
+    /// Revoked keys stay listed.
+    pub revoked: bool,
 }
 
 /// Where a tenant stands.
@@ -75,6 +99,46 @@ pub enum TenantCommand {
         name: String,
         /// Its first admin.
         admin_user_id: String,
+        /// The first admin's address, when they are invited to sign in (a platform operator
+        /// creating the tenant); absent when the creator is the admin.
+        admin_email: Option<String>,
+    },
+    /// Decide who may join and how they sign in.
+    SetAccessPolicy {
+        /// The policy.
+        policy: AccessPolicy,
+    },
+    /// An invited person signed in for the first time with a verified identity.
+    AcceptInvitation {
+        /// The invited member.
+        user_id: String,
+        /// The identity they signed in with.
+        identity: LinkedIdentity,
+    },
+    /// Someone of an allowed domain joins uninvited (the policy allows it).
+    Join {
+        /// Their new user id.
+        user_id: String,
+        /// Their verified address.
+        email: String,
+        /// The identity they signed in with.
+        identity: LinkedIdentity,
+    },
+    /// Create an API key for an integration.
+    CreateApiKey {
+        /// Its id.
+        key_id: String,
+        /// What it is for.
+        name: String,
+        /// What it may do: Operator at most.
+        role: Role,
+        /// Its visible prefix.
+        prefix: String,
+    },
+    /// Revoke an API key.
+    RevokeApiKey {
+        /// Its id.
+        key_id: String,
     },
     /// Change its name.
     Rename {
@@ -163,6 +227,49 @@ pub enum TenantEvent {
         name: String,
         /// Its first admin.
         created_by: String,
+    },
+    /// The access policy was set.
+    AccessPolicySet {
+        /// The policy.
+        policy: AccessPolicy,
+    },
+    /// An invited person signed in for the first time.
+    InvitationAccepted {
+        /// The member.
+        user_id: String,
+        /// With which provider.
+        provider: Provider,
+        /// The provider's id of the person.
+        subject: String,
+    },
+    /// Someone of an allowed domain joined uninvited.
+    MemberJoined {
+        /// Their user id.
+        user_id: String,
+        /// Their verified address.
+        email: String,
+        /// Their role.
+        role: Role,
+        /// With which provider.
+        provider: Provider,
+        /// The provider's id of the person.
+        subject: String,
+    },
+    /// An API key was created (never the key).
+    ApiKeyCreated {
+        /// Its id.
+        key_id: String,
+        /// What it is for.
+        name: String,
+        /// What it may do.
+        role: Role,
+        /// Its visible prefix.
+        prefix: String,
+    },
+    /// An API key was revoked.
+    ApiKeyRevoked {
+        /// Its id.
+        key_id: String,
     },
     /// The tenant was renamed.
     TenantRenamed {
@@ -254,6 +361,11 @@ pub enum TenantEvent {
 domain_event!(TenantEvent {
     TenantCreated,
     TenantRenamed,
+    AccessPolicySet,
+    InvitationAccepted,
+    MemberJoined,
+    ApiKeyCreated,
+    ApiKeyRevoked,
     KapaSettingsSet,
     AnswerPolicySet,
     EngineCredentialsRejected,
@@ -287,6 +399,10 @@ pub struct Tenant {
     pub feature_flags: BTreeMap<String, FeatureFlag>,
     /// Its people by user id.
     pub members: BTreeMap<String, Member>,
+    /// Who may join and how they sign in.
+    pub access: AccessPolicy,
+    /// Its API keys by id.
+    pub api_keys: BTreeMap<String, ApiKeyInfo>,
 }
 
 /// The longest tenant name accepted, in characters.
@@ -340,6 +456,7 @@ impl Tenant {
         if let TenantCommand::Create {
             name,
             admin_user_id,
+            admin_email,
         } = command
         {
             if self.status != TenantStatus::Unprovisioned {
@@ -350,6 +467,7 @@ impl Tenant {
             }
             let name = validate::text("name", Code::InvalidName, &name, MAX_TENANT_NAME_CHARS)?;
             let admin = validate::identifier("admin user id", &admin_user_id)?;
+            let email = admin_email.as_deref().map(email_address).transpose()?;
             return Ok(vec![
                 TenantEvent::TenantCreated {
                     name,
@@ -357,7 +475,7 @@ impl Tenant {
                 },
                 TenantEvent::MemberInvited {
                     user_id: admin,
-                    email: None,
+                    email,
                     role: Role::Admin,
                 },
             ]);
@@ -377,6 +495,81 @@ impl Tenant {
             TenantCommand::Create { .. } | TenantCommand::Reactivate => {
                 unreachable!("handled above")
             }
+            TenantCommand::SetAccessPolicy { policy } => TenantEvent::AccessPolicySet {
+                policy: policy.validated()?,
+            },
+            TenantCommand::AcceptInvitation { user_id, identity } => {
+                let member = self.member(&user_id)?;
+                if !member.invitation_pending() {
+                    return Ok(vec![]);
+                }
+                TenantEvent::InvitationAccepted {
+                    user_id,
+                    provider: identity.provider,
+                    subject: identity.subject,
+                }
+            }
+            TenantCommand::Join {
+                user_id,
+                email,
+                identity,
+            } => {
+                let user_id = validate::identifier("user id", &user_id)?;
+                if self.members.contains_key(&user_id) {
+                    return Err(DomainError::new(
+                        Code::MemberExists,
+                        format!("`{user_id}` is already a member"),
+                    ));
+                }
+                TenantEvent::MemberJoined {
+                    user_id,
+                    email: email_address(&email)?,
+                    role: Role::Viewer,
+                    provider: identity.provider,
+                    subject: identity.subject,
+                }
+            }
+            TenantCommand::CreateApiKey {
+                key_id,
+                name,
+                role,
+                prefix,
+            } => {
+                if role == Role::Admin {
+                    return Err(DomainError::new(
+                        Code::ApiKeyRoleTooHigh,
+                        "an API key may be an operator or a viewer, never an admin",
+                    ));
+                }
+                let key_id = validate::identifier("key id", &key_id)?;
+                if self.api_keys.contains_key(&key_id) {
+                    return Err(DomainError::new(
+                        Code::ConcurrentModification,
+                        format!("an API key `{key_id}` already exists"),
+                    ));
+                }
+                TenantEvent::ApiKeyCreated {
+                    key_id,
+                    name: validate::text("name", Code::InvalidName, &name, 200)?,
+                    role,
+                    prefix,
+                }
+            }
+            TenantCommand::RevokeApiKey { key_id } => match self.api_keys.get(&key_id) {
+                None => {
+                    return Err(DomainError::new(
+                        Code::ApiKeyNotFound,
+                        format!("no API key `{key_id}`"),
+                    ))
+                }
+                Some(k) if k.revoked => {
+                    return Err(DomainError::new(
+                        Code::ApiKeyRevoked,
+                        format!("API key `{key_id}` is already revoked"),
+                    ))
+                }
+                Some(_) => TenantEvent::ApiKeyRevoked { key_id },
+            },
             TenantCommand::Rename { name } => TenantEvent::TenantRenamed {
                 name: validate::text("name", Code::InvalidName, &name, MAX_TENANT_NAME_CHARS)?,
             },
@@ -475,12 +668,19 @@ impl Tenant {
                     ));
                 }
                 let email =
-                    validate::optional_text("email", Code::InvalidEmail, email.as_deref(), 320)?;
+                    validate::optional_text("email", Code::InvalidEmail, email.as_deref(), 320)?
+                        .as_deref()
+                        .map(email_address)
+                        .transpose()?;
                 if let Some(e) = &email {
-                    if !e.contains('@') || e.contains(char::is_whitespace) {
+                    let taken = self
+                        .members
+                        .values()
+                        .any(|m| m.email.as_deref() == Some(e.as_str()));
+                    if taken {
                         return Err(DomainError::new(
-                            Code::InvalidEmail,
-                            "email is not an e-mail address",
+                            Code::MemberExists,
+                            format!("`{e}` is already a member or invited"),
                         ));
                     }
                 }
@@ -525,6 +725,90 @@ impl Tenant {
             },
         };
         Ok(vec![event])
+    }
+}
+
+/// A checked, lower-cased e-mail address (invitations are matched by address, case-blind).
+fn email_address(email: &str) -> Result<String, DomainError> {
+    let e = validate::text("email", Code::InvalidEmail, email, 320)?.to_ascii_lowercase();
+    let valid = e
+        .split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !e.contains(char::is_whitespace)
+        && e.matches('@').count() == 1;
+    if valid {
+        Ok(e)
+    } else {
+        Err(DomainError::new(
+            Code::InvalidEmail,
+            "email is not an e-mail address",
+        ))
+    }
+}
+
+impl Tenant {
+    /// What a verified identity is to this tenant, or why it may not sign in. Pure: the
+    /// sign-in flow sends the events the admission implies.
+    pub fn admit(&self, identity: &VerifiedIdentity) -> Result<Admission, DomainError> {
+        self.ensure_accepts_commands()?;
+        let policy = &self.access;
+        if !policy.allowed_providers.is_empty()
+            && !policy.allowed_providers.contains(&identity.provider)
+        {
+            return Err(refuse(
+                Code::ProviderNotAllowed,
+                format!(
+                    "this tenant does not allow sign-in with {}",
+                    identity.provider
+                ),
+            ));
+        }
+        if policy.sso_required && !identity.from_directory(policy) {
+            return Err(refuse(
+                Code::SsoRequired,
+                "this tenant requires sign-in through its organisation's directory (Google Workspace or Microsoft Entra)",
+            ));
+        }
+        if !policy.allowed_domains.is_empty() {
+            let allowed = identity
+                .email_domain()
+                .is_some_and(|d| policy.allowed_domains.iter().any(|a| a == d));
+            if !allowed {
+                return Err(refuse(
+                    Code::EmailDomainNotAllowed,
+                    "the verified e-mail address is not in one of the tenant's allowed domains",
+                ));
+            }
+        }
+        let linked = self.members.iter().find(|(_, m)| {
+            m.identities
+                .iter()
+                .any(|i| i.provider == identity.provider && i.subject == identity.subject)
+        });
+        if let Some((user_id, m)) = linked {
+            return Ok(Admission::Member {
+                user_id: user_id.clone(),
+                role: m.role,
+            });
+        }
+        if let Some(email) = &identity.email {
+            let invited = self.members.iter().find(|(_, m)| {
+                m.invitation_pending() && m.email.as_deref() == Some(email.as_str())
+            });
+            if let Some((user_id, m)) = invited {
+                return Ok(Admission::AcceptsInvitation {
+                    user_id: user_id.clone(),
+                    role: m.role,
+                });
+            }
+            if policy.domain_members_join {
+                return Ok(Admission::Joins { role: Role::Viewer });
+            }
+        }
+        Err(refuse(
+            Code::NotAMember,
+            "you are not a member of this tenant and have no invitation for a verified address",
+        ))
     }
 }
 
@@ -589,6 +873,53 @@ impl Aggregate for Tenant {
                 self.name = name;
             }
             TenantEvent::TenantRenamed { name } => self.name = name,
+            TenantEvent::AccessPolicySet { policy } => self.access = policy,
+            TenantEvent::InvitationAccepted {
+                user_id,
+                provider,
+                subject,
+            } => {
+                if let Some(m) = self.members.get_mut(&user_id) {
+                    m.identities.push(LinkedIdentity { provider, subject });
+                }
+            }
+            TenantEvent::MemberJoined {
+                user_id,
+                email,
+                role,
+                provider,
+                subject,
+            } => {
+                self.members.insert(
+                    user_id,
+                    Member {
+                        role,
+                        email: Some(email),
+                        identities: vec![LinkedIdentity { provider, subject }],
+                    },
+                );
+            }
+            TenantEvent::ApiKeyCreated {
+                key_id,
+                name,
+                role,
+                prefix,
+            } => {
+                self.api_keys.insert(
+                    key_id,
+                    ApiKeyInfo {
+                        name,
+                        role,
+                        prefix,
+                        revoked: false,
+                    },
+                );
+            }
+            TenantEvent::ApiKeyRevoked { key_id } => {
+                if let Some(k) = self.api_keys.get_mut(&key_id) {
+                    k.revoked = true;
+                }
+            }
             TenantEvent::KapaSettingsSet {
                 project_id,
                 integration_id,
@@ -635,7 +966,14 @@ impl Aggregate for Tenant {
                 email,
                 role,
             } => {
-                self.members.insert(user_id, Member { role, email });
+                self.members.insert(
+                    user_id,
+                    Member {
+                        role,
+                        email,
+                        identities: Vec::new(),
+                    },
+                );
             }
             TenantEvent::MemberRoleChanged { user_id, to, .. } => {
                 if let Some(m) = self.members.get_mut(&user_id) {
@@ -679,6 +1017,7 @@ mod tests {
             .when_async(TenantCommand::Create {
                 name: "  Acme ".into(),
                 admin_user_id: "alice".into(),
+                admin_email: None,
             })
             .await
             .then_expect_events(created());
@@ -691,6 +1030,7 @@ mod tests {
             .when_async(TenantCommand::Create {
                 name: "Acme".into(),
                 admin_user_id: "bob".into(),
+                admin_email: None,
             })
             .await
             .inspect_result()

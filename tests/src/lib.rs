@@ -13,6 +13,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub mod idp;
+
 /// Where tests create their databases; `TEST_DATABASE_URL` overrides it.
 pub fn server_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -182,7 +184,7 @@ impl TestAppBuilder {
             address,
             pool,
             client: reqwest::Client::new(),
-            keys: JwtKeys::new(&settings.auth),
+            keys: JwtKeys::new(&settings.auth).expect("signing keys"),
             platform_token: settings
                 .platform
                 .operator_token
@@ -195,6 +197,9 @@ impl TestAppBuilder {
 }
 
 impl TestApp {
+    /// Where the fake providers send the browser back (any URL: tests call the callback).
+    pub const REDIRECT: &'static str = "https://app.test/callback";
+
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             settings: test_settings(),
@@ -206,6 +211,70 @@ impl TestApp {
     /// The application with every default (no broker).
     pub async fn spawn() -> TestApp {
         Self::builder().spawn().await
+    }
+
+    /// A client that does not follow redirects (sign-in answers with one).
+    pub fn no_redirects(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    }
+
+    /// Starts a sign-in with `provider` (for `tenant`, or a platform operator's without one):
+    /// what the app sent the browser to.
+    pub async fn start_sign_in(
+        &self,
+        provider: &str,
+        tenant: Option<&str>,
+    ) -> idp::AuthorizeRequest {
+        let query = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
+        let response = self
+            .no_redirects()
+            .get(format!(
+                "{}/v1/auth/{provider}/authorize{query}",
+                self.address
+            ))
+            .send()
+            .await
+            .expect("authorize");
+        assert_eq!(response.status().as_u16(), 302, "authorize redirects");
+        let location = response.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        idp::AuthorizeRequest::parse(&location)
+    }
+
+    /// The provider's redirect back to the app.
+    pub async fn callback(&self, provider: &str, code: &str, state: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}/v1/auth/{provider}/callback", self.address))
+            .query(&[("code", code), ("state", state)])
+            .send()
+            .await
+            .expect("callback");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A whole OpenID Connect sign-in with `claims` (their `nonce` is filled in when absent).
+    pub async fn oidc_sign_in(
+        &self,
+        provider: &str,
+        tenant: Option<&str>,
+        idp: &idp::FakeOidc,
+        mut claims: Value,
+    ) -> (u16, Value) {
+        let request = self.start_sign_in(provider, tenant).await;
+        if claims.get("nonce").is_none() {
+            claims["nonce"] = Value::String(request.nonce.clone().expect("nonce"));
+        }
+        let code = format!("code-{}", Uuid::new_v4().simple());
+        idp.issue(&code, &request.code_challenge, &idp.sign(&claims))
+            .await;
+        self.callback(provider, &code, &request.state).await
     }
 
     pub fn token(&self, tenant: &str, role: Role, user: &str) -> String {

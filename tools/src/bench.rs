@@ -200,7 +200,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
-    let keys = JwtKeys::new(&settings.auth);
+    let keys = JwtKeys::new(&settings.auth)?;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

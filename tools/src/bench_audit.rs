@@ -40,7 +40,7 @@ pub async fn run(settings: &Settings, entries: usize, fresh: Fresh) -> anyhow::R
 }
 
 async fn export(settings: Settings, entries: usize) -> anyhow::Result<String> {
-    let keys = JwtKeys::new(&settings.auth);
+    let keys = JwtKeys::new(&settings.auth)?;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     let pool = app.pool().clone();

@@ -90,7 +90,7 @@ async fn platform(
     clients: usize,
     commands: usize,
 ) -> anyhow::Result<Vec<Measurement>> {
-    let keys = JwtKeys::new(&settings.auth);
+    let keys = JwtKeys::new(&settings.auth)?;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

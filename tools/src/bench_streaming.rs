@@ -184,7 +184,7 @@ async fn seed_conversations(pool: &PgPool, conversations: i64) -> anyhow::Result
 async fn latency_bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<String> {
     settings.kafka.enabled = true;
     settings.kafka.relay.idle_ms = 5;
-    let keys = JwtKeys::new(&settings.auth);
+    let keys = JwtKeys::new(&settings.auth)?;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     let pool = app.pool().clone();

@@ -161,6 +161,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
                 TenantCommand::Create {
                     name: format!("Demo company {tenant}"),
                     admin_user_id: "admin".into(),
+                    admin_email: None,
                 },
             )
             .await,

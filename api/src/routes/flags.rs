@@ -2,9 +2,9 @@
 //! the frontend, and the platform operators' view and overrides.
 use actix_web::{delete, get, post, put, web, HttpResponse};
 use commands::flags::{EvaluationContext, FlagProvider};
-use commands::{CommandBus, CommandContext, CommandOutcome};
+use commands::{CommandBus, CommandOutcome};
 use domain::tenant::TenantCommand;
-use domain::{Code, Role, TenantId, UserId};
+use domain::Code;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -245,21 +245,6 @@ pub async fn flag_status(
     Ok(HttpResponse::Ok().json(statuses))
 }
 
-fn operator_context(tenant: &str) -> Result<CommandContext, ApiError> {
-    let tenant_id =
-        TenantId::parse(tenant).map_err(|e| ApiError::new(Code::InvalidPath, e.to_string()))?;
-    Ok(CommandContext {
-        tenant_id,
-        user_id: UserId::parse("platform-operator")
-            .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?,
-        role: Role::Admin,
-        correlation_id: uuid::Uuid::now_v7().to_string(),
-        causation_id: None,
-        idempotency_key: None,
-        request_fingerprint: String::new(),
-    })
-}
-
 /// Override any flag for a tenant (platform operators; recorded as `by_platform`).
 #[utoipa::path(put, path = "/v1/admin/tenants/{tenant}/feature-flags/{flag}", tag = "admin",
     request_body = FeatureFlagRequest,
@@ -269,12 +254,12 @@ fn operator_context(tenant: &str) -> Result<CommandContext, ApiError> {
 #[put("/admin/tenants/{tenant}/feature-flags/{flag}")]
 pub async fn operator_set(
     bus: web::Data<CommandBus>,
-    _operator: PlatformOperator,
+    operator: PlatformOperator,
     path: web::Path<(String, String)>,
     body: web::Json<FeatureFlagRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, flag) = path.into_inner();
-    let ctx = operator_context(&tenant)?;
+    let ctx = operator.context(&tenant)?;
     let command = TenantCommand::SetFeatureFlag {
         flag,
         setting: body.setting(),
@@ -291,11 +276,11 @@ pub async fn operator_set(
 #[delete("/admin/tenants/{tenant}/feature-flags/{flag}")]
 pub async fn operator_clear(
     bus: web::Data<CommandBus>,
-    _operator: PlatformOperator,
+    operator: PlatformOperator,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, flag) = path.into_inner();
-    let ctx = operator_context(&tenant)?;
+    let ctx = operator.context(&tenant)?;
     let command = TenantCommand::ClearFeatureFlag {
         flag,
         by_platform: true,

@@ -1,6 +1,5 @@
 //! The HTTP routes. Handlers only translate: HTTP in, a command to the bus, HTTP out.
 use domain::Code;
-use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 use commands::CommandContext;
@@ -12,6 +11,7 @@ use crate::auth::{Authenticated, Claims};
 use crate::middleware::CorrelationId;
 use crate::problem::{ApiError, Problem};
 
+pub mod access;
 pub mod admin;
 pub mod analytics;
 pub mod answer_stream;
@@ -22,6 +22,8 @@ pub mod engine;
 pub mod fallback;
 pub mod flags;
 pub mod health;
+pub mod identity;
+pub mod platform;
 pub mod sources;
 pub mod tenant;
 
@@ -55,15 +57,18 @@ impl Caller {
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
 
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        ready(caller(req, payload))
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let Authenticated(claims) = crate::auth::authenticated(&req).await?;
+            caller(&req, claims)
+        })
     }
 }
 
-fn caller(req: &HttpRequest, payload: &mut Payload) -> Result<Caller, ApiError> {
-    let Authenticated(claims) = Authenticated::from_request(req, payload).into_inner()?;
+fn caller(req: &HttpRequest, claims: Claims) -> Result<Caller, ApiError> {
     let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => {
@@ -146,8 +151,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::ready)
         .service(docs::openapi_json)
         .service(docs::swagger_ui)
+        .service(identity::jwks)
         .service(
             web::scope("/v1")
+                .configure(identity::configure)
+                .configure(access::configure)
+                .configure(platform::configure)
                 .configure(tenant::configure)
                 .configure(conversations::configure)
                 // Before sources: `/sources/kapa` must not be taken for a source id.

@@ -45,6 +45,7 @@ pub async fn create(
     let command = TenantCommand::Create {
         name: body.name.clone(),
         admin_user_id: caller.claims.sub.to_string(),
+        admin_email: None,
     };
     let outcome = send(&bus, &caller, &*body, command).await?;
     Ok(HttpResponse::Created().json(outcome))
@@ -171,8 +172,18 @@ pub async fn invite(
     caller: Caller,
     body: web::Json<InviteMemberRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let user_id = match (&body.user_id, &body.email) {
+        (Some(id), _) => id.clone(),
+        (None, Some(_)) => format!("u-{}", uuid::Uuid::now_v7().simple()),
+        (None, None) => {
+            return Err(ApiError::new(
+                Code::InvalidIdentifier,
+                "invite by user_id or by email (the person then signs in with a provider that verifies it)",
+            ))
+        }
+    };
     let command = TenantCommand::InviteMember {
-        user_id: body.user_id.clone(),
+        user_id,
         email: body.email.clone(),
         role: body.role.into(),
     };

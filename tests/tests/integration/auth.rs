@@ -1,88 +1,120 @@
-use answers_api::auth::{now_secs, Claims};
+use answers_api::auth::now_secs;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use domain::Role;
+use identity::{AccessClaims, TokenKeys};
 use integration_tests::TestApp;
-use jsonwebtoken::{encode, EncodingKey, Header};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
-use secrecy::ExposeSecret;
 use serde_json::json;
 
-fn claims(app: &integration_tests::TestApp) -> Claims {
-    Claims {
-        sub: "alice".parse().unwrap(),
-        tenant_id: "acme".parse().unwrap(),
-        role: Role::Admin,
-        exp: now_secs() + 600,
-        iat: now_secs(),
-        iss: app.settings.auth.issuer.clone(),
-        aud: app.settings.auth.audience.clone(),
+/// The app's own keys (the development key: the harness runs the development profile).
+fn keys(app: &TestApp) -> TokenKeys {
+    app.settings.auth.token_keys().unwrap()
+}
+
+fn claims(app: &TestApp) -> AccessClaims {
+    let mut c = keys(app).claims("alice", 600);
+    c.tenant_id = Some("acme".into());
+    c.role = Some(Role::Admin);
+    c
+}
+
+/// A JWT with any header, signed by HMAC with `secret` (or unsigned for `alg: none`).
+fn forge(header: serde_json::Value, claims: &serde_json::Value, secret: &[u8]) -> String {
+    let h = URL_SAFE_NO_PAD.encode(header.to_string());
+    let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+    if header["alg"] == "none" {
+        return format!("{h}.{c}.");
     }
-}
-
-fn sign_json(claims: &serde_json::Value, secret: &[u8]) -> String {
-    encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
-}
-
-fn sign(claims: &Claims, secret: &[u8]) -> String {
-    encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
+    let mut header_struct = Header::new(Algorithm::HS256);
+    header_struct.kid = header["kid"].as_str().map(String::from);
+    encode(&header_struct, claims, &EncodingKey::from_secret(secret)).unwrap()
 }
 
 #[tokio::test]
-async fn bad_tokens_are_401_problems_and_store_nothing() {
+async fn forged_and_stale_tokens_are_401_problems_and_store_nothing() {
     let app = TestApp::spawn().await;
-    let secret = app
-        .settings
-        .auth
-        .jwt_secret
-        .expose_secret()
-        .as_bytes()
-        .to_vec();
+    let keys = keys(&app);
     let good = claims(&app);
-    let expired = Claims {
-        exp: now_secs() - 3600,
-        iat: now_secs() - 7200,
-        ..good.clone()
+    let kid = keys.current_kid().to_string();
+    let jwks = keys.jwks();
+    let public_x = URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0]["x"].as_str().unwrap())
+        .unwrap();
+    let value = serde_json::to_value(&good).unwrap();
+    let with = |change: &dyn Fn(&mut AccessClaims)| {
+        let mut c = good.clone();
+        change(&mut c);
+        keys.sign(&c).unwrap()
     };
-    let wrong_audience = Claims {
-        aud: "someone-else".into(),
-        ..good.clone()
-    };
-    let mut bad_tenant = serde_json::to_value(&good).unwrap();
+    let mut bad_tenant = value.clone();
     bad_tenant["tenant_id"] = json!("Acme Corp/../x");
-    let wrong_issuer = Claims {
-        iss: "evil".into(),
-        ..good.clone()
-    };
+    let other_pem = identity::keys::generate_pem().unwrap();
+    let impostor =
+        TokenKeys::new((kid.as_str(), &other_pem), None, &good.iss, &good.aud, 0).unwrap();
     let cases = [
         (
-            "wrong signature",
-            sign(&good, b"another-secret-another-secret-another"),
+            "alg none",
+            forge(
+                json!({"alg": "none", "typ": "JWT", "kid": kid}),
+                &value,
+                b"",
+            ),
             "token_invalid",
         ),
-        ("expired", sign(&expired, &secret), "token_expired"),
+        (
+            "HS256 signed with our public key (algorithm confusion)",
+            forge(json!({"alg": "HS256", "kid": kid}), &value, &public_x),
+            "token_invalid",
+        ),
+        (
+            "unknown kid",
+            forge_eddsa(&other_pem, "no-such-key", &value),
+            "token_invalid",
+        ),
+        (
+            "kid with a path",
+            forge_eddsa(&other_pem, "../../etc/passwd", &value),
+            "token_invalid",
+        ),
+        (
+            "kid with a URL",
+            forge_eddsa(&other_pem, "https://evil.test/jwks.json", &value),
+            "token_invalid",
+        ),
+        (
+            "our kid, another key",
+            impostor.sign(&good).unwrap(),
+            "token_invalid",
+        ),
+        (
+            "expired",
+            with(&|c| {
+                c.exp = now_secs() - 3600;
+                c.iat = now_secs() - 7200;
+            }),
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            with(&|c| c.nbf = now_secs() + 3600),
+            "token_invalid",
+        ),
         (
             "wrong audience",
-            sign(&wrong_audience, &secret),
+            with(&|c| c.aud = "someone-else".into()),
             "token_invalid",
         ),
         (
             "wrong issuer",
-            sign(&wrong_issuer, &secret),
+            with(&|c| c.iss = "evil".into()),
             "token_invalid",
         ),
         ("garbage", "not.a.jwt".to_string(), "token_invalid"),
         (
-            "a tenant id outside the alphabet, correctly signed",
-            sign_json(&bad_tenant, &secret),
+            "a tenant id outside the alphabet",
+            forge_eddsa_keys(&keys, &bad_tenant),
             "token_invalid",
         ),
     ];
@@ -112,9 +144,30 @@ async fn bad_tokens_are_401_problems_and_store_nothing() {
     assert_eq!(app.event_count().await, 0);
     // The same claims, correctly signed, are accepted: the refusals above were about the token.
     let response = app
-        .post("/v1/tenant", &sign(&good, &secret), json!({"name": "Acme"}))
+        .post(
+            "/v1/tenant",
+            &keys.sign(&good).unwrap(),
+            json!({"name": "Acme"}),
+        )
         .await;
     assert_eq!(response.status().as_u16(), 201);
+}
+
+fn forge_eddsa(pem: &str, kid: &str, claims: &serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    encode(
+        &header,
+        claims,
+        &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Signs arbitrary claims with the app's key (what `TokenKeys::sign` would not produce).
+fn forge_eddsa_keys(keys: &TokenKeys, claims: &serde_json::Value) -> String {
+    let typed: AccessClaims = serde_json::from_value(claims.clone()).unwrap();
+    keys.sign(&typed).unwrap()
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod commands_round_trip;
 mod concurrency;
 mod flags;
 mod idempotency;
+mod identity;
 mod kapa;
 mod openapi;
 mod read_models;
