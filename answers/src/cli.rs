@@ -134,3 +134,46 @@ impl Cli {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn development_tokens_are_refused_in_production() {
+        let pem = identity::keys::generate_pem().unwrap();
+        let dir = std::env::temp_dir().join(format!("answers-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("production.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "profile = \"production\"\n[auth]\nsigning_key = \"\"\"\n{pem}\"\"\"\nsigning_key_id = \"k1\"\n\
+                 [engine]\npseudonym_key = \"{}\"\n",
+                "p".repeat(40)
+            ),
+        )
+        .unwrap();
+        let token = |config: Option<PathBuf>| Cli {
+            config,
+            command: Some(Command::Token {
+                tenant: "acme".into(),
+                role: Role::Admin,
+                user: "alice".into(),
+                ttl: Some(60),
+            }),
+        };
+        let err = token(Some(file.clone()))
+            .run()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`answers token` is for development"), "{err}");
+        token(None)
+            .run()
+            .await
+            .expect("the development profile mints tokens");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -196,6 +196,7 @@ pub async fn invite(
 #[put("/tenant/members/{user_id}/role")]
 pub async fn change_role(
     bus: web::Data<CommandBus>,
+    auth: web::Data<crate::auth::Auth>,
     caller: Caller,
     user_id: web::Path<String>,
     body: web::Json<ChangeRoleRequest>,
@@ -204,7 +205,10 @@ pub async fn change_role(
         user_id: user_id.into_inner(),
         role: body.role.into(),
     };
-    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+    let outcome = send(&bus, &caller, &*body, command).await?;
+    // This instance sees the change at once; others within auth.session_check_ttl_ms.
+    auth.forget_tenant(&caller.claims.tenant_id);
+    Ok(HttpResponse::Ok().json(outcome))
 }
 
 #[utoipa::path(delete, path = "/v1/tenant/members/{user_id}", tag = "tenant",
@@ -213,13 +217,17 @@ pub async fn change_role(
 #[delete("/tenant/members/{user_id}")]
 pub async fn remove_member(
     bus: web::Data<CommandBus>,
+    auth: web::Data<crate::auth::Auth>,
     caller: Caller,
     user_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let command = TenantCommand::RemoveMember {
         user_id: user_id.into_inner(),
     };
-    Ok(HttpResponse::Ok().json(send(&bus, &caller, &(), command).await?))
+    let outcome = send(&bus, &caller, &(), command).await?;
+    // This instance sees the change at once; others within auth.session_check_ttl_ms.
+    auth.forget_tenant(&caller.claims.tenant_id);
+    Ok(HttpResponse::Ok().json(outcome))
 }
 
 #[utoipa::path(post, path = "/v1/tenant/suspend", tag = "tenant", request_body = SuspendTenantRequest,
@@ -228,13 +236,17 @@ pub async fn remove_member(
 #[post("/tenant/suspend")]
 pub async fn suspend(
     bus: web::Data<CommandBus>,
+    auth: web::Data<crate::auth::Auth>,
     caller: Caller,
     body: web::Json<SuspendTenantRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let command = TenantCommand::Suspend {
         reason: body.reason.clone(),
     };
-    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+    let outcome = send(&bus, &caller, &*body, command).await?;
+    // This instance sees the change at once; others within auth.session_check_ttl_ms.
+    auth.forget_tenant(&caller.claims.tenant_id);
+    Ok(HttpResponse::Ok().json(outcome))
 }
 
 #[utoipa::path(post, path = "/v1/tenant/reactivate", tag = "tenant",
@@ -243,7 +255,11 @@ pub async fn suspend(
 #[post("/tenant/reactivate")]
 pub async fn reactivate(
     bus: web::Data<CommandBus>,
+    auth: web::Data<crate::auth::Auth>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(send(&bus, &caller, &(), TenantCommand::Reactivate).await?))
+    let outcome = send(&bus, &caller, &(), TenantCommand::Reactivate).await?;
+    // This instance sees the change at once; others within auth.session_check_ttl_ms.
+    auth.forget_tenant(&caller.claims.tenant_id);
+    Ok(HttpResponse::Ok().json(outcome))
 }

@@ -3,6 +3,7 @@
 //! event to entry; [`queries`] is what the API reads.
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use domain::account::AccountEvent;
 use domain::conversation::ConversationEvent;
 use domain::knowledge_source::SourceEvent;
 use domain::{AggregateType, AnyEvent, TenantId};
@@ -32,7 +33,8 @@ impl AuditOutcome {
     pub fn of(event: &AnyEvent) -> Self {
         match event {
             AnyEvent::Conversation(ConversationEvent::AnswerFailed { .. })
-            | AnyEvent::Source(SourceEvent::SyncFailed { .. }) => AuditOutcome::Failed,
+            | AnyEvent::Source(SourceEvent::SyncFailed { .. })
+            | AnyEvent::Account(AccountEvent::SignInFailed { .. }) => AuditOutcome::Failed,
             AnyEvent::Conversation(ConversationEvent::QuestionBlocked { .. }) => {
                 AuditOutcome::Blocked
             }

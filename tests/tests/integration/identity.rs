@@ -18,6 +18,10 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(false).await
+}
+
+async fn world_with(streaming: bool) -> World {
     let google = FakeOidc::start().await;
     let microsoft = FakeOidc::start_microsoft().await;
     let github = FakeGithub::start().await;
@@ -26,7 +30,12 @@ async fn world() -> World {
         microsoft.settings(TestApp::REDIRECT),
         github.settings(TestApp::REDIRECT),
     );
-    let app = TestApp::builder()
+    let builder = if streaming {
+        TestApp::builder().streaming()
+    } else {
+        TestApp::builder()
+    };
+    let app = builder
         .configure(move |s| {
             s.identity.google = Some(g);
             s.identity.microsoft = Some(m);
@@ -1176,4 +1185,245 @@ async fn production_refuses_development_tokens() {
         .await
         .unwrap();
     assert_eq!(jwks["keys"][0]["kid"], "2026-11");
+}
+
+#[tokio::test]
+async fn identity_events_reach_the_audit_trail() {
+    let w = world_with(true).await;
+    let app = &w.app;
+    onboard(app, "acme", "admin@acme.test").await;
+    let admin = access(&google_session(&w, "acme", "g-1", "admin@acme.test").await);
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/tenant/members",
+            &admin,
+            Some(json!({"email": "eve@acme.test", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let eve = google_session(&w, "acme", "g-2", "eve@acme.test").await;
+    let eve_id = eve["user_id"].as_str().unwrap().to_string();
+    let (status, _) = app
+        .oidc_sign_in(
+            "google",
+            Some("acme"),
+            &w.google,
+            google_claims(&w, "g-9", "stranger@else.test"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (_, key) = app
+        .call(
+            Method::POST,
+            "/v1/tenant/api-keys",
+            &admin,
+            Some(json!({"name": "Widget", "role": "viewer"})),
+        )
+        .await;
+    let key_id = key["key_id"].as_str().unwrap();
+    app.call(
+        Method::DELETE,
+        &format!("/v1/tenant/api-keys/{key_id}"),
+        &admin,
+        None,
+    )
+    .await;
+    app.call(
+        Method::PUT,
+        &format!("/v1/tenant/members/{eve_id}/role"),
+        &admin,
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    app.call(
+        Method::POST,
+        "/v1/auth/sign-out",
+        &access(&eve),
+        Some(json!({"all": true})),
+    )
+    .await;
+    for action in [
+        "InvitationAccepted",
+        "SignedIn",
+        "SignInFailed",
+        "ApiKeyCreated",
+        "ApiKeyRevoked",
+        "MemberRoleChanged",
+        "SessionsRevoked",
+    ] {
+        let path = format!("/v1/audit?action={action}");
+        let entries = wait_for(action, Duration::from_secs(60), || async {
+            let (status, body) = app.call(Method::GET, &path, &admin, None).await;
+            assert_eq!(status, 200, "{body}");
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            (!items.is_empty()).then_some(items)
+        })
+        .await;
+        let text = serde_json::to_string(&entries).unwrap();
+        assert!(!text.contains("ans_sk_"), "no key in the trail");
+    }
+    let (_, failed) = app
+        .call(Method::GET, "/v1/audit?action=SignInFailed", &admin, None)
+        .await;
+    assert_eq!(failed["items"][0]["object_type"], "account");
+    assert_eq!(failed["items"][0]["outcome"], "failed");
+}
+
+#[tokio::test]
+async fn sessions_end_after_their_idle_and_absolute_timeouts() {
+    let google = FakeOidc::start().await;
+    let settings = google.settings(TestApp::REDIRECT);
+    let app = TestApp::builder()
+        .configure(move |s| {
+            s.identity.google = Some(settings);
+            s.auth.session_idle_secs = 1;
+            s.auth.session_absolute_secs = 3;
+            s.auth.session_check_ttl_ms = 100;
+        })
+        .spawn()
+        .await;
+    onboard(&app, "acme", "admin@acme.test").await;
+    let claims = || {
+        let mut c = google.claims("g-1", "admin@acme.test", "");
+        c.as_object_mut().unwrap().remove("nonce");
+        c
+    };
+    // Idle: unused for longer than a second.
+    let (_, idle) = app
+        .oidc_sign_in("google", Some("acme"), &google, claims())
+        .await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (status, body) = app
+        .call(Method::GET, "/v1/auth/me", &access(&idle), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("session_expired")),
+        "{body}"
+    );
+    // Absolute: used every half second, it still ends three seconds after sign-in.
+    let (_, busy) = app
+        .oidc_sign_in("google", Some("acme"), &google, claims())
+        .await;
+    let started = std::time::Instant::now();
+    let mut last = 200;
+    while started.elapsed() < Duration::from_millis(4500) && last == 200 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = app
+            .call(Method::GET, "/v1/auth/me", &access(&busy), None)
+            .await
+            .0;
+    }
+    assert_eq!(last, 401);
+    assert!(
+        started.elapsed() > Duration::from_millis(2500),
+        "it lived while in use"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_resets_a_lost_factor_and_the_member_enrols_again() {
+    let w = world().await;
+    let app = &w.app;
+    onboard(app, "acme", "admin@acme.test").await;
+    let admin = google_session(&w, "acme", "g-1", "admin@acme.test").await;
+    let admin_id = admin["user_id"].as_str().unwrap().to_string();
+    let post = |path: &'static str, token: Option<String>, body: Value| async move {
+        let mut r = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    // Voluntary enrolment while signed in.
+    let (status, enrolment) = post("/v1/auth/mfa/enrol", Some(access(&admin)), json!({})).await;
+    assert_eq!(status, 200);
+    let secret = enrolment["secret"].as_str().unwrap().to_string();
+    let (status, body) = post(
+        "/v1/auth/mfa/confirm",
+        Some(access(&admin)),
+        json!({"code": "123"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("mfa_code_invalid"))
+    );
+    let (status, codes) = post(
+        "/v1/auth/mfa/confirm",
+        Some(access(&admin)),
+        json!({"code": totp_now(&secret, 0)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{codes}");
+    assert_eq!(codes["recovery_codes"].as_array().unwrap().len(), 10);
+    let (status, body) = post("/v1/auth/mfa/enrol", Some(access(&admin)), json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("mfa_already_enrolled"))
+    );
+    // Enrolled: the next sign-in asks for the factor even though the tenant does not require it.
+    let (_, challenge) = app
+        .oidc_sign_in(
+            "google",
+            Some("acme"),
+            &w.google,
+            google_claims(&w, "g-1", "admin@acme.test"),
+        )
+        .await;
+    assert_eq!(challenge["status"], "mfa_required");
+    // A second Admin resets it.
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/tenant/members",
+            &access(&admin),
+            Some(json!({"email": "rae@acme.test", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let rae = access(&google_session(&w, "acme", "g-2", "rae@acme.test").await);
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/tenant/members/{admin_id}/mfa"),
+            &rae,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/tenant/members/{admin_id}/mfa"),
+            &rae,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("mfa_not_enrolled"))
+    );
+    let (status, session) = app
+        .oidc_sign_in(
+            "google",
+            Some("acme"),
+            &w.google,
+            google_claims(&w, "g-1", "admin@acme.test"),
+        )
+        .await;
+    assert_eq!(
+        (status, session["access_token"].is_string()),
+        (200, true),
+        "no factor any more: {session}"
+    );
+    assert!(event_types(app, "account")
+        .await
+        .contains(&"MfaReset".to_string()));
 }
