@@ -152,6 +152,18 @@ impl Application {
             settings.identity.operators(),
             PlatformCredential::new(settings.platform.operator_token.as_ref()),
         ));
+        let purge_store = auth.store.clone();
+        background.push(tokio::spawn(async move {
+            let hour = Duration::from_secs(3600);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + hour, hour);
+            loop {
+                ticker.tick().await;
+                match purge_store.purge(Duration::from_secs(30 * 24 * 3600)).await {
+                    Ok(removed) => tracing::debug!(removed, "identity: expired rows purged"),
+                    Err(error) => tracing::warn!(%error, "identity: could not purge expired rows"),
+                }
+            }
+        }));
         let providers = web::Data::new(
             identity::Providers::new(
                 settings.identity.providers(),

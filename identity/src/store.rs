@@ -142,6 +142,30 @@ impl IdentityStore {
         Self { pool }
     }
 
+    /// Deletes what can never be used again: finished or expired sign-in attempts and
+    /// challenges, and sessions (with their refresh tokens) ended more than `keep` ago (kept
+    /// that long so a late refresh-token reuse is still recognised and answered as such).
+    pub async fn purge(&self, keep: std::time::Duration) -> Result<u64, sqlx::Error> {
+        let mut removed = 0;
+        removed += sqlx::query!("DELETE FROM sign_in_attempts WHERE expires_at < now()")
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        removed += sqlx::query!("DELETE FROM mfa_challenges WHERE expires_at < now()")
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        removed += sqlx::query!(
+            "DELETE FROM sessions
+             WHERE COALESCE(revoked_at, expires_at) < now() - make_interval(secs => $1)",
+            secs(keep),
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(removed)
+    }
+
     /// Records a sign-in attempt under its `state`.
     pub async fn start_attempt(
         &self,

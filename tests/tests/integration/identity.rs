@@ -1427,3 +1427,76 @@ async fn an_admin_resets_a_lost_factor_and_the_member_enrols_again() {
         .await
         .contains(&"MfaReset".to_string()));
 }
+
+#[tokio::test]
+async fn expired_sign_ins_and_ended_sessions_are_purged() {
+    let app = TestApp::spawn().await;
+    let store = identity::store::IdentityStore::new(app.pool.clone());
+    let attempt = identity::store::Attempt {
+        tenant_id: Some("acme".into()),
+        provider: "google".into(),
+        nonce: "n".into(),
+        code_verifier: "v".into(),
+        redirect_uri: TestApp::REDIRECT.into(),
+    };
+    store
+        .start_attempt("expired", &attempt, Duration::ZERO)
+        .await
+        .unwrap();
+    store
+        .start_attempt("open", &attempt, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let ended = store
+        .create_session(
+            Some("acme"),
+            "u1",
+            "google",
+            false,
+            None,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let live = store
+        .create_session(
+            Some("acme"),
+            "u2",
+            "google",
+            false,
+            None,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    store
+        .revoke_all(Some("acme"), "u1", "sign_out")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        store.purge(Duration::ZERO).await.unwrap(),
+        2,
+        "the expired attempt and the ended session"
+    );
+    assert!(store.take_attempt("open").await.unwrap().is_some());
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1);
+    assert!(matches!(
+        store
+            .refresh(&live.refresh_token, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        identity::store::Refreshed::Rotated { .. }
+    ));
+    assert!(matches!(
+        store
+            .refresh(&ended.refresh_token, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        identity::store::Refreshed::Unknown
+    ));
+}
