@@ -26,6 +26,11 @@ export APP__SERVER__PORT=$PORT
 export APP__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
 export APP__KAFKA__ENABLED=false
 export APP__LOG__FILTER=warn
+# Real rate limits, generous enough for the fuzzer's pace, on keys of this run only.
+export APP__RATE_LIMITS__KEY_PREFIX="fuzz-$DB:"
+export APP__RATE_LIMITS__PER_IP_PER_MINUTE=100000 APP__RATE_LIMITS__PER_USER_PER_MINUTE=100000
+export APP__RATE_LIMITS__PER_TENANT_PER_MINUTE=100000 APP__RATE_LIMITS__SIGN_IN_PER_IP_PER_MINUTE=100000
+export APP__RATE_LIMITS__QUESTIONS_PER_USER_PER_MINUTE=100000 APP__RATE_LIMITS__QUESTIONS_PER_TENANT_PER_MINUTE=100000
 APP__PLATFORM__OPERATOR_TOKEN="fuzz-platform-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export APP__PLATFORM__OPERATOR_TOKEN
 target/debug/answers serve >target/api-fuzz.log 2>&1 &

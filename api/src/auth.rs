@@ -464,7 +464,11 @@ impl FromRequest for Authenticated {
 }
 
 pub async fn authenticated(req: &HttpRequest) -> Result<Authenticated, ApiError> {
-    auth_of(req)?.authenticate(req).await.map(Authenticated)
+    let claims = auth_of(req)?.authenticate(req).await?;
+    if let Some(limiter) = req.app_data::<web::Data<crate::rate_limit::RateLimiter>>() {
+        limiter.caller(req, &claims).await?;
+    }
+    Ok(Authenticated(claims))
 }
 
 /// The break-glass platform credential (`platform.operator_token`), kept for automation and

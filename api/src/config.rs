@@ -35,6 +35,7 @@ pub struct Settings {
     pub kapa_workers: KapaWorkerSettings,
     pub secrets: secrets::SecretSettings,
     pub flags: FlagSettings,
+    pub rate_limits: crate::rate_limit::RateLimitSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -254,6 +255,20 @@ impl Settings {
             .set_default("auth.sign_in_ttl_secs", 600)?
             .set_default("auth.mfa_ttl_secs", 300)?
             .set_default("identity.operators", "")?
+            .set_default("rate_limits.enabled", true)?
+            .set_default("rate_limits.redis_url", "redis://127.0.0.1:6379")?
+            .set_default("rate_limits.key_prefix", "answers:rl:")?
+            .set_default("rate_limits.redis_timeout_ms", 100)?
+            .set_default("rate_limits.on_redis_down", "open")?
+            .set_default("rate_limits.trusted_proxies", "")?
+            .set_default("rate_limits.client_ip_header", "X-Forwarded-For")?
+            .set_default("rate_limits.per_ip_per_minute", 1200)?
+            .set_default("rate_limits.sign_in_per_ip_per_minute", 60)?
+            .set_default("rate_limits.per_user_per_minute", 600)?
+            .set_default("rate_limits.per_tenant_per_minute", 6000)?
+            .set_default("rate_limits.questions_per_user_per_minute", 30)?
+            .set_default("rate_limits.questions_per_tenant_per_minute", 300)?
+            .set_default("rate_limits.questions_per_tenant_per_month", 100_000)?
             .set_default("identity.provider_timeout_ms", 5_000)?
             .set_default("identity.totp_issuer", "Answers")?
             .set_default("auth.issuer", "answers-dev")?
@@ -349,6 +364,23 @@ impl Settings {
             if !self.auth.cookie_secure {
                 problems.push("profile production needs auth.cookie_secure".to_string());
             }
+        }
+        if !matches!(self.rate_limits.on_redis_down.as_str(), "open" | "closed") {
+            problems.push("rate_limits.on_redis_down must be `open` or `closed`".to_string());
+        }
+        let per_minute = [
+            self.rate_limits.per_ip_per_minute,
+            self.rate_limits.sign_in_per_ip_per_minute,
+            self.rate_limits.per_user_per_minute,
+            self.rate_limits.per_tenant_per_minute,
+            self.rate_limits.questions_per_user_per_minute,
+            self.rate_limits.questions_per_tenant_per_minute,
+        ];
+        if per_minute.contains(&0) || self.rate_limits.questions_per_tenant_per_month == 0 {
+            problems.push(
+                "rate limits must be at least 1 (turn them off with rate_limits.enabled)"
+                    .to_string(),
+            );
         }
         let ttls = [
             self.auth.access_ttl_secs,

@@ -8,6 +8,7 @@ pub mod flags;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
+pub mod rate_limit;
 pub mod routes;
 pub mod sign_in;
 pub mod startup;

@@ -36,7 +36,7 @@ use crate::routes::{
         identity::sign_out, identity::revoke_session,
         access::set_access_policy, access::revoke_member_sessions, access::reset_member_mfa,
         access::create_api_key, access::list_api_keys, access::revoke_api_key,
-        platform::create_tenant, platform::suspend_tenant, platform::reactivate_tenant, platform::whoami,
+        platform::create_tenant, platform::suspend_tenant, platform::reactivate_tenant, platform::whoami, platform::set_plan, platform::clear_plan,
     ),
     components(schemas(crate::sign_in::MfaRequired)),
     modifiers(&BearerAuth),

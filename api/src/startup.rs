@@ -164,6 +164,10 @@ impl Application {
                 }
             }
         }));
+        let limiter = web::Data::new(
+            crate::rate_limit::RateLimiter::new(settings.rate_limits.clone())
+                .context("invalid rate_limits settings")?,
+        );
         let providers = web::Data::new(
             identity::Providers::new(
                 settings.identity.providers(),
@@ -180,6 +184,7 @@ impl Application {
         let json_limit = settings.limits.json_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(crate::rate_limit::guard))
                 .wrap(from_fn(middleware::refuse_nul))
                 .wrap(from_fn(middleware::correlate))
                 .app_data(
@@ -197,6 +202,7 @@ impl Application {
                 )
                 .app_data(bus.clone())
                 .app_data(auth.clone())
+                .app_data(limiter.clone())
                 .app_data(providers.clone())
                 .app_data(sign_in.clone())
                 .app_data(pool_data.clone())

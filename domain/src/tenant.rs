@@ -64,6 +64,15 @@ impl Member {
     }
 }
 
+/// The tenant's plan: its question budgets (the engine costs money per question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanQuota {
+    /// Questions per minute, the whole tenant.
+    pub questions_per_minute: u32,
+    /// Questions per calendar month (UTC).
+    pub questions_per_month: u64,
+}
+
 /// An API key of the tenant (the secret itself is only ever stored hashed, outside events).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyInfo {
@@ -134,6 +143,11 @@ pub enum TenantCommand {
         role: Role,
         /// Its visible prefix.
         prefix: String,
+    },
+    /// Set the plan's question budgets (platform operators); `None` returns to the defaults.
+    SetPlan {
+        /// The budgets.
+        quota: Option<PlanQuota>,
     },
     /// Revoke an API key.
     RevokeApiKey {
@@ -266,6 +280,11 @@ pub enum TenantEvent {
         /// Its visible prefix.
         prefix: String,
     },
+    /// The plan's question budgets were set (`None`: the platform's defaults).
+    PlanSet {
+        /// The budgets.
+        quota: Option<PlanQuota>,
+    },
     /// An API key was revoked.
     ApiKeyRevoked {
         /// Its id.
@@ -366,6 +385,7 @@ domain_event!(TenantEvent {
     MemberJoined,
     ApiKeyCreated,
     ApiKeyRevoked,
+    PlanSet,
     KapaSettingsSet,
     AnswerPolicySet,
     EngineCredentialsRejected,
@@ -403,6 +423,8 @@ pub struct Tenant {
     pub access: AccessPolicy,
     /// Its API keys by id.
     pub api_keys: BTreeMap<String, ApiKeyInfo>,
+    /// Its question budgets, when not the platform's defaults.
+    pub plan: Option<PlanQuota>,
 }
 
 /// The longest tenant name accepted, in characters.
@@ -554,6 +576,16 @@ impl Tenant {
                     role,
                     prefix,
                 }
+            }
+            TenantCommand::SetPlan { quota } => {
+                if quota.is_some_and(|q| q.questions_per_minute == 0 || q.questions_per_month == 0)
+                {
+                    return Err(DomainError::new(
+                        Code::InvalidSettings,
+                        "a plan's budgets must be at least 1 (suspend a tenant to stop it)",
+                    ));
+                }
+                TenantEvent::PlanSet { quota }
             }
             TenantCommand::RevokeApiKey { key_id } => match self.api_keys.get(&key_id) {
                 None => {
@@ -915,6 +947,7 @@ impl Aggregate for Tenant {
                     },
                 );
             }
+            TenantEvent::PlanSet { quota } => self.plan = quota,
             TenantEvent::ApiKeyRevoked { key_id } => {
                 if let Some(k) = self.api_keys.get_mut(&key_id) {
                     k.revoked = true;

@@ -39,6 +39,15 @@ pub fn test_settings() -> Settings {
     settings.database.max_connections = 30;
     settings.server.port = 0;
     settings.server.workers = 2;
+    // Budgets of this test only, generous: tests about rate limits set their own.
+    settings.rate_limits.key_prefix = format!("test:{}:", Uuid::new_v4().simple());
+    settings.rate_limits.per_ip_per_minute = 1_000_000;
+    settings.rate_limits.sign_in_per_ip_per_minute = 1_000_000;
+    settings.rate_limits.per_user_per_minute = 1_000_000;
+    settings.rate_limits.per_tenant_per_minute = 1_000_000;
+    settings.rate_limits.questions_per_user_per_minute = 1_000_000;
+    settings.rate_limits.questions_per_tenant_per_minute = 1_000_000;
+    settings.rate_limits.questions_per_tenant_per_month = 1_000_000_000;
     // Tests that need the broker turn streaming on (`TestAppBuilder::streaming`).
     settings.kafka.enabled = false;
     settings.platform.operator_token = Some(

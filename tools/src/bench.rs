@@ -201,6 +201,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
 
 async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Result<()> {
     let keys = JwtKeys::new(&settings.auth)?;
+    // The benchmark measures the service, not its rate limits (which would refuse the load).
+    let mut settings = settings;
+    settings.rate_limits.enabled = false;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

@@ -41,6 +41,9 @@ pub async fn run(settings: &Settings, entries: usize, fresh: Fresh) -> anyhow::R
 
 async fn export(settings: Settings, entries: usize) -> anyhow::Result<String> {
     let keys = JwtKeys::new(&settings.auth)?;
+    // The benchmark measures the service, not its rate limits (which would refuse the load).
+    let mut settings = settings;
+    settings.rate_limits.enabled = false;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     let pool = app.pool().clone();

@@ -91,6 +91,9 @@ async fn platform(
     commands: usize,
 ) -> anyhow::Result<Vec<Measurement>> {
     let keys = JwtKeys::new(&settings.auth)?;
+    // The benchmark measures the service, not its rate limits (which would refuse the load).
+    let mut settings = settings;
+    settings.rate_limits.enabled = false;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

@@ -185,6 +185,9 @@ async fn latency_bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Resu
     settings.kafka.enabled = true;
     settings.kafka.relay.idle_ms = 5;
     let keys = JwtKeys::new(&settings.auth)?;
+    // The benchmark measures the service, not its rate limits (which would refuse the load).
+    let mut settings = settings;
+    settings.rate_limits.enabled = false;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     let pool = app.pool().clone();

@@ -38,6 +38,19 @@ fn question(body: &AskRequest) -> AskQuestion {
     }
 }
 
+/// Every question costs an engine call: the question budgets of the user and of the tenant's
+/// plan (docs/security.md) are drawn on before anything is recorded.
+async fn question_budget(req: &HttpRequest, caller: &Caller) -> Result<(), ApiError> {
+    let (Some(limiter), Some(auth)) = (
+        req.app_data::<web::Data<crate::rate_limit::RateLimiter>>(),
+        req.app_data::<web::Data<crate::auth::Auth>>(),
+    ) else {
+        return Ok(());
+    };
+    let plan = auth.tenant(&caller.claims.tenant_id).await?.plan;
+    limiter.question(req, &caller.claims, plan).await
+}
+
 /// Ask the first question of a new conversation. Answers with the recorded answer
 /// (`answer.status` is `answered`, `failed`, `blocked` or `withheld`; `pending` only for a
 /// replay while the first request still runs). With `Accept: text/event-stream` the answer
@@ -55,6 +68,7 @@ pub async fn start(
     caller: Caller,
     body: web::Json<AskRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    question_budget(&req, &caller).await?;
     let ctx = caller.context(&*body);
     if answer_stream::streams(&req, &bus, &ctx).await {
         return answer_stream::respond(bus, ctx, Uuid::now_v7(), false, question(&body)).await;
@@ -79,6 +93,7 @@ pub async fn follow_up(
     id: web::Path<Uuid>,
     body: web::Json<AskRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    question_budget(&req, &caller).await?;
     let ctx = caller.context(&*body);
     if answer_stream::streams(&req, &bus, &ctx).await {
         return answer_stream::respond(bus, ctx, *id, true, question(&body)).await;

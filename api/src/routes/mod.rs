@@ -141,6 +141,10 @@ pub enum CommandProblems {
     /// A field is invalid, or the Idempotency-Key was used for another request.
     #[response(status = 422, content_type = "application/problem+json")]
     Unprocessable(Problem),
+    /// Over a rate limit or quota: `Retry-After` says when to retry; `RateLimit-Policy` and
+    /// `RateLimit` describe the budget.
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Problem),
     /// The database is unreachable.
     #[response(status = 503, content_type = "application/problem+json")]
     Unavailable(Problem),

@@ -1,8 +1,8 @@
 //! What platform operators do across tenants (docs/identity.md): create a tenant with its
 //! first Admin invited, suspend and reactivate tenants. Tenant Admins never reach these.
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::{delete, get, post, put, web, HttpResponse};
 use commands::{CommandBus, CommandOutcome};
-use domain::tenant::TenantCommand;
+use domain::tenant::{PlanQuota, TenantCommand};
 use domain::Code;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -16,6 +16,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(create_tenant)
         .service(suspend_tenant)
         .service(reactivate_tenant)
+        .service(set_plan)
+        .service(clear_plan)
         .service(whoami);
 }
 
@@ -99,4 +101,53 @@ pub async fn whoami(operator: PlatformOperator) -> HttpResponse {
     HttpResponse::Ok().json(OperatorView {
         user: operator.user,
     })
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// Questions per minute, the whole tenant.
+    #[schema(minimum = 1)]
+    pub questions_per_minute: u32,
+    /// Questions per calendar month (UTC).
+    #[schema(minimum = 1)]
+    pub questions_per_month: u64,
+}
+
+/// Sets a tenant's plan: its question budgets (the engine-cost protection).
+#[utoipa::path(put, path = "/v1/platform/tenants/{tenant}/plan", tag = "platform", request_body = PlanRequest,
+    params(("tenant" = String, Path, description = "The tenant id", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("platform" = [])))]
+#[put("/platform/tenants/{tenant}/plan")]
+pub async fn set_plan(
+    bus: web::Data<CommandBus>,
+    operator: PlatformOperator,
+    tenant: web::Path<String>,
+    body: web::Json<PlanRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = operator.context(&tenant)?;
+    let command = TenantCommand::SetPlan {
+        quota: Some(PlanQuota {
+            questions_per_minute: body.questions_per_minute,
+            questions_per_month: body.questions_per_month,
+        }),
+    };
+    Ok(HttpResponse::Ok().json(bus.tenant(&ctx, command).await?))
+}
+
+/// Returns a tenant to the default plan (`rate_limits.questions_per_tenant_*`).
+#[utoipa::path(delete, path = "/v1/platform/tenants/{tenant}/plan", tag = "platform",
+    params(("tenant" = String, Path, description = "The tenant id", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("platform" = [])))]
+#[delete("/platform/tenants/{tenant}/plan")]
+pub async fn clear_plan(
+    bus: web::Data<CommandBus>,
+    operator: PlatformOperator,
+    tenant: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = operator.context(&tenant)?;
+    Ok(HttpResponse::Ok().json(
+        bus.tenant(&ctx, TenantCommand::SetPlan { quota: None })
+            .await?,
+    ))
 }

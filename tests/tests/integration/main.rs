@@ -10,6 +10,7 @@ mod idempotency;
 mod identity;
 mod kapa;
 mod openapi;
+mod rate_limits;
 mod read_models;
 mod reader;
 mod seed;
