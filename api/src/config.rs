@@ -36,6 +36,7 @@ pub struct Settings {
     pub secrets: secrets::SecretSettings,
     pub flags: FlagSettings,
     pub rate_limits: crate::rate_limit::RateLimitSettings,
+    pub http: crate::hardening::HttpSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -112,6 +113,8 @@ pub struct DatabaseSettings {
     pub create_if_missing: bool,
     /// Run migrations at start-up (the `migrate` subcommand runs them on demand).
     pub migrate_on_start: bool,
+    /// Postgres cancels a statement running longer than this (`statement_timeout`).
+    pub statement_timeout_ms: u64,
 }
 
 /// Our tokens and sessions (docs/identity.md).
@@ -255,6 +258,11 @@ impl Settings {
             .set_default("auth.sign_in_ttl_secs", 600)?
             .set_default("auth.mfa_ttl_secs", 300)?
             .set_default("identity.operators", "")?
+            .set_default("http.cors_origins", "")?
+            .set_default("http.hsts", false)?
+            .set_default("http.request_timeout_ms", 30_000)?
+            .set_default("http.client_request_timeout_ms", 5_000)?
+            .set_default("database.statement_timeout_ms", 30_000)?
             .set_default("rate_limits.enabled", true)?
             .set_default("rate_limits.redis_url", "redis://127.0.0.1:6379")?
             .set_default("rate_limits.key_prefix", "answers:rl:")?
@@ -364,6 +372,21 @@ impl Settings {
             if !self.auth.cookie_secure {
                 problems.push("profile production needs auth.cookie_secure".to_string());
             }
+        }
+        for origin in self.http.origins() {
+            let valid = url::Url::parse(&origin)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/");
+            if !valid {
+                problems.push(format!(
+                    "http.cors_origins: `{origin}` is not an origin (https://app.example.com)"
+                ));
+            }
+        }
+        if self.http.request_timeout_ms == 0 || self.database.statement_timeout_ms == 0 {
+            problems.push(
+                "http.request_timeout_ms and database.statement_timeout_ms must be positive"
+                    .to_string(),
+            );
         }
         if !matches!(self.rate_limits.on_redis_down.as_str(), "open" | "closed") {
             problems.push("rate_limits.on_redis_down must be `open` or `closed`".to_string());

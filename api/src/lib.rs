@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod dto;
 pub mod flags;
+pub mod hardening;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;

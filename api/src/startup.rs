@@ -1,5 +1,6 @@
 //! Start-up: connect, migrate, wire the command side, bind. Tests run exactly this on port 0.
 use std::net::TcpListener;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +169,11 @@ impl Application {
             crate::rate_limit::RateLimiter::new(settings.rate_limits.clone())
                 .context("invalid rate_limits settings")?,
         );
+        let hardening = web::Data::new(crate::hardening::Hardening {
+            hsts: settings.http.hsts,
+            deadline: Duration::from_millis(settings.http.request_timeout_ms),
+        });
+        let origins = settings.http.origins();
         let providers = web::Data::new(
             identity::Providers::new(
                 settings.identity.providers(),
@@ -184,7 +190,10 @@ impl Application {
         let json_limit = settings.limits.json_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(crate::hardening::deadline))
                 .wrap(from_fn(crate::rate_limit::guard))
+                .wrap(crate::hardening::cors(&origins))
+                .wrap(from_fn(crate::hardening::harden))
                 .wrap(from_fn(middleware::refuse_nul))
                 .wrap(from_fn(middleware::correlate))
                 .app_data(
@@ -203,6 +212,7 @@ impl Application {
                 .app_data(bus.clone())
                 .app_data(auth.clone())
                 .app_data(limiter.clone())
+                .app_data(hardening.clone())
                 .app_data(providers.clone())
                 .app_data(sign_in.clone())
                 .app_data(pool_data.clone())
@@ -212,6 +222,9 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(routes::fallback::unmatched))
         })
+        .client_request_timeout(Duration::from_millis(
+            settings.http.client_request_timeout_ms,
+        ))
         .listen(listener)?;
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
@@ -261,10 +274,16 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
             tracing::info!(database = %target, "created the database");
         }
     }
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .with_context(|| format!("database.url is not a valid URL ({target})"))?
+        .options([(
+            "statement_timeout",
+            format!("{}ms", settings.statement_timeout_ms),
+        )]);
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(timeout)
-        .connect(url)
+        .connect_with(options)
         .await
         .with_context(|| unreachable_message(&target))
 }

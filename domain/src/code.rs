@@ -140,6 +140,7 @@ catalogue! {
     IdentityProviderUnavailable = (502, "identity_provider_unavailable");
     ServiceUnavailable = (503, "service_unavailable");
     NotReady = (503, "not_ready");
+    RequestTimedOut = (503, "request_timed_out");
 }
 
 impl Code {

@@ -17,7 +17,7 @@ pub async fn swagger_ui() -> HttpResponse {
         .body(SWAGGER_HTML)
 }
 
-const SWAGGER_HTML: &str = r##"<!doctype html>
+pub(crate) const SWAGGER_HTML: &str = r##"<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">

@@ -64,7 +64,17 @@ pub async fn page(
 pub const CSV_HEADER: &str =
     "position,recorded_at,actor_id,actor_role,action,object_type,object_id,sequence,correlation_id,outcome,event_id\n";
 
+/// A field as CSV. A value a spreadsheet would run as a formula (starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return: CSV injection, OWASP) is neutralised with a leading `'`:
+/// actor ids and object ids come from users.
 fn csv_field(value: &str) -> String {
+    let neutralised;
+    let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        neutralised = format!("'{value}");
+        neutralised.as_str()
+    } else {
+        value
+    };
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
@@ -164,5 +174,20 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+
+    #[test]
+    fn csv_fields_never_start_a_formula() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        for start in ["+1", "-1+2", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(
+                csv_field(start).trim_start_matches('"').starts_with('\''),
+                "{start:?}"
+            );
+        }
+        assert_eq!(csv_field("alice"), "alice");
     }
 }

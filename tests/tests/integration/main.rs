@@ -6,6 +6,7 @@ mod bad_input;
 mod commands_round_trip;
 mod concurrency;
 mod flags;
+mod hardening;
 mod idempotency;
 mod identity;
 mod kapa;
