@@ -37,6 +37,7 @@ pub struct Settings {
     pub flags: FlagSettings,
     pub rate_limits: crate::rate_limit::RateLimitSettings,
     pub http: crate::hardening::HttpSettings,
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -258,6 +259,18 @@ impl Settings {
             .set_default("auth.sign_in_ttl_secs", 600)?
             .set_default("auth.mfa_ttl_secs", 300)?
             .set_default("identity.operators", "")?
+            .set_default("webhooks.in_process", true)?
+            .set_default("webhooks.interval_ms", 1_000)?
+            .set_default(
+                "webhooks.retry_schedule_ms",
+                "5000,300000,1800000,7200000,18000000,36000000,36000000",
+            )?
+            .set_default("webhooks.disable_after_failures", 50)?
+            .set_default("webhooks.timeout_ms", 10_000)?
+            .set_default("webhooks.allow_private", false)?
+            .set_default("webhooks.allow_http", false)?
+            .set_default("webhooks.horizon_hours", 72)?
+            .set_default("webhooks.rotation_overlap_secs", 86_400)?
             .set_default("http.cors_origins", "")?
             .set_default("http.hsts", false)?
             .set_default("http.request_timeout_ms", 30_000)?
@@ -385,6 +398,20 @@ impl Settings {
         if self.http.request_timeout_ms == 0 || self.database.statement_timeout_ms == 0 {
             problems.push(
                 "http.request_timeout_ms and database.statement_timeout_ms must be positive"
+                    .to_string(),
+            );
+        }
+        let schedule_ok = self
+            .webhooks
+            .retry_schedule_ms
+            .split(',')
+            .all(|d| d.trim().parse::<u64>().is_ok());
+        if !schedule_ok
+            || self.webhooks.interval_ms == 0
+            || self.webhooks.disable_after_failures == 0
+        {
+            problems.push(
+                "webhooks.retry_schedule_ms must be comma-separated milliseconds; interval_ms and disable_after_failures positive"
                     .to_string(),
             );
         }

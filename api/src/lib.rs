@@ -14,6 +14,7 @@ pub mod routes;
 pub mod sign_in;
 pub mod startup;
 pub mod telemetry;
+pub mod webhooks;
 pub mod workers;
 
 pub use config::Settings;

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
     access, admin, analytics, audit, conversations, engine, flags, health, identity, platform,
-    sources, tenant,
+    sources, tenant, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -37,6 +37,8 @@ use crate::routes::{
         access::set_access_policy, access::revoke_member_sessions, access::reset_member_mfa,
         access::create_api_key, access::list_api_keys, access::revoke_api_key,
         platform::create_tenant, platform::suspend_tenant, platform::reactivate_tenant, platform::whoami, platform::set_plan, platform::clear_plan,
+        webhooks::add, webhooks::list, webhooks::remove, webhooks::rotate_secret, webhooks::enable,
+        webhooks::deliveries, webhooks::redeliver,
     ),
     components(schemas(crate::sign_in::MfaRequired)),
     modifiers(&BearerAuth),

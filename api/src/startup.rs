@@ -169,6 +169,18 @@ impl Application {
             crate::rate_limit::RateLimiter::new(settings.rate_limits.clone())
                 .context("invalid rate_limits settings")?,
         );
+        if settings.webhooks.in_process {
+            let webhooks = Arc::new(
+                crate::webhooks::Webhooks::new(
+                    pool.clone(),
+                    bus.clone().into_inner(),
+                    settings.webhooks.clone(),
+                )
+                .context("could not set up webhook delivery")?,
+            );
+            background.push(webhooks.spawn(Duration::from_millis(settings.webhooks.interval_ms)));
+        }
+        let webhook_settings = web::Data::new(settings.webhooks.clone());
         let hardening = web::Data::new(crate::hardening::Hardening {
             hsts: settings.http.hsts,
             deadline: Duration::from_millis(settings.http.request_timeout_ms),
@@ -213,6 +225,7 @@ impl Application {
                 .app_data(auth.clone())
                 .app_data(limiter.clone())
                 .app_data(hardening.clone())
+                .app_data(webhook_settings.clone())
                 .app_data(providers.clone())
                 .app_data(sign_in.clone())
                 .app_data(pool_data.clone())

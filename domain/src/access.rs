@@ -17,6 +17,17 @@ crate::text_enum! {
 }
 
 crate::text_enum! {
+    /// What a tenant's webhook endpoint can subscribe to.
+    pub enum WebhookTopic {
+        AnswerDownvoted = "answer.downvoted",
+        QuestionBlocked = "question.blocked",
+        SourceSyncFailed = "source.sync_failed",
+        ConversationEscalated = "conversation.escalated",
+        MemberChanged = "member.changed",
+    }
+}
+
+crate::text_enum! {
     /// Who must sign in with a second factor.
     pub enum MfaRequirement {
         Nobody = "nobody",

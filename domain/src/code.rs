@@ -88,6 +88,8 @@ catalogue! {
     ProviderNotFound = (404, "provider_not_found");
     ApiKeyNotFound = (404, "api_key_not_found");
     SessionNotFound = (404, "session_not_found");
+    WebhookNotFound = (404, "webhook_not_found");
+    DeliveryNotFound = (404, "delivery_not_found");
     MethodNotAllowed = (405, "method_not_allowed");
     ConcurrentModification = (409, "concurrent_modification");
     IdempotencyKeyInProgress = (409, "idempotency_key_in_progress");
@@ -129,6 +131,7 @@ catalogue! {
     InvalidGuardrailPolicy = (422, "invalid_guardrail_policy");
     InvalidAccessPolicy = (422, "invalid_access_policy");
     ApiKeyRoleTooHigh = (422, "api_key_role_too_high");
+    InvalidWebhookUrl = (422, "invalid_webhook_url");
     QueryBlocked = (422, "query_blocked");
     ReasonsNeedDownvote = (422, "reasons_need_downvote");
     EmptyUpdate = (422, "empty_update");

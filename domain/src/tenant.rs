@@ -6,7 +6,9 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use crate::access::{refuse, AccessPolicy, Admission, LinkedIdentity, Provider, VerifiedIdentity};
+use crate::access::{
+    refuse, AccessPolicy, Admission, LinkedIdentity, Provider, VerifiedIdentity, WebhookTopic,
+};
 use crate::engine::EngineContext;
 use crate::flags::FlagOverride;
 use crate::guardrail::GuardrailPolicy;
@@ -71,6 +73,17 @@ pub struct PlanQuota {
     pub questions_per_minute: u32,
     /// Questions per calendar month (UTC).
     pub questions_per_month: u64,
+}
+
+/// A webhook endpoint of the tenant (its signing secret lives outside events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEndpoint {
+    /// Where deliveries go.
+    pub url: String,
+    /// What it receives.
+    pub topics: Vec<WebhookTopic>,
+    /// Disabled endpoints receive nothing (after a long failure streak, or by an Admin).
+    pub enabled: bool,
 }
 
 /// An API key of the tenant (the secret itself is only ever stored hashed, outside events).
@@ -148,6 +161,32 @@ pub enum TenantCommand {
     SetPlan {
         /// The budgets.
         quota: Option<PlanQuota>,
+    },
+    /// Subscribe an endpoint to topics.
+    AddWebhook {
+        /// Its id.
+        endpoint_id: String,
+        /// Where deliveries go (http(s)).
+        url: String,
+        /// What it receives (at least one).
+        topics: Vec<WebhookTopic>,
+    },
+    /// Unsubscribe an endpoint.
+    RemoveWebhook {
+        /// Its id.
+        endpoint_id: String,
+    },
+    /// Stop delivering to an endpoint (the delivery worker after a long failure streak).
+    DisableWebhook {
+        /// Its id.
+        endpoint_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Deliver to a disabled endpoint again.
+    EnableWebhook {
+        /// Its id.
+        endpoint_id: String,
     },
     /// Revoke an API key.
     RevokeApiKey {
@@ -285,6 +324,32 @@ pub enum TenantEvent {
         /// The budgets.
         quota: Option<PlanQuota>,
     },
+    /// An endpoint was subscribed.
+    WebhookAdded {
+        /// Its id.
+        endpoint_id: String,
+        /// Where deliveries go.
+        url: String,
+        /// What it receives.
+        topics: Vec<WebhookTopic>,
+    },
+    /// An endpoint was unsubscribed.
+    WebhookRemoved {
+        /// Its id.
+        endpoint_id: String,
+    },
+    /// Deliveries to an endpoint stopped.
+    WebhookDisabled {
+        /// Its id.
+        endpoint_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Deliveries to an endpoint resumed.
+    WebhookEnabled {
+        /// Its id.
+        endpoint_id: String,
+    },
     /// An API key was revoked.
     ApiKeyRevoked {
         /// Its id.
@@ -386,6 +451,10 @@ domain_event!(TenantEvent {
     ApiKeyCreated,
     ApiKeyRevoked,
     PlanSet,
+    WebhookAdded,
+    WebhookRemoved,
+    WebhookDisabled,
+    WebhookEnabled,
     KapaSettingsSet,
     AnswerPolicySet,
     EngineCredentialsRejected,
@@ -425,6 +494,8 @@ pub struct Tenant {
     pub api_keys: BTreeMap<String, ApiKeyInfo>,
     /// Its question budgets, when not the platform's defaults.
     pub plan: Option<PlanQuota>,
+    /// Its webhook endpoints by id.
+    pub webhooks: BTreeMap<String, WebhookEndpoint>,
 }
 
 /// The longest tenant name accepted, in characters.
@@ -466,6 +537,15 @@ impl Tenant {
             .values()
             .filter(|m| m.role == Role::Admin)
             .count()
+    }
+
+    fn webhook(&self, endpoint_id: &str) -> Result<&WebhookEndpoint, DomainError> {
+        self.webhooks.get(endpoint_id).ok_or_else(|| {
+            DomainError::new(
+                Code::WebhookNotFound,
+                format!("no webhook endpoint `{endpoint_id}`"),
+            )
+        })
     }
 
     fn member(&self, user_id: &str) -> Result<&Member, DomainError> {
@@ -576,6 +656,54 @@ impl Tenant {
                     role,
                     prefix,
                 }
+            }
+            TenantCommand::AddWebhook {
+                endpoint_id,
+                url,
+                mut topics,
+            } => {
+                let url = validate::http_url("url", &url)?;
+                topics.sort();
+                topics.dedup();
+                if topics.is_empty() {
+                    return Err(DomainError::new(
+                        Code::InvalidSettings,
+                        "a webhook subscribes to at least one topic",
+                    ));
+                }
+                if self.webhooks.len() >= 20 {
+                    return Err(DomainError::new(
+                        Code::InvalidSettings,
+                        "a tenant has at most 20 webhook endpoints",
+                    ));
+                }
+                TenantEvent::WebhookAdded {
+                    endpoint_id: validate::identifier("endpoint id", &endpoint_id)?,
+                    url,
+                    topics,
+                }
+            }
+            TenantCommand::RemoveWebhook { endpoint_id } => {
+                self.webhook(&endpoint_id)?;
+                TenantEvent::WebhookRemoved { endpoint_id }
+            }
+            TenantCommand::DisableWebhook {
+                endpoint_id,
+                reason,
+            } => {
+                if !self.webhook(&endpoint_id)?.enabled {
+                    return Ok(vec![]);
+                }
+                TenantEvent::WebhookDisabled {
+                    endpoint_id,
+                    reason: validate::text("reason", Code::InvalidReason, &reason, 1000)?,
+                }
+            }
+            TenantCommand::EnableWebhook { endpoint_id } => {
+                if self.webhook(&endpoint_id)?.enabled {
+                    return Ok(vec![]);
+                }
+                TenantEvent::WebhookEnabled { endpoint_id }
             }
             TenantCommand::SetPlan { quota } => {
                 if quota.is_some_and(|q| q.questions_per_minute == 0 || q.questions_per_month == 0)
@@ -948,6 +1076,33 @@ impl Aggregate for Tenant {
                 );
             }
             TenantEvent::PlanSet { quota } => self.plan = quota,
+            TenantEvent::WebhookAdded {
+                endpoint_id,
+                url,
+                topics,
+            } => {
+                self.webhooks.insert(
+                    endpoint_id,
+                    WebhookEndpoint {
+                        url,
+                        topics,
+                        enabled: true,
+                    },
+                );
+            }
+            TenantEvent::WebhookRemoved { endpoint_id } => {
+                self.webhooks.remove(&endpoint_id);
+            }
+            TenantEvent::WebhookDisabled { endpoint_id, .. } => {
+                if let Some(w) = self.webhooks.get_mut(&endpoint_id) {
+                    w.enabled = false;
+                }
+            }
+            TenantEvent::WebhookEnabled { endpoint_id } => {
+                if let Some(w) = self.webhooks.get_mut(&endpoint_id) {
+                    w.enabled = true;
+                }
+            }
             TenantEvent::ApiKeyRevoked { key_id } => {
                 if let Some(k) = self.api_keys.get_mut(&key_id) {
                     k.revoked = true;

@@ -26,6 +26,7 @@ pub mod identity;
 pub mod platform;
 pub mod sources;
 pub mod tenant;
+pub mod webhooks;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -160,6 +161,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .configure(identity::configure)
                 .configure(access::configure)
+                .configure(webhooks::configure)
                 .configure(platform::configure)
                 .configure(tenant::configure)
                 .configure(conversations::configure)

@@ -21,3 +21,4 @@ mod store_follower;
 mod streaming_projections;
 mod streaming_relay;
 mod unreadable_rows;
+mod webhooks;
