@@ -225,7 +225,7 @@ mod tests {
                 user_id: "u".into(),
             })
             .await
-            .then_expect_error_message("a second factor is already enrolled");
+            .then_expect_error_message("mfa_already_enrolled: a second factor is already enrolled");
         let err = TestFramework::<Account>::with(())
             .given_no_previous_events()
             .when_async(AccountCommand::ResetMfa)

@@ -88,7 +88,8 @@ impl Net {
         if net_len != ip_len {
             return false;
         }
-        let prefix = u32::from(self.prefix) + if net_len == 32 { 96 } else { 0 };
+        // Both kinds sit in the top bits (IPv4 shifted up by 96): the prefix counts from the top.
+        let prefix = u32::from(self.prefix);
         let mask = if prefix == 0 {
             0
         } else {
