@@ -167,20 +167,47 @@ pub struct IdentitySettings {
     pub totp_issuer: String,
 }
 
+/// A secret given in configuration, or what its reference (`env://NAME`, `file:///path`)
+/// points at.
+pub fn resolve_secret(value: &SecretString) -> Result<SecretString, String> {
+    let raw = value.expose_secret();
+    if let Some(name) = raw.strip_prefix("env://") {
+        return std::env::var(name)
+            .map(SecretString::from)
+            .map_err(|_| format!("the environment variable {name} is not set"));
+    }
+    if let Some(path) = raw.strip_prefix("file://") {
+        return std::fs::read_to_string(path)
+            .map(|s| SecretString::from(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| format!("cannot read {path}: {e}"));
+    }
+    Ok(value.clone())
+}
+
 impl IdentitySettings {
-    /// The configured providers.
+    /// The configured providers, their client secrets resolved: a `client_secret` may be the
+    /// secret itself or a reference, `env://VARIABLE` or `file:///path` (a mounted secret).
     pub fn providers(
         &self,
-    ) -> std::collections::BTreeMap<domain::access::Provider, identity::ProviderSettings> {
+    ) -> Result<
+        std::collections::BTreeMap<domain::access::Provider, identity::ProviderSettings>,
+        String,
+    > {
         use domain::access::Provider;
-        [
+        let mut out = std::collections::BTreeMap::new();
+        for (provider, settings) in [
             (Provider::Google, &self.google),
             (Provider::Microsoft, &self.microsoft),
             (Provider::Github, &self.github),
-        ]
-        .into_iter()
-        .filter_map(|(p, s)| s.clone().map(|s| (p, s)))
-        .collect()
+        ] {
+            let Some(mut settings) = settings.clone() else {
+                continue;
+            };
+            settings.client_secret = resolve_secret(&settings.client_secret)
+                .map_err(|e| format!("identity.{provider}.client_secret: {e}"))?;
+            out.insert(provider, settings);
+        }
+        Ok(out)
     }
 
     /// The operators' addresses, lower-cased.
@@ -442,7 +469,11 @@ impl Settings {
         if ttls.contains(&0) {
             problems.push("auth TTLs and timeouts must be positive".to_string());
         }
-        for (name, provider) in self.identity.providers() {
+        let providers = self.identity.providers().unwrap_or_else(|e| {
+            problems.push(e);
+            Default::default()
+        });
+        for (name, provider) in providers {
             if provider.client_id.trim().is_empty()
                 || provider.client_secret.expose_secret().is_empty()
                 || url::Url::parse(&provider.redirect_uri).is_err()
@@ -601,6 +632,32 @@ mod tests {
             "postgres://app:***@db:5432/answers"
         );
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn provider_secrets_may_be_references() {
+        let dir = std::env::temp_dir().join(format!("answers-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("google-secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let mut s = Settings::load(None).unwrap();
+        s.identity.google = Some(identity::ProviderSettings {
+            client_id: "id".into(),
+            client_secret: SecretString::from(format!("file://{}", file.display())),
+            redirect_uri: "https://app.test/cb".into(),
+            issuer: None,
+            authorize_url: None,
+            token_url: None,
+            api_url: None,
+        });
+        let resolved = s.identity.providers().unwrap();
+        let google = &resolved[&domain::access::Provider::Google];
+        assert_eq!(google.client_secret.expose_secret(), "from-a-file");
+        s.identity.google.as_mut().unwrap().client_secret =
+            SecretString::from("env://ANSWERS_TEST_SURELY_UNSET_VARIABLE");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("identity.google.client_secret"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

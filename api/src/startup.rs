@@ -188,7 +188,10 @@ impl Application {
         let origins = settings.http.origins();
         let providers = web::Data::new(
             identity::Providers::new(
-                settings.identity.providers(),
+                settings
+                    .identity
+                    .providers()
+                    .map_err(|e| anyhow::anyhow!(e))?,
                 Duration::from_millis(settings.identity.provider_timeout_ms),
             )
             .context("could not set up the identity providers' client")?,

@@ -332,10 +332,11 @@ pub async fn import_kapa_source(
     bus: web::Data<CommandBus>,
     engines: web::Data<EngineStatus>,
     pool: web::Data<PgPool>,
-    auth: Authenticated,
     caller: Caller,
     kapa_source_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    // One credential check (and one draw on the rate limits) per request: the caller's.
+    let auth = Authenticated(caller.claims.clone());
     admin(&auth)?;
     let kapa_source_id = kapa_source_id.into_inner();
     let tenant = bus.tenant_snapshot(&auth.0.tenant_id).await?;

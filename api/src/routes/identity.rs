@@ -213,10 +213,13 @@ pub async fn callback(
             Some(email) if auth.is_operator(email) => {
                 sign_in::open_session(&auth, &bus, &req, None, email, None, provider, false).await
             }
-            _ => Err(ApiError::new(
-                Code::NotAnOperator,
-                "this identity is not a platform operator of this deployment",
-            )),
+            _ => {
+                tracing::warn!(%provider, "a platform sign-in by someone who is not an operator");
+                Err(ApiError::new(
+                    Code::NotAnOperator,
+                    "this identity is not a platform operator of this deployment",
+                ))
+            }
         };
     };
     let who = identity

@@ -61,22 +61,26 @@ impl FromRequest for Caller {
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        // A malformed Idempotency-Key is refused before anything is awaited, so it wins over
+        // a body error found by another extractor meanwhile.
+        let key = idempotency_key(req);
         let req = req.clone();
         Box::pin(async move {
+            let key = key?;
             let Authenticated(claims) = crate::auth::authenticated(&req).await?;
-            caller(&req, claims)
+            caller(&req, claims, key)
         })
     }
 }
 
-fn caller(req: &HttpRequest, claims: Claims) -> Result<Caller, ApiError> {
-    let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
-        None => None,
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    match req.headers().get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
         Some(v) => {
             let key = v.to_str().ok().map(str::trim).filter(|k| {
                 !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
             });
-            Some(
+            Ok(Some(
                 key.ok_or_else(|| {
                     ApiError::new(
                         Code::InvalidIdempotencyKey,
@@ -84,9 +88,16 @@ fn caller(req: &HttpRequest, claims: Claims) -> Result<Caller, ApiError> {
                     )
                 })?
                 .to_string(),
-            )
+            ))
         }
-    };
+    }
+}
+
+fn caller(
+    req: &HttpRequest,
+    claims: Claims,
+    idempotency_key: Option<String>,
+) -> Result<Caller, ApiError> {
     let correlation_id = req
         .extensions()
         .get::<CorrelationId>()

@@ -1222,6 +1222,7 @@ async fn identity_events_reach_the_audit_trail() {
         )
         .await;
     let key_id = key["key_id"].as_str().unwrap();
+    let secret_part = key["key"].as_str().unwrap()["ans_sk_".len()..].to_string();
     app.call(
         Method::DELETE,
         &format!("/v1/tenant/api-keys/{key_id}"),
@@ -1261,7 +1262,10 @@ async fn identity_events_reach_the_audit_trail() {
         })
         .await;
         let text = serde_json::to_string(&entries).unwrap();
-        assert!(!text.contains("ans_sk_"), "no key in the trail");
+        assert!(
+            !text.contains(&secret_part),
+            "no key in the trail (its prefix may be)"
+        );
     }
     let (_, failed) = app
         .call(Method::GET, "/v1/audit?action=SignInFailed", &admin, None)

@@ -245,7 +245,7 @@ async fn filters_sources_and_every_route_unchanged_by_rebuilding_every_projectio
             );
             assert_eq!(
                 tenant["members"],
-                json!([{"user_id": "admin", "email": null, "role": "admin"}])
+                json!([{"user_id": "admin", "email": null, "role": "admin", "invitation_pending": true}])
             );
             assert_eq!(tenant["version"], 2);
         })
