@@ -964,10 +964,7 @@ async fn api_keys_stay_below_admin_and_a_revoked_key_is_refused_at_once() {
             Some(json!({"name": "Slack bot", "role": "admin"})),
         )
         .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (422, Some("api_key_role_too_high"))
-    );
+    assert_eq!(status, 422, "an admin key is not even expressible: {body}");
     let (status, created) = app
         .call(
             Method::POST,
