@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    access, admin, analytics, audit, conversations, engine, flags, health, identity, platform,
-    sources, tenant, webhooks,
+    access, admin, analytics, audit, conversations, engine, flags, health, identity, inbound,
+    platform, sources, tenant, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -38,7 +38,7 @@ use crate::routes::{
         access::create_api_key, access::list_api_keys, access::revoke_api_key,
         platform::create_tenant, platform::suspend_tenant, platform::reactivate_tenant, platform::whoami, platform::set_plan, platform::clear_plan,
         webhooks::add, webhooks::list, webhooks::remove, webhooks::rotate_secret, webhooks::enable,
-        webhooks::deliveries, webhooks::redeliver,
+        webhooks::deliveries, webhooks::redeliver, inbound::rotate_inbound_secret, inbound::source_sync,
     ),
     components(schemas(crate::sign_in::MfaRequired)),
     modifiers(&BearerAuth),

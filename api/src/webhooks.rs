@@ -83,6 +83,56 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<String
     ))
 }
 
+/// Why an inbound webhook is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A header is missing or malformed.
+    #[error("the webhook-id, webhook-timestamp and webhook-signature headers are required")]
+    Missing,
+    /// The timestamp is more than the tolerance away from now.
+    #[error("webhook-timestamp is more than 5 minutes from now")]
+    Timestamp,
+    /// No signature matches any valid secret.
+    #[error("no signature in webhook-signature matches")]
+    Signature,
+}
+
+/// How far an inbound webhook's timestamp may be from now.
+pub const TOLERANCE_SECS: i64 = 300;
+
+/// Verifies an inbound webhook (Standard Webhooks): the timestamp within ±5 minutes, and one
+/// of the space-separated `v1,` signatures valid for one of `secrets`. Compared in constant
+/// time.
+pub fn verify(
+    secrets: &[&str],
+    id: Option<&str>,
+    timestamp: Option<&str>,
+    signatures: Option<&str>,
+    body: &str,
+    now: i64,
+) -> Result<(), VerifyError> {
+    let (Some(id), Some(timestamp), Some(signatures)) = (id, timestamp, signatures) else {
+        return Err(VerifyError::Missing);
+    };
+    let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::Missing)?;
+    if (now - ts).abs() > TOLERANCE_SECS {
+        return Err(VerifyError::Timestamp);
+    }
+    let valid = secrets
+        .iter()
+        .filter_map(|s| sign(s, id, ts, body))
+        .any(|expected| {
+            signatures
+                .split(' ')
+                .any(|given| identity::secret::same(given.trim().as_bytes(), expected.as_bytes()))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(VerifyError::Signature)
+    }
+}
+
 /// Why a URL may not receive webhooks.
 pub fn refuse_url(url: &str, settings: &WebhookSettings) -> Option<String> {
     let Ok(parsed) = url::Url::parse(url) else {
@@ -464,6 +514,31 @@ mod tests {
         assert_eq!(
             sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body).unwrap(),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn inbound_verification_checks_time_and_every_valid_secret() {
+        let (old, new) = (new_secret(), new_secret());
+        let now = 1_700_000_000;
+        let sig = sign(&old, "msg_1", now, "{}").unwrap();
+        let check = |secrets: &[&str], ts: i64, body: &str| {
+            verify(
+                secrets,
+                Some("msg_1"),
+                Some(&ts.to_string()),
+                Some(&format!("v1,x {sig}")),
+                body,
+                now,
+            )
+        };
+        assert_eq!(check(&[&new, &old], now, "{}"), Ok(()));
+        assert_eq!(check(&[&new], now, "{}"), Err(VerifyError::Signature));
+        assert_eq!(check(&[&old], now, "{ }"), Err(VerifyError::Signature));
+        assert_eq!(check(&[&old], now - 301, "{}"), Err(VerifyError::Timestamp));
+        assert_eq!(
+            verify(&[&old], None, None, None, "{}", now),
+            Err(VerifyError::Missing)
         );
     }
 

@@ -65,6 +65,7 @@ catalogue! {
     MfaChallengeInvalid = (401, "mfa_challenge_invalid");
     MfaCodeInvalid = (401, "mfa_code_invalid");
     ApiKeyInvalid = (401, "api_key_invalid");
+    WebhookSignatureInvalid = (401, "webhook_signature_invalid");
     Forbidden = (403, "forbidden");
     PlatformOnly = (403, "platform_only");
     FlagNotTenantControllable = (403, "flag_not_tenant_controllable");
@@ -113,6 +114,7 @@ catalogue! {
     MfaAlreadyEnrolled = (409, "mfa_already_enrolled");
     MfaNotEnrolled = (409, "mfa_not_enrolled");
     ApiKeyRevoked = (409, "api_key_revoked");
+    WebhookReplayed = (409, "webhook_replayed");
     PayloadTooLarge = (413, "payload_too_large");
     UnsupportedMediaType = (415, "unsupported_media_type");
     InvalidBody = (422, "invalid_body");

@@ -248,6 +248,12 @@ impl RateLimiter {
         Err(error)
     }
 
+    /// Whether `key` is seen for the first time within `ttl` (replay protection of inbound
+    /// webhooks), kept in the same Redis; `None` when Redis cannot say.
+    pub async fn first_time(&self, key: &str, ttl: Duration) -> Option<bool> {
+        self.redis.first_time(key, ttl).await
+    }
+
     /// Every request: per client IP; the sign-in routes have their own, tighter budget.
     fn ip_limits(&self, req: &HttpRequest) -> Vec<Limit> {
         let Some(ip) = self.request_ip(req) else {

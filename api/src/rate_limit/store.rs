@@ -166,6 +166,31 @@ impl RedisBudgets {
         *guard = (None, Some(Instant::now()));
     }
 
+    /// Records `key` for `ttl` if it is new: `Some(true)` the first time, `Some(false)` after,
+    /// `None` when Redis cannot answer.
+    pub async fn first_time(&self, key: &str, ttl: Duration) -> Option<bool> {
+        let mut connection = self.connection().await?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}{key}", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms);
+        match tokio::time::timeout(
+            self.timeout,
+            cmd.query_async::<Option<String>>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(set)) => Some(set.is_some()),
+            _ => {
+                self.forget_connection().await;
+                None
+            }
+        }
+    }
+
     /// Checks and draws on every budget at once; `None` when Redis cannot answer.
     pub async fn check(&self, limits: &[Limit]) -> Option<Vec<Outcome>> {
         let mut connection = self.connection().await?;

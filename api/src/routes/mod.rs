@@ -23,6 +23,7 @@ pub mod fallback;
 pub mod flags;
 pub mod health;
 pub mod identity;
+pub mod inbound;
 pub mod platform;
 pub mod sources;
 pub mod tenant;
@@ -173,6 +174,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(identity::configure)
                 .configure(access::configure)
                 .configure(webhooks::configure)
+                .configure(inbound::configure)
                 .configure(platform::configure)
                 .configure(tenant::configure)
                 .configure(conversations::configure)

@@ -383,3 +383,174 @@ async fn secrets_rotate_with_an_overlap_and_inward_urls_are_refused() {
         .await;
     assert_eq!(status, 403);
 }
+
+/// Signs like a connector would, with Python's `hmac` (independent of the server's code).
+fn python_sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    let script = r#"
+import base64, hashlib, hmac, sys
+secret, msg_id, ts, body = sys.argv[1:5]
+key = base64.b64decode(secret.split("_", 1)[1])
+print("v1," + base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.{body}".encode(), hashlib.sha256).digest()).decode())
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, secret, id, &timestamp.to_string(), body])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn inbound_webhooks_are_verified_and_accepted_once() {
+    let app = app().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let (status, source) = app
+        .call(
+            Method::POST,
+            "/v1/sources",
+            &admin,
+            Some(json!({"kind": "docs", "name": "Docs", "location": "https://docs.acme.test"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let source = source["id"].as_str().unwrap().to_string();
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/sources/{source}/sync"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, first) = app
+        .call(Method::POST, "/v1/tenant/inbound-secret", &admin, None)
+        .await;
+    assert_eq!(status, 200);
+    let old = first["secret"].as_str().unwrap().to_string();
+    let (_, second) = app
+        .call(Method::POST, "/v1/tenant/inbound-secret", &admin, None)
+        .await;
+    let secret = second["secret"].as_str().unwrap().to_string();
+    let url = format!("{}/v1/inbound/acme/sources/{source}/sync", app.address);
+    let post = |id: &str, ts: i64, signature: String, body: String| {
+        app.client
+            .post(&url)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let sync_id = uuid::Uuid::new_v4();
+    let body = json!({"type": "sync.started", "sync_id": sync_id}).to_string();
+    let code = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<Value>().await.unwrap()["code"]
+                .as_str()
+                .map(String::from),
+        )
+    };
+    // Forged, stale, or signed with another tenant's secret: refused, nothing recorded.
+    let tampered = json!({"type": "sync.started", "sync_id": uuid::Uuid::new_v4()}).to_string();
+    let cases = [
+        (
+            "tampered body",
+            post(
+                "msg_a",
+                now,
+                python_sign(&secret, "msg_a", now, &body),
+                tampered,
+            ),
+        ),
+        (
+            "ten minutes old",
+            post(
+                "msg_b",
+                now - 600,
+                python_sign(&secret, "msg_b", now - 600, &body),
+                body.clone(),
+            ),
+        ),
+        (
+            "another secret",
+            post(
+                "msg_c",
+                now,
+                python_sign(&webhooks_secret(), "msg_c", now, &body),
+                body.clone(),
+            ),
+        ),
+    ];
+    for (what, request) in cases {
+        let (status, c) = code(request.await.unwrap()).await;
+        assert_eq!(
+            (status, c.as_deref()),
+            (401, Some("webhook_signature_invalid")),
+            "{what}"
+        );
+    }
+    let missing = app
+        .client
+        .post(&url)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 401);
+    // Signed with the previous secret during the overlap: accepted, once.
+    let ok = post(
+        "msg_d",
+        now,
+        python_sign(&old, "msg_d", now, &body),
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let (status, c) = code(
+        post(
+            "msg_d",
+            now,
+            python_sign(&secret, "msg_d", now, &body),
+            body.clone(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((status, c.as_deref()), (409, Some("webhook_replayed")));
+    let done =
+        json!({"type": "sync.completed", "sync_id": sync_id, "document_count": 12}).to_string();
+    let ok = post(
+        "msg_e",
+        now,
+        python_sign(&secret, "msg_e", now, &done),
+        done,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let (_, view) = app
+        .call(Method::GET, &format!("/v1/sources/{source}"), &admin, None)
+        .await;
+    assert_eq!(view["document_count"], 12, "{view}");
+    let actors: Vec<String> = sqlx::query_scalar(
+        "SELECT actor_id FROM events WHERE event_type IN ('SyncStarted', 'SyncCompleted') ORDER BY position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(actors, vec!["connector", "connector"]);
+}
+
+/// A secret no tenant has.
+fn webhooks_secret() -> String {
+    format!(
+        "whsec_{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])
+    )
+}
