@@ -67,6 +67,21 @@ pub struct Claims {
     pub via: Via,
 }
 
+impl Claims {
+    /// Only an Admin, and never through an API key (a key cannot manage keys, access, webhooks
+    /// or secrets: what it could do would outgrow its role).
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.role == Role::Admin && self.via != Via::ApiKey {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Code::Forbidden,
+                format!("only an admin (signed in, not an API key) manages {what}"),
+            ))
+        }
+    }
+}
+
 /// Mints development tokens (`answers token`, tests, `bench`): no session, so the production
 /// profile refuses them.
 pub struct JwtKeys {

@@ -209,7 +209,15 @@ impl RateLimiter {
                 outcome: o,
             })
             .collect();
-        applied.sort_by_key(|a| (a.outcome.allowed, a.outcome.remaining));
+        // The most constrained first: refused before allowed, then the fewest remaining, then
+        // the longest wait (a retry before every refusing budget has room would fail again).
+        applied.sort_by_key(|a| {
+            (
+                a.outcome.allowed,
+                a.outcome.remaining,
+                std::cmp::Reverse(a.outcome.retry_after),
+            )
+        });
         let Some(worst) = applied.first().cloned() else {
             return Ok(());
         };
@@ -421,6 +429,34 @@ mod tests {
             questions_per_tenant_per_month: 1,
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refusal_waits_for_the_longest_refusing_budget() {
+        let l = limiter("");
+        let req = actix_web::test::TestRequest::default().to_http_request();
+        let limits = || {
+            vec![
+                rate("minute", "m".into(), 1),
+                Limit {
+                    policy: "month",
+                    key: "q".into(),
+                    kind: Kind::Quota {
+                        limit: 1,
+                        ends_in: Duration::from_secs(3600),
+                    },
+                },
+            ]
+        };
+        l.draw(&req, limits()).await.unwrap();
+        let refused = l.draw(&req, limits()).await.unwrap_err();
+        assert!(refused.detail.contains("`month`"), "{}", refused.detail);
+        let retry = refused
+            .headers
+            .iter()
+            .find(|(n, _)| n == actix_web::http::header::RETRY_AFTER)
+            .map(|(_, v)| v.to_str().unwrap().to_string());
+        assert_eq!(retry.as_deref(), Some("3600"));
     }
 
     #[test]

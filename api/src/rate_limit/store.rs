@@ -72,7 +72,7 @@ for i = 1, #KEYS do
     if tat < now then tat = now end
     local new_tat = tat + interval
     local allow_at = new_tat - period
-    if allow_at > now then
+    if allow_at - now > 0.5 then
       denied = true
       table.insert(out, 0); table.insert(out, 0)
       table.insert(out, math.ceil(allow_at - now)); table.insert(out, math.ceil(tat - now))
@@ -243,21 +243,21 @@ impl RedisBudgets {
 /// alone, so the effective limit is multiplied by the number of replicas).
 #[derive(Default)]
 pub struct LocalBudgets {
-    state: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Per key: the theoretical arrival time (rates) or the count (quotas), and when it expires.
+    state: Mutex<HashMap<String, (u64, Instant)>>,
     started: std::sync::OnceLock<Instant>,
 }
 
 impl LocalBudgets {
-    fn now_ms(&self) -> f64 {
-        self.started
-            .get_or_init(Instant::now)
-            .elapsed()
-            .as_secs_f64()
-            * 1000.0
+    /// Microseconds since this limiter started: integers, so a budget exactly at its boundary is
+    /// not refused by a rounding error.
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.started.get_or_init(Instant::now).elapsed().as_micros())
+            .unwrap_or(u64::MAX)
     }
 
     pub fn check(&self, limits: &[Limit]) -> Vec<Outcome> {
-        let now = self.now_ms();
+        let now = self.now_us();
         let mut state = self
             .state
             .lock()
@@ -265,6 +265,7 @@ impl LocalBudgets {
         if state.len() > 200_000 {
             state.retain(|_, (_, expires)| *expires > Instant::now());
         }
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let mut out = Vec::new();
         let mut new = Vec::new();
         for limit in limits {
@@ -274,35 +275,27 @@ impl LocalBudgets {
                 .map(|(v, _)| *v);
             match limit.kind {
                 Kind::Rate { limit: l, period } => {
-                    let period = period.as_secs_f64() * 1000.0;
-                    let interval = period / f64::from(l.max(1));
+                    let period = us(period);
+                    let interval = period / u64::from(l.max(1));
                     let tat = stored.unwrap_or(now).max(now);
                     let new_tat = tat + interval;
-                    let allow_at = new_tat - period;
+                    let allow_at = new_tat.saturating_sub(period);
                     if allow_at > now {
-                        out.push(outcome(false, 0.0, allow_at - now, tat - now));
+                        out.push(outcome(false, 0, allow_at - now, tat - now));
                     } else {
-                        out.push(outcome(
-                            true,
-                            (period - (new_tat - now)) / interval,
-                            0.0,
-                            new_tat - now,
-                        ));
-                        new.push((
-                            limit.key.clone(),
-                            new_tat,
-                            Duration::from_millis((new_tat - now) as u64 + 1),
-                        ));
+                        let used = new_tat - now;
+                        out.push(outcome(true, (period - used) / interval.max(1), 0, used));
+                        new.push((limit.key.clone(), new_tat, Duration::from_micros(used + 1)));
                     }
                 }
                 Kind::Quota { limit: l, ends_in } => {
-                    let used = stored.unwrap_or(0.0);
-                    let window = ends_in.as_secs_f64() * 1000.0;
-                    if used + 1.0 > l as f64 {
-                        out.push(outcome(false, 0.0, window, window));
+                    let used = stored.unwrap_or(0);
+                    let window = us(ends_in);
+                    if used + 1 > l {
+                        out.push(outcome(false, 0, window, window));
                     } else {
-                        out.push(outcome(true, l as f64 - used - 1.0, 0.0, window));
-                        new.push((limit.key.clone(), used + 1.0, ends_in));
+                        out.push(outcome(true, l - used - 1, 0, window));
+                        new.push((limit.key.clone(), used + 1, ends_in));
                     }
                 }
             }
@@ -316,12 +309,12 @@ impl LocalBudgets {
     }
 }
 
-fn outcome(allowed: bool, remaining: f64, retry_ms: f64, reset_ms: f64) -> Outcome {
+fn outcome(allowed: bool, remaining: u64, retry_us: u64, reset_us: u64) -> Outcome {
     Outcome {
         allowed,
-        remaining: remaining.max(0.0).floor() as u64,
-        retry_after: Duration::from_millis(retry_ms.max(0.0).ceil() as u64),
-        reset: Duration::from_millis(reset_ms.max(0.0).ceil() as u64),
+        remaining,
+        retry_after: Duration::from_micros(retry_us),
+        reset: Duration::from_micros(reset_us),
     }
 }
 

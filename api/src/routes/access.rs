@@ -4,11 +4,11 @@ use actix_web::{delete, get, post, put, web, HttpResponse};
 use commands::{CommandBus, CommandOutcome};
 use domain::account::{account_id, AccountCommand};
 use domain::tenant::TenantCommand;
-use domain::{Code, Role};
+use domain::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::{unavailable, Auth, Via, API_KEY_PREFIX};
+use crate::auth::{unavailable, Auth, API_KEY_PREFIX};
 use crate::dto::AccessPolicyRequest;
 use crate::problem::ApiError;
 use crate::routes::{Caller, CommandProblems};
@@ -24,13 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Admins only, and never through an API key (a key cannot mint keys or change access).
 fn admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.claims.role != Role::Admin || caller.claims.via == Via::ApiKey {
-        return Err(ApiError::new(
-            Code::Forbidden,
-            "only an admin (signed in, not an API key) manages access",
-        ));
-    }
-    Ok(())
+    caller.claims.require_admin("access")
 }
 
 /// Who may join and how they sign in: allowed e-mail domains and providers, SSO required,

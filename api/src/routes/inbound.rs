@@ -39,12 +39,7 @@ pub async fn rotate_inbound_secret(
     settings: web::Data<WebhookSettings>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    if caller.claims.role != Role::Admin || caller.claims.via == crate::auth::Via::ApiKey {
-        return Err(ApiError::new(
-            Code::Forbidden,
-            "only an admin (signed in, not an API key) manages the inbound secret",
-        ));
-    }
+    caller.claims.require_admin("the inbound secret")?;
     let secret = new_secret();
     sqlx::query!(
         "INSERT INTO inbound_secrets (tenant_id, secret) VALUES ($1, $2)

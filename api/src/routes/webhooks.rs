@@ -3,13 +3,13 @@ use actix_web::{delete, get, post, web, HttpResponse};
 use commands::{CommandBus, CommandOutcome};
 use domain::access::WebhookTopic;
 use domain::tenant::TenantCommand;
-use domain::{Code, Role};
+use domain::Code;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{unavailable, Via};
+use crate::auth::unavailable;
 use crate::problem::ApiError;
 use crate::routes::{Caller, CommandProblems};
 use crate::webhooks::{new_secret, refuse_url, WebhookSettings};
@@ -25,13 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.claims.role != Role::Admin || caller.claims.via == Via::ApiKey {
-        return Err(ApiError::new(
-            Code::Forbidden,
-            "only an admin (signed in, not an API key) manages webhooks",
-        ));
-    }
-    Ok(())
+    caller.claims.require_admin("webhooks")
 }
 
 fn topic(word: &str) -> Result<WebhookTopic, ApiError> {
