@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts (or checks) the services the tests and a local run need. Idempotent.
-#   scripts/services.sh up     PostgreSQL on 127.0.0.1:5432 and a Kafka-compatible broker
+#   scripts/services.sh up     PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 (rate
+#                              limits, inbound webhook replays) and a Kafka-compatible broker
 #                              (tansu) on 127.0.0.1:9092, each started only when down
 #   scripts/services.sh down   stops the broker if `up` started it
 set -euo pipefail
@@ -37,6 +38,32 @@ postgres_up() {
     sleep 1
   done
   log "PostgreSQL did not come up on $PGHOST:$PGPORT"
+  return 1
+}
+
+REDIS_PORT=${REDIS_PORT:-6379}
+
+# Redis keeps the rate-limit budgets shared by replicas; the tests also start private
+# `redis-server`s to stop under load, so the binary must be there even when one runs.
+redis_up() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "Redis is not installed; installing it from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  fi
+  if redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    return 0
+  fi
+  log "Redis is not answering on 127.0.0.1:$REDIS_PORT; starting it"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save '' --appendonly no >/dev/null
+  for _ in $(seq 1 30); do
+    if redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+      log "Redis is up"
+      return 0
+    fi
+    sleep 0.5
+  done
+  log "Redis did not come up on 127.0.0.1:$REDIS_PORT"
   return 1
 }
 
@@ -104,6 +131,7 @@ case "${1:-up}" in
   up)
     postgres_up
     drop_test_databases
+    redis_up
     kafka_up
     ;;
   down)
