@@ -1,9 +1,6 @@
-//! Feature flags in the service: the stale-flag warning at start-up and the rate limit on usage
-//! reports. Evaluation lives in `commands::flags`, definitions in `domain::flags`.
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
+//! Feature flags in the service: the stale-flag warning at start-up. Usage reports are rate
+//! limited with the other budgets (`rate_limit::RateLimiter::flag_usage`, shared by replicas).
+//! Evaluation lives in `commands::flags`, definitions in `domain::flags`.
 use chrono::NaiveDate;
 
 /// Flags past their expiry date on `today`.
@@ -28,45 +25,6 @@ pub fn warn_about_stale_flags(today: NaiveDate) {
     }
 }
 
-/// (tenant, user, flag).
-type UsageKey = (String, String, String);
-
-/// At most `per_minute` usage reports per tenant, user and flag in any minute (a fixed window
-/// per key; memory is bounded by pruning windows that ended).
-pub struct UsageLimiter {
-    per_minute: u32,
-    windows: Mutex<HashMap<UsageKey, (Instant, u32)>>,
-}
-
-impl UsageLimiter {
-    pub fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute,
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Ok` when the report may be taken, else how long until it may.
-    pub fn admit(&self, tenant: &str, user: &str, flag: &str) -> Result<(), Duration> {
-        let minute = Duration::from_secs(60);
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if windows.len() > 100_000 {
-            windows.retain(|_, (start, _)| start.elapsed() < minute);
-        }
-        let entry = windows
-            .entry((tenant.to_string(), user.to_string(), flag.to_string()))
-            .or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= minute {
-            *entry = (Instant::now(), 0);
-        }
-        if entry.1 >= self.per_minute {
-            return Err(minute.saturating_sub(entry.0.elapsed()));
-        }
-        entry.1 += 1;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,15 +35,5 @@ mod tests {
         assert!(stale_flags(before).is_empty());
         let after = NaiveDate::from_ymd_opt(2030, 1, 1).unwrap();
         assert_eq!(stale_flags(after).len(), domain::flags::FLAGS.len());
-    }
-
-    #[test]
-    fn usage_reports_are_limited_per_user_and_flag() {
-        let limiter = UsageLimiter::new(2);
-        assert!(limiter.admit("t", "u", "f").is_ok());
-        assert!(limiter.admit("t", "u", "f").is_ok());
-        assert!(limiter.admit("t", "u", "f").is_err());
-        assert!(limiter.admit("t", "v", "f").is_ok());
-        assert!(limiter.admit("t", "u", "g").is_ok());
     }
 }

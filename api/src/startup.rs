@@ -140,9 +140,7 @@ impl Application {
         }
         let bus = web::Data::from(bus);
         let engine_status = web::Data::new(EngineStatus { kapa });
-        let usage_limiter = web::Data::new(crate::flags::UsageLimiter::new(
-            settings.flags.usage_per_minute,
-        ));
+        let flag_settings = web::Data::new(settings.flags.clone());
         let identity_store = identity::store::IdentityStore::new(pool.clone());
         let auth = web::Data::new(Auth::new(
             token_keys,
@@ -234,7 +232,7 @@ impl Application {
                 .app_data(pool_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())
-                .app_data(usage_limiter.clone())
+                .app_data(flag_settings.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::fallback::unmatched))
         })

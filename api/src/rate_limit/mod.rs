@@ -303,6 +303,20 @@ impl RateLimiter {
         .await
     }
 
+    /// Usage reports of a feature flag: per user and flag (`flags.usage_per_minute`), shared
+    /// by every replica like the other budgets.
+    pub async fn flag_usage(
+        &self,
+        req: &HttpRequest,
+        claims: &Claims,
+        flag: &str,
+        per_minute: u32,
+    ) -> Result<(), ApiError> {
+        let key = format!("flag-usage:{}:{}:{flag}", claims.tenant_id, claims.sub);
+        self.draw(req, vec![rate("flag_usage", key, per_minute)])
+            .await
+    }
+
     /// Asking a question: the engine-cost budgets (the tenant's plan, or the defaults).
     pub async fn question(
         &self,

@@ -11,7 +11,6 @@ use utoipa::ToSchema;
 
 use crate::auth::{Authenticated, PlatformOperator};
 use crate::dto::{FeatureFlagRequest, FlagKey};
-use crate::flags::UsageLimiter;
 use crate::problem::ApiError;
 use crate::routes::conversations::read_error;
 use crate::routes::CommandProblems;
@@ -81,8 +80,10 @@ pub struct UsageReport {
     responses((status = 204, description = "Recorded"), CommandProblems), security(("bearer" = [])))]
 #[post("/flags/{flag}/usage")]
 pub async fn report_usage(
+    req: actix_web::HttpRequest,
     pool: web::Data<PgPool>,
-    limiter: web::Data<UsageLimiter>,
+    limiter: web::Data<crate::rate_limit::RateLimiter>,
+    settings: web::Data<crate::config::FlagSettings>,
     auth: Authenticated,
     flag: web::Path<String>,
     body: web::Json<UsageReport>,
@@ -102,16 +103,9 @@ pub async fn report_usage(
         ));
     }
     let (tenant, user) = (auth.0.tenant_id.as_str(), auth.0.sub.as_str());
-    if let Err(wait) = limiter.admit(tenant, user, &flag) {
-        return Err(ApiError::new(
-            Code::RateLimited,
-            "too many usage reports for this flag; try again later",
-        )
-        .with_header(
-            actix_web::http::header::RETRY_AFTER,
-            actix_web::http::header::HeaderValue::from(wait.as_secs().max(1)),
-        ));
-    }
+    limiter
+        .flag_usage(&req, &auth.0, &flag, settings.usage_per_minute)
+        .await?;
     sqlx::query!(
         "INSERT INTO flag_usage (tenant_id, flag, user_id, uses) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, flag, user_id) DO UPDATE
