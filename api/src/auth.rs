@@ -518,16 +518,13 @@ impl PlatformOperator {
     pub fn context(&self, tenant: &str) -> Result<commands::CommandContext, ApiError> {
         let tenant_id =
             TenantId::parse(tenant).map_err(|e| ApiError::new(Code::InvalidPath, e.to_string()))?;
-        Ok(commands::CommandContext {
+        let user_id = UserId::parse(&self.user)
+            .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
+        Ok(commands::CommandContext::acting(
             tenant_id,
-            user_id: UserId::parse(&self.user)
-                .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?,
-            role: Role::Admin,
-            correlation_id: Uuid::now_v7().to_string(),
-            causation_id: None,
-            idempotency_key: None,
-            request_fingerprint: String::new(),
-        })
+            user_id,
+            Role::Admin,
+        ))
     }
 }
 

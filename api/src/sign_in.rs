@@ -51,6 +51,10 @@ pub struct TokenResponse {
     pub role: Option<Role>,
     /// A platform operator's session.
     pub platform_operator: bool,
+    /// With the first session after enrolling a second factor: single-use codes for when the
+    /// authenticator is lost, shown this once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_codes: Option<Vec<String>>,
 }
 
 /// A sign-in that needs its second factor before a session is issued.
@@ -70,16 +74,9 @@ pub fn person_context(
     user: &str,
     role: Role,
 ) -> Result<CommandContext, ApiError> {
-    Ok(CommandContext {
-        tenant_id: tenant_id.clone(),
-        user_id: UserId::parse(user)
-            .map_err(|e| ApiError::new(Code::InvalidIdentifier, e.to_string()))?,
-        role,
-        correlation_id: Uuid::now_v7().to_string(),
-        causation_id: None,
-        idempotency_key: None,
-        request_fingerprint: String::new(),
-    })
+    let user_id =
+        UserId::parse(user).map_err(|e| ApiError::new(Code::InvalidIdentifier, e.to_string()))?;
+    Ok(CommandContext::acting(tenant_id.clone(), user_id, role))
 }
 
 /// Records on a person's sign-in record; a failure to record is logged, never a refusal of
@@ -184,6 +181,7 @@ pub async fn open_session(
     role: Option<Role>,
     provider: Provider,
     mfa: bool,
+    recovery_codes: Option<Vec<String>>,
 ) -> Result<HttpResponse, ApiError> {
     let user_agent = req
         .headers()
@@ -229,10 +227,12 @@ pub async fn open_session(
         role,
         refresh_token,
         Some(csrf_token),
+        recovery_codes,
     )
 }
 
 /// The token response for a session (a new one, or a refreshed one).
+#[allow(clippy::too_many_arguments)]
 pub fn respond(
     auth: &Auth,
     session_id: Uuid,
@@ -241,6 +241,7 @@ pub fn respond(
     role: Option<Role>,
     refresh_token: String,
     csrf_token: Option<String>,
+    recovery_codes: Option<Vec<String>>,
 ) -> Result<HttpResponse, ApiError> {
     let ttl = auth.settings.access_ttl_secs;
     let mut claims = auth.keys.claims(user_id, ttl);
@@ -301,6 +302,7 @@ pub fn respond(
         user_id: user_id.to_string(),
         role,
         platform_operator: tenant_id.is_none(),
+        recovery_codes,
     }))
 }
 

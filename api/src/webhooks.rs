@@ -464,15 +464,11 @@ impl Webhooks {
             streak,
             "webhook endpoint disabled after failing"
         );
-        let ctx = CommandContext {
-            tenant_id: TenantId::parse(tenant)?,
-            user_id: UserId::parse("webhook-delivery")?,
-            role: Role::Admin,
-            correlation_id: Uuid::now_v7().to_string(),
-            causation_id: None,
-            idempotency_key: None,
-            request_fingerprint: String::new(),
-        };
+        let ctx = CommandContext::acting(
+            TenantId::parse(tenant)?,
+            UserId::parse("webhook-delivery")?,
+            Role::Admin,
+        );
         self.bus
             .tenant(
                 &ctx,
@@ -487,16 +483,13 @@ impl Webhooks {
 
     /// Dispatches and sends every `interval`, for ever.
     pub fn spawn(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            loop {
-                ticker.tick().await;
-                if let Err(error) = self.dispatch().await {
-                    tracing::warn!(%error, "webhook dispatch failed; trying again");
-                }
-                if let Err(error) = self.send_due().await {
-                    tracing::warn!(%error, "webhook delivery failed; trying again");
-                }
+        crate::workers::every(interval, "webhook delivery", move || {
+            let webhooks = self.clone();
+            async move {
+                // A failed dispatch does not hold back what is already due.
+                let dispatched = webhooks.dispatch().await;
+                webhooks.send_due().await?;
+                dispatched.map(|_| ())
             }
         })
     }

@@ -52,7 +52,7 @@ pub fn spawn(
 }
 
 /// Runs `work` every `interval`, for ever; a failed round is logged and tried at the next tick.
-fn every<F, Fut>(interval: Duration, what: &'static str, work: F) -> JoinHandle<()>
+pub(crate) fn every<F, Fut>(interval: Duration, what: &'static str, work: F) -> JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -69,15 +69,11 @@ where
 }
 
 fn system_context(tenant: &TenantId, user: &str) -> anyhow::Result<CommandContext> {
-    Ok(CommandContext {
-        tenant_id: tenant.clone(),
-        user_id: UserId::parse(user)?,
-        role: Role::Admin,
-        correlation_id: Uuid::now_v7().to_string(),
-        causation_id: None,
-        idempotency_key: None,
-        request_fingerprint: String::new(),
-    })
+    Ok(CommandContext::acting(
+        tenant.clone(),
+        UserId::parse(user)?,
+        Role::Admin,
+    ))
 }
 
 /// Forwards every feedback change on a Kapa answer to Kapa, once.

@@ -14,3 +14,19 @@ pub struct CommandContext {
     /// a different request is refused instead of answered with the other request's result.
     pub request_fingerprint: String,
 }
+
+impl CommandContext {
+    /// The frame of a command sent outside a client's request (a worker, a sign-in, a platform
+    /// operator, a connector): no idempotency key, a new correlation id.
+    pub fn acting(tenant_id: TenantId, user_id: UserId, role: Role) -> Self {
+        Self {
+            tenant_id,
+            user_id,
+            role,
+            correlation_id: uuid::Uuid::now_v7().to_string(),
+            causation_id: None,
+            idempotency_key: None,
+            request_fingerprint: String::new(),
+        }
+    }
+}

@@ -130,13 +130,5 @@ fn context(tenant: &TenantId) -> Result<CommandContext, CommandError> {
         context: "the sweeper's user id",
         source: Box::new(e),
     })?;
-    Ok(CommandContext {
-        tenant_id: tenant.clone(),
-        user_id,
-        role: Role::Admin,
-        correlation_id: Uuid::now_v7().to_string(),
-        causation_id: None,
-        idempotency_key: None,
-        request_fingerprint: String::new(),
-    })
+    Ok(CommandContext::acting(tenant.clone(), user_id, Role::Admin))
 }

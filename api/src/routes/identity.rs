@@ -211,7 +211,8 @@ pub async fn callback(
         // A platform operator: outside every tenant, configured by the deployment.
         return match identity.email.as_deref() {
             Some(email) if auth.is_operator(email) => {
-                sign_in::open_session(&auth, &bus, &req, None, email, None, provider, false).await
+                sign_in::open_session(&auth, &bus, &req, None, email, None, provider, false, None)
+                    .await
             }
             _ => {
                 tracing::warn!(%provider, "a platform sign-in by someone who is not an operator");
@@ -256,6 +257,7 @@ pub async fn callback(
         Some(role),
         provider,
         false,
+        None,
     )
     .await
 }
@@ -387,7 +389,7 @@ pub async fn mfa_verify(
         method: sign_in::method(body.recovery_code.is_some()),
     };
     sign_in::record(&bus, &tenant_id, &user_id, role, command).await;
-    let response = sign_in::open_session(
+    sign_in::open_session(
         &auth,
         &bus,
         &req,
@@ -396,35 +398,9 @@ pub async fn mfa_verify(
         Some(role),
         provider,
         true,
+        recovery_codes,
     )
-    .await?;
-    match recovery_codes {
-        None => Ok(response),
-        Some(codes) => with_recovery_codes(response, codes).await,
-    }
-}
-
-/// Adds the recovery codes to a token response (shown once, with the first session after
-/// enrolling).
-async fn with_recovery_codes(
-    response: HttpResponse,
-    codes: Vec<String>,
-) -> Result<HttpResponse, ApiError> {
-    let (head, body) = response.into_parts();
-    let bytes = actix_web::body::to_bytes(body)
-        .await
-        .map_err(|_| ApiError::new(Code::InternalError, "could not build the response"))?;
-    let mut json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::infrastructure(Code::InternalError, "could not build the response", &e)
-    })?;
-    json["recovery_codes"] = serde_json::json!(codes);
-    let mut out = HttpResponse::build(head.status());
-    for (name, value) in head.headers() {
-        if name != actix_web::http::header::CONTENT_LENGTH {
-            out.append_header((name.clone(), value.clone()));
-        }
-    }
-    Ok(out.json(json))
+    .await
 }
 
 /// Records the enrolment and makes the recovery codes (returned in clear, once).
@@ -681,6 +657,7 @@ pub async fn refresh(
                 &session.user_id,
                 role,
                 refresh_token,
+                None,
                 None,
             )
         }

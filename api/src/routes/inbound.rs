@@ -155,15 +155,13 @@ pub async fn source_sync(
         },
         InboundSyncEvent::Failed { sync_id, error } => SourceCommand::FailSync { sync_id, error },
     };
+    let connector = UserId::parse("connector")
+        .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
     let ctx = CommandContext {
-        tenant_id,
-        user_id: UserId::parse("connector")
-            .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?,
-        role: Role::Operator,
+        // The webhook's id correlates the events with the connector's delivery.
         correlation_id: id.to_string(),
         causation_id: Some(id.to_string()),
-        idempotency_key: None,
-        request_fingerprint: String::new(),
+        ..CommandContext::acting(tenant_id, connector, Role::Operator)
     };
     Ok(HttpResponse::Ok().json(bus.source(&ctx, source_id, command).await?))
 }
