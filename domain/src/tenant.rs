@@ -891,11 +891,21 @@ impl Tenant {
 /// A checked, lower-cased e-mail address (invitations are matched by address, case-blind).
 fn email_address(email: &str) -> Result<String, DomainError> {
     let e = validate::text("email", Code::InvalidEmail, email, 320)?.to_ascii_lowercase();
-    let valid = e
-        .split_once('@')
-        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-        && !e.contains(char::is_whitespace)
-        && e.matches('@').count() == 1;
+    // Local part: visible characters; domain: dot-separated labels of letters, digits and `-`
+    // (what `format: email` in the API document promises).
+    let valid = e.matches('@').count() == 1
+        && e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii())
+                && domain.contains('.')
+                && domain.split('.').all(|label| {
+                    !label.is_empty()
+                        && !label.starts_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        });
     if valid {
         Ok(e)
     } else {
@@ -1209,6 +1219,26 @@ mod tests {
             })
             .await
             .then_expect_events(created());
+    }
+
+    #[test]
+    fn e_mail_addresses_are_checked() {
+        assert_eq!(email_address(" Bob@Acme.COM ").unwrap(), "bob@acme.com");
+        for bad in [
+            "3@od3l9tw8.com*",
+            "a b@acme.com",
+            "a@acme",
+            "@acme.com",
+            "a@b@acme.com",
+            "a@-x.com",
+            "a@acme..com",
+        ] {
+            assert_eq!(
+                email_address(bad).unwrap_err().code,
+                Code::InvalidEmail,
+                "{bad}"
+            );
+        }
     }
 
     #[tokio::test]
