@@ -107,8 +107,20 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     /// `postgres://user:password@host:port/database`; secret because it may carry a password.
+    /// The owner's connection: migrations, and the parts that cross tenants (relay,
+    /// projections, workers, identity), through the `cross_tenant` policies (docs/isolation.md).
     pub url: SecretString,
+    /// Connections of the owner's pool.
     pub max_connections: u32,
+    /// The role the API's pool acts as, held to row-level security (`answers_api`).
+    pub api_role: String,
+    /// The login of the API's pool (same host and database as `url`). Unset: the API logs in as
+    /// `url`'s user and `SET ROLE`s to `api_role` — development only, refused in production,
+    /// since that login could `RESET ROLE`.
+    pub api_username: Option<String>,
+    pub api_password: Option<SecretString>,
+    /// Connections of the API's pool.
+    pub api_max_connections: u32,
     pub acquire_timeout_ms: u64,
     /// Create the database when it does not exist (convenient locally; off in production).
     pub create_if_missing: bool,
@@ -273,7 +285,9 @@ impl Settings {
             .set_default("server.port", 8080)?
             .set_default("server.workers", 0)?
             .set_default("database.url", "postgres://postgres@127.0.0.1:5432/answers")?
-            .set_default("database.max_connections", 20)?
+            .set_default("database.max_connections", 10)?
+            .set_default("database.api_role", "answers_api")?
+            .set_default("database.api_max_connections", 20)?
             .set_default("database.acquire_timeout_ms", 5000)?
             .set_default("database.create_if_missing", true)?
             .set_default("database.migrate_on_start", true)?
@@ -495,8 +509,25 @@ impl Settings {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             problems.push("database.url must be a postgres:// URL".to_string());
         }
-        if self.database.max_connections == 0 {
-            problems.push("database.max_connections must be at least 1".to_string());
+        if self.database.max_connections == 0 || self.database.api_max_connections == 0 {
+            problems.push(
+                "database.max_connections and database.api_max_connections must be at least 1"
+                    .to_string(),
+            );
+        }
+        let role = &self.database.api_role;
+        let identifier = role.len() <= 63
+            && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && role
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !identifier {
+            problems.push(format!(
+                "database.api_role: `{role}` is not a role name (lower-case letters, digits, _)"
+            ));
+        }
+        if self.database.api_password.is_some() && self.database.api_username.is_none() {
+            problems.push("database.api_password is set without database.api_username".to_string());
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.limits.json_body_bytes) {
             problems.push("limits.json_body_bytes must be between 1 KiB and 16 MiB".to_string());

@@ -9,6 +9,7 @@ use actix_web::{middleware::from_fn, web, App, HttpServer};
 use anyhow::Context;
 use commands::{CommandBus, Engines, LocalAnswerEngine, Sweeper, SystemClock};
 use domain::engine::AnswerEngine;
+use event_store::TenantPool;
 use kapa::KapaEngine;
 use projections::questions::PgAnswerLibrary;
 use secrecy::ExposeSecret;
@@ -33,6 +34,7 @@ pub struct EngineStatus {
 pub struct Application {
     port: u16,
     pool: PgPool,
+    tenants: TenantPool,
     server: Server,
     background: Vec<JoinHandle<()>>,
 }
@@ -69,6 +71,8 @@ impl Application {
                 .await
                 .context("could not run the database migrations")?;
         }
+        let tenants = connect_api(&settings.database).await?;
+        check_isolation(&tenants, settings.profile).await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
                 format!(
@@ -99,10 +103,10 @@ impl Application {
         let engines = Engines {
             kapa: kapa.clone().map(|k| k as Arc<dyn AnswerEngine>),
             default: (settings.engine.default == "local").then_some(engine),
-            library: Some(Arc::new(PgAnswerLibrary::new(pool.clone()))),
+            library: Some(Arc::new(PgAnswerLibrary::new(tenants.clone()))),
         };
         let bus = Arc::new(CommandBus::new(
-            pool.clone(),
+            tenants.clone(),
             engines,
             settings.answering(),
             clock,
@@ -199,6 +203,7 @@ impl Application {
             development: settings.profile == Profile::Development,
         });
         let pool_data = web::Data::new(pool.clone());
+        let tenant_data = web::Data::new(tenants.clone());
         let kafka = web::Data::new(settings.kafka.clone());
         let json_limit = settings.limits.json_body_bytes;
         let mut server = HttpServer::new(move || {
@@ -230,6 +235,7 @@ impl Application {
                 .app_data(providers.clone())
                 .app_data(sign_in.clone())
                 .app_data(pool_data.clone())
+                .app_data(tenant_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())
                 .app_data(flag_settings.clone())
@@ -247,6 +253,7 @@ impl Application {
         Ok(Self {
             port,
             pool,
+            tenants,
             server: server.run(),
             background,
         })
@@ -256,8 +263,14 @@ impl Application {
         self.port
     }
 
+    /// The owner's pool (migrations, the parts that cross tenants).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The API's pool, held to row-level security.
+    pub fn tenant_pool(&self) -> &TenantPool {
+        &self.tenants
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
@@ -300,6 +313,68 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .connect_with(options)
         .await
         .with_context(|| unreachable_message(&target))
+}
+
+/// The API's pool: the `api_username` login (or, in development, the owner's login switched to
+/// `api_role`), acting as `api_role`, whose queries see one tenant's rows at a time.
+pub async fn connect_api(settings: &DatabaseSettings) -> anyhow::Result<TenantPool> {
+    let target = settings.redacted_url();
+    let mut options = sqlx::postgres::PgConnectOptions::from_str(settings.url.expose_secret())
+        .with_context(|| format!("database.url is not a valid URL ({target})"))?
+        .options([(
+            "statement_timeout",
+            format!("{}ms", settings.statement_timeout_ms),
+        )]);
+    if let Some(user) = &settings.api_username {
+        options = options.username(user);
+        options = match &settings.api_password {
+            Some(password) => options.password(password.expose_secret()),
+            None => options.password(""),
+        };
+    }
+    // Validated as a plain identifier (config), quoted all the same.
+    let set_role = format!("SET ROLE \"{}\"", settings.api_role);
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.api_max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .after_connect(move |conn, _meta| {
+            let set_role = set_role.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, set_role.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .with_context(|| {
+            format!(
+                "could not connect the API's pool as role `{}` to {target}: does the role exist \
+                 (the migrations create it) and may the login act as it? (docs/isolation.md)",
+                settings.api_role
+            )
+        })?;
+    Ok(TenantPool::new(pool))
+}
+
+/// Refuses to serve in production when the API's login could see past row-level security
+/// (docs/isolation.md); in development, says so.
+async fn check_isolation(tenants: &TenantPool, profile: Profile) -> anyhow::Result<()> {
+    let reasons = event_store::bypass_reasons(tenants)
+        .await
+        .context("could not check the API's database role")?;
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    let reasons = reasons.join("; ");
+    if profile == Profile::Production {
+        anyhow::bail!(
+            "refusing to serve: the API's database login can bypass row-level security ({reasons}). \
+             Set APP__DATABASE__API_USERNAME (and API_PASSWORD) to a login that is a member of \
+             answers_api only (docs/isolation.md)"
+        );
+    }
+    tracing::warn!(%reasons, "profile development: the API's database login can bypass row-level security; production refuses this");
+    Ok(())
 }
 
 fn unreachable_message(target: &str) -> String {

@@ -9,8 +9,7 @@ use domain::engine::{ChunkSink, FailureKind};
 use domain::knowledge_source::{KnowledgeSource, SourceCommand};
 use domain::tenant::{Tenant, TenantCommand};
 use domain::{Action, DomainError, ScopedId, TenantId};
-use event_store::{EventMetadata, PgEventRepository};
-use sqlx::PgPool;
+use event_store::{EventMetadata, PgEventRepository, TenantPool};
 use uuid::Uuid;
 
 use crate::answering::{Answering, AnsweringSettings, Asker, Engines, Gates};
@@ -87,8 +86,9 @@ fn authorize(ctx: &CommandContext, action: Action) -> Result<(), CommandError> {
 }
 
 impl CommandBus {
+    /// A bus whose commands read and write through the API's tenant-scoped `pool`.
     pub fn new(
-        pool: PgPool,
+        pool: TenantPool,
         engines: Engines,
         answering: AnsweringSettings,
         clock: Arc<dyn Clock>,

@@ -3,7 +3,8 @@
 //! transaction as the command's events (see `event_store::PgEventRepository::persist`).
 use std::time::Duration;
 
-use sqlx::PgPool;
+use event_store::TenantPool;
+use sqlx::{Postgres, Transaction};
 
 use crate::error::{CommandError, Rejection};
 use crate::CommandContext;
@@ -49,7 +50,7 @@ pub(crate) enum Claim {
 
 #[derive(Clone)]
 pub(crate) struct IdempotencyStore {
-    pool: PgPool,
+    pool: TenantPool,
     settings: IdempotencySettings,
 }
 
@@ -101,8 +102,19 @@ impl KeyRow {
 }
 
 impl IdempotencyStore {
-    pub fn new(pool: PgPool, settings: IdempotencySettings) -> Self {
+    pub fn new(pool: TenantPool, settings: IdempotencySettings) -> Self {
         Self { pool, settings }
+    }
+
+    /// A transaction of the command's tenant.
+    async fn begin(
+        &self,
+        ctx: &CommandContext,
+    ) -> Result<Transaction<'static, Postgres>, CommandError> {
+        self.pool
+            .begin(&ctx.tenant_id)
+            .await
+            .map_err(CommandError::from_sqlx)
     }
 
     /// How long a retry waits for the first request, and how often it looks.
@@ -115,6 +127,7 @@ impl IdempotencyStore {
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let lease_ms = self.settings.lease.as_millis() as f64;
         loop {
+            let mut tx = self.begin(ctx).await?;
             let inserted = sqlx::query!(
                 "INSERT INTO idempotency_keys (tenant_id, user_id, idempotency_key, \
                    request_fingerprint, state, locked_until) \
@@ -126,10 +139,11 @@ impl IdempotencyStore {
                 ctx.request_fingerprint,
                 lease_ms,
             )
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(CommandError::from_sqlx)?;
             if inserted.rows_affected() == 1 {
+                tx.commit().await.map_err(CommandError::from_sqlx)?;
                 return Ok(Claim::Owned);
             }
             let row = sqlx::query_as!(
@@ -142,9 +156,10 @@ impl IdempotencyStore {
                 ctx.user_id.as_str(),
                 key,
             )
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(CommandError::from_sqlx)?;
+            tx.commit().await.map_err(CommandError::from_sqlx)?;
             // Released between our insert and select: claim again.
             let Some(row) = row else { continue };
             if row.request_fingerprint != ctx.request_fingerprint {
@@ -178,6 +193,7 @@ impl IdempotencyStore {
         key: &str,
         lease_ms: f64,
     ) -> Result<bool, CommandError> {
+        let mut tx = self.begin(ctx).await?;
         let updated = sqlx::query!(
             "UPDATE idempotency_keys SET locked_until = now() + $4 * interval '1 millisecond' \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 \
@@ -187,9 +203,10 @@ impl IdempotencyStore {
             key,
             lease_ms,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(CommandError::from_sqlx)?;
+        tx.commit().await.map_err(CommandError::from_sqlx)?;
         Ok(updated.rows_affected() == 1)
     }
 
@@ -204,6 +221,7 @@ impl IdempotencyStore {
             context: "a rejection cannot be stored",
             source: Box::new(e),
         })?;
+        let mut tx = self.begin(ctx).await?;
         sqlx::query!(
             "UPDATE idempotency_keys SET state = 'rejected', response_body = $4, settled_at = now() \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
@@ -212,9 +230,10 @@ impl IdempotencyStore {
             key,
             body,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(CommandError::from_sqlx)?;
+        tx.commit().await.map_err(CommandError::from_sqlx)?;
         Ok(())
     }
 
@@ -227,6 +246,7 @@ impl IdempotencyStore {
         aggregate_id: &str,
         version: u64,
     ) -> Result<(), CommandError> {
+        let mut tx = self.begin(ctx).await?;
         sqlx::query!(
             "UPDATE idempotency_keys SET state = 'committed', aggregate_type = $4, aggregate_id = $5, \
                first_sequence = $6 + 1, last_sequence = $6, settled_at = now() \
@@ -238,22 +258,28 @@ impl IdempotencyStore {
             aggregate_id,
             version as i64,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(CommandError::from_sqlx)?;
+        tx.commit().await.map_err(CommandError::from_sqlx)?;
         Ok(())
     }
 
     /// The command failed for a reason that is not the caller's: free the key for a retry.
     pub async fn release(&self, ctx: &CommandContext, key: &str) {
-        let released = sqlx::query!(
-            "DELETE FROM idempotency_keys \
+        let released = async {
+            let mut tx = self.pool.begin(&ctx.tenant_id).await?;
+            sqlx::query!(
+                "DELETE FROM idempotency_keys \
              WHERE tenant_id = $1 AND user_id = $2 AND idempotency_key = $3 AND state = 'pending'",
-            ctx.tenant_id.as_str(),
-            ctx.user_id.as_str(),
-            key,
-        )
-        .execute(&self.pool)
+                ctx.tenant_id.as_str(),
+                ctx.user_id.as_str(),
+                key,
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
         .await;
         if let Err(e) = released {
             // The lease runs out on its own; a retry takes the key over then.

@@ -12,13 +12,15 @@ mod envelope;
 mod metadata;
 mod reader;
 mod repository;
+mod tenancy;
 
 pub use envelope::{Envelope, EnvelopeMetadata};
 pub use metadata::{EventMetadata, MetadataError};
 pub use reader::{
     aggregate_events, read_batch, tenant_events_page, Checkpoint, EventReader, StoredEvent,
 };
-pub use repository::PgEventRepository;
+pub use repository::{append_bulk, PgEventRepository};
+pub use tenancy::{bypass_reasons, tenant_of_aggregate, TenantPool, TENANT_SETTING};
 
 /// The project's migrations (`migrations/` at the top of the repository), embedded.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Where a reader stands: after the event at (`transaction_id`, `position`). The pair, not the
@@ -231,7 +231,7 @@ pub async fn read_batch<'e, E: sqlx::PgExecutor<'e>>(
 /// One aggregate's events in sequence order, up to `until` (by recorded time) when given: what
 /// point-in-time replays start from.
 pub async fn aggregate_events(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     aggregate_type: &str,
     aggregate_id: &str,
     until: Option<DateTime<Utc>>,
@@ -250,14 +250,14 @@ pub async fn aggregate_events(
         aggregate_id,
         until,
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     events(rows)
 }
 
 /// A tenant's events recorded in `[from, to)`, in global position order, a page at a time.
 pub async fn tenant_events_page(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant_id: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -279,7 +279,7 @@ pub async fn tenant_events_page(
         after_position,
         limit,
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     events(rows)
 }

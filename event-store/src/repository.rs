@@ -2,19 +2,24 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
+use domain::TenantId;
 use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::EventMetadata;
+use crate::{tenant_of_aggregate, EventMetadata, TenantPool};
 
 /// A cqrs-es event repository on this project's `events` table. Event-sourced only: snapshots
 /// are not kept (aggregates here are short; add them when a measurement says so).
+///
+/// It reads and writes through the API's [`TenantPool`]: each load runs in a transaction of the
+/// tenant the aggregate id names, each append in one of the tenant its metadata names, and the
+/// row-level security policies refuse an event whose `tenant_id` is not that tenant's.
 #[derive(Clone)]
 pub struct PgEventRepository {
-    pool: PgPool,
+    pool: TenantPool,
     stream_channel_size: usize,
 }
 
@@ -22,17 +27,12 @@ const SELECT_EVENTS: &str = "SELECT aggregate_type, aggregate_id, sequence, even
      event_version, payload, metadata FROM events";
 
 impl PgEventRepository {
-    /// A repository on `pool`.
-    pub fn new(pool: PgPool) -> Self {
+    /// A repository on the API's `pool`.
+    pub fn new(pool: TenantPool) -> Self {
         Self {
             pool,
             stream_channel_size: 256,
         }
-    }
-
-    /// The pool it writes with.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     fn to_event(row: &PgRow) -> Result<SerializedEvent, PersistenceError> {
@@ -54,6 +54,8 @@ impl PgEventRepository {
         aggregate_id: &str,
         after_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let tenant = tenant_of(aggregate_id)?;
+        let mut tx = self.pool.begin(&tenant).await.map_err(from_sqlx)?;
         let rows = sqlx::query(&format!(
             "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
              ORDER BY sequence"
@@ -61,9 +63,10 @@ impl PgEventRepository {
         .bind(aggregate_type)
         .bind(aggregate_id)
         .bind(i64::try_from(after_sequence).map_err(unknown)?)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(from_sqlx)?;
+        tx.commit().await.map_err(from_sqlx)?;
         rows.iter().map(Self::to_event).collect()
     }
 
@@ -131,56 +134,22 @@ impl PgEventRepository {
         Ok(())
     }
 
-    /// Appends the events of many aggregates in one transaction and one statement, for bulk
-    /// loads (benchmarks, imports). Each event carries its own metadata, as from `persist`;
-    /// the same constraints hold (a duplicate sequence is an `OptimisticLockError`).
-    pub async fn append_bulk(&self, events: &[SerializedEvent]) -> Result<(), PersistenceError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut columns = BulkColumns::default();
-        for event in events {
-            let meta = EventMetadata::from_value(&event.metadata)
-                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-            columns.push(event, meta)?;
-        }
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-               payload, metadata, event_id, tenant_id, recorded_at, actor_id, actor_role, \
-               correlation_id, causation_id) \
-             SELECT t, i, s, et, ev, p, m, id, tn, COALESCE(at, now()), a, r, c, cz \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], \
-               $7::jsonb[], $8::uuid[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], \
-               $13::text[], $14::text[]) AS u(t, i, s, et, ev, p, m, id, tn, at, a, r, c, cz)",
-        )
-        .bind(columns.aggregate_type)
-        .bind(columns.aggregate_id)
-        .bind(columns.sequence)
-        .bind(columns.event_type)
-        .bind(columns.event_version)
-        .bind(columns.payload)
-        .bind(columns.metadata)
-        .bind(columns.event_id)
-        .bind(columns.tenant_id)
-        .bind(columns.recorded_at)
-        .bind(columns.actor_id)
-        .bind(columns.actor_role)
-        .bind(columns.correlation_id)
-        .bind(columns.causation_id)
-        .execute(&self.pool)
-        .await
-        .map_err(from_sqlx)?;
-        Ok(())
-    }
-
-    fn replay(&self, query: String, binds: Vec<String>) -> ReplayStream {
+    /// Streams the rows of `query` read in a transaction of `tenant`.
+    fn replay(&self, tenant: TenantId, query: String, binds: Vec<String>) -> ReplayStream {
         let (mut feed, stream) = ReplayStream::new(self.stream_channel_size);
         let pool = self.pool.clone();
         tokio::spawn(async move {
+            let mut tx = match pool.begin(&tenant).await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    let _ = feed.push(Err(from_sqlx(e))).await;
+                    return;
+                }
+            };
             let q = binds
                 .iter()
                 .fold(sqlx::query(&query), |q, value| q.bind(value));
-            let mut rows = q.fetch(&pool);
+            let mut rows = q.fetch(&mut *tx);
             loop {
                 let item = match rows.try_next().await {
                     Ok(Some(row)) => Self::to_event(&row),
@@ -232,7 +201,9 @@ impl PersistedEventRepository for PgEventRepository {
         // One command's events share their metadata (cqrs-es copies it to each).
         let meta = EventMetadata::from_value(&events[0].metadata)
             .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-        let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+        let tenant = TenantId::parse(&meta.tenant_id)
+            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        let mut tx = self.pool.begin(&tenant).await.map_err(from_sqlx)?;
         for event in events {
             Self::insert(&mut tx, event, &meta).await?;
         }
@@ -248,6 +219,7 @@ impl PersistedEventRepository for PgEventRepository {
         aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
         Ok(self.replay(
+            tenant_of(aggregate_id)?,
             format!(
                 "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
             ),
@@ -255,10 +227,11 @@ impl PersistedEventRepository for PgEventRepository {
         ))
     }
 
+    /// Refused: the API's role reads one tenant at a time; every aggregate of every tenant is
+    /// the relay's and the projections' business (`EventReader`, on the owner's pool).
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        Ok(self.replay(
-            format!("{SELECT_EVENTS} WHERE aggregate_type = $1 ORDER BY position"),
-            vec![A::TYPE.to_string()],
+        Err(PersistenceError::UnknownError(
+            "stream_all_events crosses tenants: read the store with EventReader instead".into(),
         ))
     }
 }
@@ -305,6 +278,61 @@ impl BulkColumns {
         self.causation_id.push(meta.causation_id);
         Ok(())
     }
+}
+
+/// Appends the events of many aggregates (of any tenant) in one transaction and one
+/// statement, for bulk loads (benchmarks, imports, the seed), through the owner's `pool`:
+/// it crosses tenants. Each event carries its own metadata, as from `persist`;
+/// the same constraints hold (a duplicate sequence is an `OptimisticLockError`).
+pub async fn append_bulk(
+    pool: &PgPool,
+    events: &[SerializedEvent],
+) -> Result<(), PersistenceError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut columns = BulkColumns::default();
+    for event in events {
+        let meta = EventMetadata::from_value(&event.metadata)
+            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        columns.push(event, meta)?;
+    }
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+           payload, metadata, event_id, tenant_id, recorded_at, actor_id, actor_role, \
+           correlation_id, causation_id) \
+         SELECT t, i, s, et, ev, p, m, id, tn, COALESCE(at, now()), a, r, c, cz \
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], \
+           $7::jsonb[], $8::uuid[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], \
+           $13::text[], $14::text[]) AS u(t, i, s, et, ev, p, m, id, tn, at, a, r, c, cz)",
+    )
+    .bind(columns.aggregate_type)
+    .bind(columns.aggregate_id)
+    .bind(columns.sequence)
+    .bind(columns.event_type)
+    .bind(columns.event_version)
+    .bind(columns.payload)
+    .bind(columns.metadata)
+    .bind(columns.event_id)
+    .bind(columns.tenant_id)
+    .bind(columns.recorded_at)
+    .bind(columns.actor_id)
+    .bind(columns.actor_role)
+    .bind(columns.correlation_id)
+    .bind(columns.causation_id)
+    .execute(pool)
+    .await
+    .map_err(from_sqlx)?;
+    Ok(())
+}
+
+/// The tenant of an aggregate id this repository is asked for.
+fn tenant_of(aggregate_id: &str) -> Result<domain::TenantId, PersistenceError> {
+    tenant_of_aggregate(aggregate_id).ok_or_else(|| {
+        PersistenceError::UnknownError(
+            format!("aggregate id {aggregate_id:?} names no tenant").into(),
+        )
+    })
 }
 
 fn unknown<E: std::error::Error + Send + Sync + 'static>(e: E) -> PersistenceError {

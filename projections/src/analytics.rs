@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use domain::TenantId;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 
 /// The period and buckets an analytics request asks for.
@@ -226,15 +226,15 @@ struct WindowTotals {
 }
 
 /// Whether the database knows `tz` as an IANA time zone.
-pub async fn valid_time_zone(pool: &PgPool, tz: &str) -> Result<bool, sqlx::Error> {
+pub async fn valid_time_zone(conn: &mut PgConnection, tz: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
         .bind(tz)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
 }
 
 async fn counts(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     w: &Window,
     select_key: &str,
@@ -250,7 +250,7 @@ async fn counts(
         w,
     )
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -260,7 +260,7 @@ fn ratio(a: i64, b: i64) -> Option<f64> {
 
 /// Every figure of `tenant` for the window.
 pub async fn compute(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     w: &Window,
 ) -> Result<Analytics, sqlx::Error> {
@@ -289,7 +289,7 @@ pub async fn compute(
            count(DISTINCT conversation_id) FILTER (WHERE escalated) AS escalated \
          {IN_WINDOW}"
     ), tenant, w)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let active_users: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM (SELECT asked_by {IN_WINDOW} GROUP BY asked_by HAVING count(*) >= 2) a"
@@ -297,7 +297,7 @@ pub async fn compute(
     .bind(tenant)
     .bind(w.from)
     .bind(w.to)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let volume: Vec<VolumePoint> = in_window(&format!(
         "SELECT to_char(date_trunc($4, asked_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS bucket_start, \
@@ -305,7 +305,7 @@ pub async fn compute(
     ), tenant, w)
     .bind(&w.bucket)
     .bind(&w.tz)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let top_questions: Vec<TopQuestion> = in_window(
         &format!(
@@ -315,7 +315,7 @@ pub async fn compute(
         tenant,
         w,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let coverage_gaps: Vec<CoverageGap> = in_window(
         &format!(
@@ -327,7 +327,7 @@ pub async fn compute(
         tenant,
         w,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
 
     let WindowTotals {
@@ -353,8 +353,8 @@ pub async fn compute(
             conversations,
         },
         volume,
-        by_channel: counts(pool, tenant, w, "channel", "", 50).await?,
-        by_integration: counts(pool, tenant, w, "integration_id", "", 50).await?,
+        by_channel: counts(&mut *conn, tenant, w, "channel", "", 50).await?,
+        by_integration: counts(&mut *conn, tenant, w, "integration_id", "", 50).await?,
         outcomes: Outcomes {
             answered,
             uncertain,
@@ -377,7 +377,8 @@ pub async fn compute(
             rated_questions: rated,
             feedback_rate: ratio(rated, answered + uncertain),
             satisfaction: ratio(up, up + down),
-            downvote_reasons: counts(pool, tenant, w, "unnest(downvote_reasons)", "", 10).await?,
+            downvote_reasons: counts(&mut *conn, tenant, w, "unnest(downvote_reasons)", "", 10)
+                .await?,
         },
         funnel: Funnel {
             asked: questions,
@@ -388,13 +389,13 @@ pub async fn compute(
             escalated_conversations: escalated,
             deflection_rate: ratio(conversations - escalated, conversations),
         },
-        intents: counts(pool, tenant, w, "intent", "", 10).await?,
-        top_topics: counts(pool, tenant, w, "topic", "", 10).await?,
+        intents: counts(&mut *conn, tenant, w, "intent", "", 10).await?,
+        top_topics: counts(&mut *conn, tenant, w, "topic", "", 10).await?,
         top_questions,
         coverage_gaps,
-        most_cited_sources: counts(pool, tenant, w, "unnest(cited_sources)", "", 10).await?,
+        most_cited_sources: counts(&mut *conn, tenant, w, "unnest(cited_sources)", "", 10).await?,
         downvoted_sources: counts(
-            pool,
+            &mut *conn,
             tenant,
             w,
             "unnest(cited_sources)",
@@ -433,7 +434,7 @@ pub struct CostRow {
 
 /// Cost allocation per period (bucket) for the tenant.
 pub async fn cost(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     w: &Window,
 ) -> Result<Vec<CostRow>, sqlx::Error> {
@@ -462,7 +463,7 @@ pub async fn cost(
     .bind(w.to)
     .bind(&w.bucket)
     .bind(&w.tz)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 

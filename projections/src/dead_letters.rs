@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::TenantId;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 
 use crate::event::Projected;
@@ -73,7 +73,7 @@ pub async fn record(
 /// The tenant's dead letters, newest first (undecodable letters have no tenant and are shown
 /// to no tenant).
 pub async fn list(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     include_resolved: bool,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
@@ -86,7 +86,7 @@ pub async fn list(
         tenant.as_str(),
         include_resolved,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 

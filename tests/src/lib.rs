@@ -23,7 +23,10 @@ pub fn server_url() -> String {
 
 pub struct TestApp {
     pub address: String,
+    /// The owner's pool (sees every tenant).
     pub pool: PgPool,
+    /// The API's pool, held to row-level security.
+    pub tenant_pool: event_store::TenantPool,
     pub client: reqwest::Client,
     pub keys: JwtKeys,
     pub settings: Settings,
@@ -59,6 +62,28 @@ pub fn test_settings() -> Settings {
         .into(),
     );
     settings
+}
+
+/// A login role that is a member of `answers_api` and nothing else, as a production deployment
+/// has (roles are cluster-wide: created once, by whichever test comes first).
+pub async fn api_login() -> String {
+    const LOGIN: &str = "answers_api_test_login";
+    let pool = PgPool::connect(&format!("{}/postgres", server_url()))
+        .await
+        .expect("the server's postgres database");
+    sqlx::query(
+        "DO $$ BEGIN
+           BEGIN CREATE ROLE answers_api NOLOGIN;
+           EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+           BEGIN CREATE ROLE answers_api_test_login LOGIN IN ROLE answers_api;
+           EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+         END $$",
+    )
+    .execute(&pool)
+    .await
+    .expect("the API's test login");
+    pool.close().await;
+    LOGIN.to_string()
 }
 
 /// The Kafka-compatible broker the tests use; `KAFKA_BOOTSTRAP_SERVERS` overrides it.
@@ -130,6 +155,7 @@ pub async fn wait_until_projected(pool: &PgPool, timeout: Duration) {
 /// changes (streaming on, settings, the answer engine, the clock).
 pub struct TestAppBuilder {
     settings: Settings,
+    production: bool,
     engine: Option<Arc<dyn AnswerEngine>>,
     clock: Option<Arc<dyn commands::Clock>>,
 }
@@ -164,12 +190,27 @@ impl TestAppBuilder {
     }
 
     /// The settings the application will start with.
+    /// Profile production, with what it requires: a signing key, a pseudonym key, and an API
+    /// database login held to row-level security ([`api_login`]).
+    pub fn production(mut self) -> Self {
+        let pem = identity::keys::generate_pem().expect("a signing key");
+        self.settings.profile = answers_api::config::Profile::Production;
+        self.settings.auth.signing_key = Some(pem.into());
+        self.settings.auth.signing_key_id = Some("2026-11".into());
+        self.settings.engine.pseudonym_key = "p".repeat(40).into();
+        self.production = true;
+        self
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
     /// Starts the production application (`Application::build_with`) and serves it.
-    pub async fn spawn(self) -> TestApp {
+    pub async fn spawn(mut self) -> TestApp {
+        if self.production {
+            self.settings.database.api_username = Some(api_login().await);
+        }
         // `TEST_LOG=1` shows the application's logs (pretty) while a test runs.
         if std::env::var_os("TEST_LOG").is_some() {
             let mut log = self.settings.log.clone();
@@ -188,10 +229,12 @@ impl TestAppBuilder {
         let settings = self.settings;
         let address = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool().clone();
+        let tenant_pool = app.tenant_pool().clone();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
             pool,
+            tenant_pool,
             client: reqwest::Client::new(),
             keys: JwtKeys::new(&settings.auth).expect("signing keys"),
             platform_token: settings
@@ -212,6 +255,7 @@ impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             settings: test_settings(),
+            production: false,
             engine: None,
             clock: None,
         }

@@ -57,9 +57,8 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
     streaming::ensure_topics(&kafka, &topics).await?;
 
     // Relay: N knowledge-source events over 100 aggregates, written through the event store.
-    let store = event_store::PgEventRepository::new(pool.clone());
     let tenant: domain::TenantId = "bench".parse()?;
-    crate::events::append_sync_requests(&store, &tenant, args.relay_events).await?;
+    crate::events::append_sync_requests(&pool, &tenant, args.relay_events).await?;
     let mut relay_kafka = kafka.clone();
     relay_kafka.relay.batch_size = 2000;
     let relay = Relay::new(pool.clone(), relay_kafka)?;
@@ -174,9 +173,8 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
 /// QuestionAsked, AnswerRecorded, FeedbackGiven, ConversationResolved for each conversation,
 /// written through the event store.
 async fn seed_conversations(pool: &PgPool, conversations: i64) -> anyhow::Result<()> {
-    let store = event_store::PgEventRepository::new(pool.clone());
     let tenant: domain::TenantId = "bench".parse()?;
-    crate::events::append_conversations(&store, &tenant, usize::try_from(conversations)?).await
+    crate::events::append_conversations(pool, &tenant, usize::try_from(conversations)?).await
 }
 
 /// Commands at a steady rate on a running service with the relay and projections inside; the

@@ -5,7 +5,8 @@ use cqrs_es::{Aggregate, DomainEvent};
 use domain::conversation::{Conversation, ConversationEvent, Feedback, Reaction};
 use domain::knowledge_source::{KnowledgeSource, SourceEvent};
 use domain::TenantId;
-use event_store::{EventMetadata, PgEventRepository};
+use event_store::{append_bulk, EventMetadata};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// One event of an aggregate of type `A`, with the metadata the command side would attach.
@@ -39,7 +40,7 @@ pub fn serialized<A: Aggregate>(
 
 /// `count` sync requests spread over 100 knowledge sources (what the relay benchmark publishes).
 pub async fn append_sync_requests(
-    store: &PgEventRepository,
+    pool: &PgPool,
     tenant: &TenantId,
     count: usize,
 ) -> anyhow::Result<()> {
@@ -60,18 +61,18 @@ pub async fn append_sync_requests(
             format!("c{g}"),
         )?);
         if batch.len() == 5000 {
-            store.append_bulk(&batch).await?;
+            append_bulk(pool, &batch).await?;
             batch.clear();
         }
     }
-    store.append_bulk(&batch).await?;
+    append_bulk(pool, &batch).await?;
     Ok(())
 }
 
 /// For each of `count` conversations: QuestionAsked, AnswerRecorded, FeedbackGiven,
 /// ConversationResolved (what the rebuild benchmark replays).
 pub async fn append_conversations(
-    store: &PgEventRepository,
+    pool: &PgPool,
     tenant: &TenantId,
     count: usize,
 ) -> anyhow::Result<()> {
@@ -127,10 +128,10 @@ pub async fn append_conversations(
             )?);
         }
         if batch.len() >= 8000 {
-            store.append_bulk(&batch).await?;
+            append_bulk(pool, &batch).await?;
             batch.clear();
         }
     }
-    store.append_bulk(&batch).await?;
+    append_bulk(pool, &batch).await?;
     Ok(())
 }

@@ -130,6 +130,8 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
     );
     let pool = startup::connect(&settings.database).await?;
     event_store::migrate(&pool).await?;
+    // Commands go through the API's role, as the service sends them.
+    let tenant_pool = startup::connect_api(&settings.database).await?;
     let now = Utc::now();
     let start = now - Duration::days(args.days);
     let clock = commands::ManualClock::at(start);
@@ -141,7 +143,7 @@ pub async fn run(settings: Settings, args: SeedArgs) -> anyhow::Result<()> {
         library: None,
     };
     let bus = CommandBus::new(
-        pool,
+        tenant_pool,
         engines,
         settings.answering(),
         clock.clone(),

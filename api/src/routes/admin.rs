@@ -117,18 +117,20 @@ pub struct DeadLetterQuery {
     responses((status = 200, body = Vec<DeadLetter>), CommandProblems), security(("bearer" = [])))]
 #[get("/admin/dead-letters")]
 pub async fn dead_letters(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<event_store::TenantPool>,
     auth: Authenticated,
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
+    let mut tx = super::tenant_tx(&tenants, &auth.0.tenant_id).await?;
     let letters = projections::dead_letters::list(
-        &pool,
+        &mut tx,
         &auth.0.tenant_id,
         query.include_resolved.unwrap_or(false),
     )
     .await
     .map_err(read_error)?;
+    super::commit(tx).await?;
     Ok(HttpResponse::Ok().json(letters))
 }
 
@@ -142,6 +144,8 @@ pub async fn retry(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
+    // Applying a letter writes the projection's read model, which serves every tenant: the
+    // owner's pool, with the letter looked up by this tenant's id.
     match projections::dead_letters::retry(&pool, &projections::all(), &auth.0.tenant_id, *id).await
     {
         Ok(letter) => Ok(HttpResponse::Ok().json(letter)),

@@ -3,9 +3,12 @@
 use actix_web::{get, web, HttpResponse};
 use chrono::{Duration, Utc};
 use domain::Code;
+use event_store::TenantPool;
 use projections::analytics::{self, Analytics, CostRow, Window};
 use serde::Deserialize;
-use sqlx::PgPool;
+use sqlx::PgConnection;
+
+use super::{commit, tenant_tx};
 use utoipa::IntoParams;
 
 use crate::auth::Authenticated;
@@ -68,7 +71,10 @@ pub struct WindowQuery {
 
 /// The checked window, and the cost report's format (checked on both routes: a word that names
 /// no format is refused even where it is not used).
-async fn window(pool: &PgPool, q: &WindowQuery) -> Result<(Window, Option<CostFormat>), ApiError> {
+async fn window(
+    conn: &mut PgConnection,
+    q: &WindowQuery,
+) -> Result<(Window, Option<CostFormat>), ApiError> {
     let now = Utc::now();
     let format: Option<CostFormat> = parse_word(q.format.as_deref(), Code::InvalidFormat)?;
     let range: Option<RangeWord> = parse_word(q.range.as_deref(), Code::InvalidRange)?;
@@ -88,7 +94,7 @@ async fn window(pool: &PgPool, q: &WindowQuery) -> Result<(Window, Option<CostFo
         .unwrap_or(default_bucket)
         .to_string();
     let tz = q.tz.clone().unwrap_or_else(|| "UTC".to_string());
-    if !analytics::valid_time_zone(pool, &tz)
+    if !analytics::valid_time_zone(conn, &tz)
         .await
         .map_err(read_error)?
     {
@@ -113,14 +119,16 @@ async fn window(pool: &PgPool, q: &WindowQuery) -> Result<(Window, Option<CostFo
     responses((status = 200, body = Analytics), CommandProblems), security(("bearer" = [])))]
 #[get("/analytics")]
 pub async fn overview(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (w, _) = window(&pool, &query).await?;
-    let result = analytics::compute(&pool, &auth.0.tenant_id, &w)
+    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let (w, _) = window(&mut tx, &query).await?;
+    let result = analytics::compute(&mut tx, &auth.0.tenant_id, &w)
         .await
         .map_err(read_error)?;
+    commit(tx).await?;
     Ok(HttpResponse::Ok().json(result))
 }
 
@@ -131,15 +139,17 @@ pub async fn overview(
     security(("bearer" = [])))]
 #[get("/analytics/cost")]
 pub async fn cost(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (w, format) = window(&pool, &query).await?;
+    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let (w, format) = window(&mut tx, &query).await?;
     let csv = format == Some(CostFormat::Csv);
-    let rows = analytics::cost(&pool, &auth.0.tenant_id, &w)
+    let rows = analytics::cost(&mut tx, &auth.0.tenant_id, &w)
         .await
         .map_err(read_error)?;
+    commit(tx).await?;
     if csv {
         let mut body = analytics::COST_CSV_HEADER.to_string();
         for r in &rows {

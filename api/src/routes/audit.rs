@@ -6,9 +6,12 @@ use domain::knowledge_source::SourceEvent;
 use domain::tenant::TenantEvent;
 use domain::Code;
 use domain::{Role, TenantId};
+use event_store::TenantPool;
 use projections::audit::{self, AuditEntry, AuditFilter, AuditRead};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::PgConnection;
+
+use super::{commit, tenant_tx};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -35,15 +38,20 @@ domain::text_enum! {
 }
 
 /// Only admins read the trail, and each read is recorded before it is answered.
-async fn admit(pool: &PgPool, auth: &Authenticated, req: &HttpRequest) -> Result<(), ApiError> {
+async fn admit(
+    tenants: &TenantPool,
+    auth: &Authenticated,
+    req: &HttpRequest,
+) -> Result<(), ApiError> {
     if auth.0.role != Role::Admin {
         return Err(ApiError::new(
             Code::Forbidden,
             "only an admin reads the audit trail",
         ));
     }
+    let mut tx = tenant_tx(tenants, &auth.0.tenant_id).await?;
     audit::record_read(
-        pool,
+        &mut tx,
         &auth.0.tenant_id,
         auth.0.sub.as_str(),
         auth.0.role.as_str(),
@@ -51,7 +59,8 @@ async fn admit(pool: &PgPool, auth: &Authenticated, req: &HttpRequest) -> Result
         req.query_string(),
     )
     .await
-    .map_err(read_error)
+    .map_err(read_error)?;
+    commit(tx).await
 }
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
@@ -131,16 +140,18 @@ pub struct AuditPage {
     responses((status = 200, body = AuditPage), CommandProblems), security(("bearer" = [])))]
 #[get("/audit")]
 pub async fn list(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     req: HttpRequest,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (filter, limit, cursor, _) = query.checked()?;
-    admit(&pool, &auth, &req).await?;
-    let items = audit::page(&pool, &auth.0.tenant_id, &filter, cursor, limit)
+    admit(&tenants, &auth, &req).await?;
+    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let items = audit::page(&mut tx, &auth.0.tenant_id, &filter, cursor, limit)
         .await
         .map_err(read_error)?;
+    commit(tx).await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|e| e.position))
         .flatten();
@@ -157,15 +168,15 @@ const EXPORT_PAGE: i64 = 1000;
     security(("bearer" = [])))]
 #[get("/audit/export")]
 pub async fn export(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     req: HttpRequest,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (filter, _, _, csv) = query.checked()?;
-    admit(&pool, &auth, &req).await?;
+    admit(&tenants, &auth, &req).await?;
     let state = ExportState {
-        pool: pool.get_ref().clone(),
+        tenants: tenants.get_ref().clone(),
         tenant: auth.0.tenant_id.clone(),
         filter,
         after: 0,
@@ -181,7 +192,14 @@ pub async fn export(
             chunk.push_str(audit::CSV_HEADER);
             s.header = false;
         }
-        match audit::page(&s.pool, &s.tenant, &s.filter, s.after, EXPORT_PAGE).await {
+        // A transaction per page: the export holds no connection between pages.
+        let page = async {
+            let mut tx = s.tenants.begin(&s.tenant).await?;
+            let entries = audit::page(&mut tx, &s.tenant, &s.filter, s.after, EXPORT_PAGE).await?;
+            tx.commit().await?;
+            Ok::<_, projections::ReadError>(entries)
+        };
+        match page.await {
             Ok(entries) => {
                 s.done = (entries.len() as i64) < EXPORT_PAGE;
                 if let Some(last) = entries.last() {
@@ -219,7 +237,7 @@ pub async fn export(
 }
 
 struct ExportState {
-    pool: PgPool,
+    tenants: TenantPool,
     tenant: TenantId,
     filter: AuditFilter,
     after: i64,
@@ -253,13 +271,13 @@ pub struct PointInTime {
     responses((status = 200, body = PointInTime), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/state/{object_type}/{object_id}")]
 pub async fn state_at(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<AtQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admit(&pool, &auth, &req).await?;
+    admit(&tenants, &auth, &req).await?;
     let (object_type, object_id) = path.into_inner();
     let tenant = &auth.0.tenant_id;
     let not_found = || {
@@ -272,9 +290,10 @@ pub async fn state_at(
         Uuid::parse_str(&object_id)
             .map_err(|_| ApiError::new(Code::InvalidPath, "the object id is not a UUID"))
     };
+    let mut tx = tenant_tx(&tenants, tenant).await?;
     let state = match object_type.as_str() {
         "conversation" => {
-            let detail = projections::conversations::state_at(&pool, tenant, uuid()?, query.at.0)
+            let detail = projections::conversations::state_at(&mut tx, tenant, uuid()?, query.at.0)
                 .await
                 .map_err(|e| {
                     if e.is_poison() {
@@ -299,7 +318,7 @@ pub async fn state_at(
                 return Err(not_found());
             }
             let (state, version) = replay::<domain::tenant::Tenant, TenantEvent>(
-                &pool,
+                &mut tx,
                 "tenant",
                 tenant.as_str(),
                 query.at.0,
@@ -311,7 +330,7 @@ pub async fn state_at(
             let id = uuid()?;
             let (state, version) =
                 replay::<domain::knowledge_source::KnowledgeSource, SourceEvent>(
-                    &pool,
+                    &mut tx,
                     "knowledge_source",
                     &tenant.scope(id).to_string(),
                     query.at.0,
@@ -327,6 +346,7 @@ pub async fn state_at(
         }
     }
     .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
+    commit(tx).await?;
     Ok(HttpResponse::Ok().json(PointInTime {
         object_type,
         object_id,
@@ -337,7 +357,7 @@ pub async fn state_at(
 
 /// Folds an aggregate's events recorded up to `at` into its state (the aggregate's own `apply`).
 async fn replay<A, E>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     aggregate_type: &str,
     aggregate_id: &str,
     at: DateTime<Utc>,
@@ -346,7 +366,7 @@ where
     A: cqrs_es::Aggregate<Event = E>,
     E: serde::de::DeserializeOwned,
 {
-    let events = event_store::aggregate_events(pool, aggregate_type, aggregate_id, Some(at))
+    let events = event_store::aggregate_events(conn, aggregate_type, aggregate_id, Some(at))
         .await
         .map_err(read_error)?;
     if events.is_empty() {
@@ -384,34 +404,39 @@ pub struct WindowQuery {
     responses((status = 200, description = "NDJSON of stored events", content_type = "application/x-ndjson", body = String), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/events")]
 pub async fn raw_events(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     req: HttpRequest,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admit(&pool, &auth, &req).await?;
-    let (from, to, tenant, pool) = (
+    admit(&tenants, &auth, &req).await?;
+    let (from, to, tenant, tenants) = (
         query.from.0,
         query.to.0,
         auth.0.tenant_id.clone(),
-        pool.get_ref().clone(),
+        tenants.get_ref().clone(),
     );
     let body = futures::stream::unfold((0i64, false), move |(after, done)| {
-        let (pool, tenant) = (pool.clone(), tenant.clone());
+        let (tenants, tenant) = (tenants.clone(), tenant.clone());
         async move {
             if done {
                 return None;
             }
-            match event_store::tenant_events_page(
-                &pool,
-                tenant.as_str(),
-                from,
-                to,
-                after,
-                EXPORT_PAGE,
-            )
-            .await
-            {
+            let page = async {
+                let mut tx = tenants.begin(&tenant).await?;
+                let events = event_store::tenant_events_page(
+                    &mut tx,
+                    tenant.as_str(),
+                    from,
+                    to,
+                    after,
+                    EXPORT_PAGE,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(events)
+            };
+            match page.await {
                 Ok(events) => {
                     let next = events.last().map_or(after, |e| e.position);
                     let mut chunk = String::new();
@@ -447,13 +472,15 @@ pub async fn raw_events(
     responses((status = 200, body = Vec<AuditRead>), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/reads")]
 pub async fn reads(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    admit(&pool, &auth, &req).await?;
-    let reads = audit::reads(&pool, &auth.0.tenant_id, 500)
+    admit(&tenants, &auth, &req).await?;
+    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let reads = audit::reads(&mut tx, &auth.0.tenant_id, 500)
         .await
         .map_err(read_error)?;
+    commit(tx).await?;
     Ok(HttpResponse::Ok().json(reads))
 }

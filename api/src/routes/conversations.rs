@@ -3,6 +3,7 @@ use chrono::{DateTime, Utc};
 use commands::{AskQuestion, CommandBus, CommandOutcome};
 use domain::conversation::ConversationCommand;
 use domain::Code;
+use event_store::TenantPool;
 use projections::conversations::queries::ReactionFilter;
 use projections::conversations::{
     self, ConversationDetail, ConversationState, ConversationSummary, Conversations,
@@ -11,6 +12,8 @@ use projections::intent::Intent;
 use projections::{Folded, Freshness};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+
+use super::{commit, tenant_tx};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -164,6 +167,7 @@ pub async fn escalate(
 
 /// Returned with every read: compare a command's `version` with the conversation's `version`
 /// to wait for your own write; `freshness` says how far behind the event store the model is.
+/// (Projection positions are the platform's, not a tenant's: read on the owner's pool.)
 async fn freshness(pool: &PgPool) -> Result<Freshness, ApiError> {
     Freshness::load(pool, &Folded(Conversations))
         .await
@@ -287,6 +291,7 @@ fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
 #[get("/conversations")]
 pub async fn list(
     pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -307,9 +312,11 @@ pub async fn list(
         })?),
     };
     let filter = query.filter()?;
-    let items = conversations::list(&pool, &auth.0.tenant_id, &filter, limit, before)
+    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let items = conversations::list(&mut tx, &auth.0.tenant_id, &filter, limit, before)
         .await
         .map_err(read_error)?;
+    commit(tx).await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| {
             items
@@ -330,18 +337,21 @@ pub async fn list(
 #[get("/conversations/{id}")]
 pub async fn get_one(
     pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let conversation = conversations::get(&pool, &auth.0.tenant_id, *id)
+    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let conversation = conversations::get(&mut tx, &auth.0.tenant_id, *id)
         .await
-        .map_err(read_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::ConversationNotFound,
-                "no such conversation in the read model (a new one may not have arrived yet)",
-            )
-        })?;
+        .map_err(read_error)?;
+    commit(tx).await?;
+    let conversation = conversation.ok_or_else(|| {
+        ApiError::new(
+            Code::ConversationNotFound,
+            "no such conversation in the read model (a new one may not have arrived yet)",
+        )
+    })?;
     Ok(HttpResponse::Ok().json(ConversationWithFreshness {
         conversation,
         freshness: freshness(&pool).await?,

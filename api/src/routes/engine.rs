@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use commands::{CommandBus, CommandOutcome};
 use domain::knowledge_source::{SourceCommand, SourceKind};
 use domain::Code;
+use event_store::TenantPool;
 use kapa::BreakerStatus;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -185,11 +185,12 @@ pub struct ForwardQuery {
     responses((status = 200, body = Vec<FeedbackForwardView>), CommandProblems), security(("bearer" = [])))]
 #[get("/admin/feedback-forwards")]
 pub async fn feedback_forwards(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
     query: web::Query<ForwardQuery>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
+    let mut tx = super::tenant_tx(&tenants, &auth.0.tenant_id).await?;
     let rows = sqlx::query_as!(
         FeedbackForwardView,
         "SELECT event_id, conversation_id, answer_id, user_id, state, attempts, last_error,
@@ -200,9 +201,10 @@ pub async fn feedback_forwards(
         auth.0.tenant_id.as_str(),
         query.answer_id,
     )
-    .fetch_all(pool.get_ref())
+    .fetch_all(&mut *tx)
     .await
     .map_err(|e| read_error(projections::ReadError::from(e)))?;
+    super::commit(tx).await?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -263,7 +265,7 @@ fn kapa_error(e: kapa::CallError) -> ApiError {
 pub async fn kapa_sources(
     bus: web::Data<CommandBus>,
     engines: web::Data<EngineStatus>,
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     admin(&auth)?;
@@ -274,7 +276,7 @@ pub async fn kapa_sources(
         .sources(&key, &settings.project_id, kapa.call_timeout())
         .await
         .map_err(kapa_error)?;
-    let linked = linked_sources(&pool, &auth.0.tenant_id).await?;
+    let linked = linked_sources(&tenants, &auth.0.tenant_id).await?;
     let views = found
         .into_iter()
         .map(|s| KapaSourceView {
@@ -293,9 +295,10 @@ pub async fn kapa_sources(
 
 /// The tenant's sources linked to a Kapa source: (Kapa source id, source id), from the store.
 async fn linked_sources(
-    pool: &PgPool,
+    tenants: &TenantPool,
     tenant: &domain::TenantId,
 ) -> Result<Vec<(String, Uuid)>, ApiError> {
+    let mut tx = super::tenant_tx(tenants, tenant).await?;
     let rows = sqlx::query!(
         r#"SELECT DISTINCT ON (aggregate_id) aggregate_id AS "aggregate_id!",
                   payload -> event_type -> 'settings' ->> 'kapa_source_id' AS kapa_source_id,
@@ -309,9 +312,10 @@ async fn linked_sources(
             ORDER BY aggregate_id, sequence DESC"#,
         tenant.as_str(),
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(|e| read_error(projections::ReadError::from(e)))?;
+    super::commit(tx).await?;
     Ok(rows
         .into_iter()
         .filter(|r| r.event_type != "SourceRemoved")
@@ -331,7 +335,7 @@ async fn linked_sources(
 pub async fn import_kapa_source(
     bus: web::Data<CommandBus>,
     engines: web::Data<EngineStatus>,
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     caller: Caller,
     kapa_source_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -341,7 +345,7 @@ pub async fn import_kapa_source(
     let kapa_source_id = kapa_source_id.into_inner();
     let tenant = bus.tenant_snapshot(&auth.0.tenant_id).await?;
     let (kapa, settings, key) = kapa_of(&engines, &auth, tenant).await?;
-    if linked_sources(&pool, &auth.0.tenant_id)
+    if linked_sources(&tenants, &auth.0.tenant_id)
         .await?
         .iter()
         .any(|(k, _)| *k == kapa_source_id)

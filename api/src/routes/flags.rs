@@ -81,7 +81,7 @@ pub struct UsageReport {
 #[post("/flags/{flag}/usage")]
 pub async fn report_usage(
     req: actix_web::HttpRequest,
-    pool: web::Data<PgPool>,
+    tenants: web::Data<event_store::TenantPool>,
     limiter: web::Data<crate::rate_limit::RateLimiter>,
     settings: web::Data<crate::config::FlagSettings>,
     auth: Authenticated,
@@ -106,6 +106,7 @@ pub async fn report_usage(
     limiter
         .flag_usage(&req, &auth.0, &flag, settings.usage_per_minute)
         .await?;
+    let mut tx = super::tenant_tx(&tenants, &auth.0.tenant_id).await?;
     sqlx::query!(
         "INSERT INTO flag_usage (tenant_id, flag, user_id, uses) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, flag, user_id) DO UPDATE
@@ -115,9 +116,10 @@ pub async fn report_usage(
         user,
         i64::from(count),
     )
-    .execute(pool.get_ref())
+    .execute(&mut *tx)
     .await
     .map_err(|e| read_error(projections::ReadError::from(e)))?;
+    super::commit(tx).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -154,6 +156,7 @@ pub async fn flag_status(
     bus: web::Data<CommandBus>,
     _operator: PlatformOperator,
 ) -> Result<HttpResponse, ApiError> {
+    // Every tenant's counts: a platform operator's view, on the owner's pool.
     // What was evaluated until now is counted before it is read.
     bus.flags()
         .exposures()

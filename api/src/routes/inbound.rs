@@ -8,8 +8,8 @@ use actix_web::{post, web, HttpRequest, HttpResponse};
 use commands::{CommandBus, CommandContext};
 use domain::knowledge_source::SourceCommand;
 use domain::{Code, Role, TenantId, UserId};
+use event_store::TenantPool;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -35,12 +35,16 @@ pub struct InboundSecret {
     responses((status = 200, body = InboundSecret), CommandProblems), security(("bearer" = [])))]
 #[post("/tenant/inbound-secret")]
 pub async fn rotate_inbound_secret(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     settings: web::Data<WebhookSettings>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.claims.require_admin("the inbound secret")?;
     let secret = new_secret();
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     sqlx::query!(
         "INSERT INTO inbound_secrets (tenant_id, secret) VALUES ($1, $2)
          ON CONFLICT (tenant_id) DO UPDATE SET previous_secret = inbound_secrets.secret,
@@ -49,9 +53,10 @@ pub async fn rotate_inbound_secret(
         secret,
         settings.rotation_overlap_secs as f64,
     )
-    .execute(&**pool)
+    .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         .json(InboundSecret { secret }))
@@ -88,7 +93,7 @@ pub enum InboundSyncEvent {
 pub async fn source_sync(
     req: HttpRequest,
     bus: web::Data<CommandBus>,
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     limiter: web::Data<RateLimiter>,
     path: web::Path<(String, Uuid)>,
     body: web::Bytes,
@@ -97,15 +102,18 @@ pub async fn source_sync(
     let refused = |why: String| ApiError::new(Code::WebhookSignatureInvalid, why);
     let tenant_id =
         TenantId::parse(&tenant).map_err(|e| ApiError::new(Code::InvalidPath, e.to_string()))?;
+    // The path names the tenant whose secret must have signed the body: its rows only.
+    let mut tx = tenants.begin(&tenant_id).await.map_err(unavailable)?;
     let secrets = sqlx::query!(
         "SELECT secret, previous_secret, COALESCE(previous_until > now(), false) AS \"previous_valid!\"
          FROM inbound_secrets WHERE tenant_id = $1",
         tenant_id.as_str(),
     )
-    .fetch_optional(&**pool)
+    .fetch_optional(&mut *tx)
     .await
-    .map_err(unavailable)?
-    .ok_or_else(|| refused("this tenant has no inbound secret".into()))?;
+    .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    let secrets = secrets.ok_or_else(|| refused("this tenant has no inbound secret".into()))?;
     let mut valid = vec![secrets.secret.as_str()];
     if let (Some(previous), true) = (&secrets.previous_secret, secrets.previous_valid) {
         valid.push(previous.as_str());

@@ -187,3 +187,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(analytics::configure),
         );
 }
+
+/// A transaction of the caller's tenant on the API's pool: the only way a handler reads or
+/// writes tenant rows (docs/isolation.md). Commit it after the last statement; dropped, it
+/// rolls back.
+pub async fn tenant_tx(
+    tenants: &event_store::TenantPool,
+    tenant: &domain::TenantId,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    tenants
+        .begin(tenant)
+        .await
+        .map_err(conversations::read_error)
+}
+
+/// Ends a [`tenant_tx`].
+pub async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), ApiError> {
+    tx.commit().await.map_err(conversations::read_error)
+}

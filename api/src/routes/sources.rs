@@ -176,11 +176,13 @@ pub async fn fail_sync(
     responses((status = 200, body = Vec<projections::sources::SourceSummary>), CommandProblems), security(("bearer" = [])))]
 #[get("/sources")]
 pub async fn list(
-    pool: web::Data<sqlx::PgPool>,
+    tenants: web::Data<event_store::TenantPool>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
-    let sources = projections::sources::list(&pool, &auth.0.tenant_id)
+    let mut tx = super::tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let sources = projections::sources::list(&mut tx, &auth.0.tenant_id)
         .await
         .map_err(crate::routes::conversations::read_error)?;
+    super::commit(tx).await?;
     Ok(HttpResponse::Ok().json(sources))
 }

@@ -57,19 +57,21 @@ pub async fn create(
     responses((status = 200, body = TenantView), CommandProblems), security(("bearer" = [])))]
 #[get("/tenant")]
 pub async fn get_tenant(
-    pool: web::Data<sqlx::PgPool>,
+    tenants: web::Data<event_store::TenantPool>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let tenant_id = auth.0.tenant_id;
-    let (tenant, version) = projections::tenants::get(&pool, &tenant_id)
+    let mut tx = super::tenant_tx(&tenants, &tenant_id).await?;
+    let found = projections::tenants::get(&mut tx, &tenant_id)
         .await
-        .map_err(crate::routes::conversations::read_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                Code::TenantNotFound,
-                "this tenant has not been created yet (or its creation has not reached the read model)",
-            )
-        })?;
+        .map_err(crate::routes::conversations::read_error)?;
+    super::commit(tx).await?;
+    let (tenant, version) = found.ok_or_else(|| {
+        ApiError::new(
+            Code::TenantNotFound,
+            "this tenant has not been created yet (or its creation has not reached the read model)",
+        )
+    })?;
     Ok(HttpResponse::Ok().json(TenantView::new(tenant_id.to_string(), tenant, version)))
 }
 

@@ -4,8 +4,8 @@ use commands::{CommandBus, CommandOutcome};
 use domain::access::WebhookTopic;
 use domain::tenant::TenantCommand;
 use domain::Code;
+use event_store::TenantPool;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -70,7 +70,7 @@ pub struct WebhookView {
 #[post("/tenant/webhooks")]
 pub async fn add(
     bus: web::Data<CommandBus>,
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     settings: web::Data<WebhookSettings>,
     caller: Caller,
     body: web::Json<AddWebhookRequest>,
@@ -89,6 +89,10 @@ pub async fn add(
     let secret = new_secret();
     let words: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
     // The row first: an event never names an endpoint that cannot be delivered to.
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     sqlx::query!(
         "INSERT INTO webhook_endpoints (tenant_id, endpoint_id, url, topics, secret)
          VALUES ($1, $2, $3, $4, $5)",
@@ -98,22 +102,27 @@ pub async fn add(
         &words,
         secret,
     )
-    .execute(&**pool)
+    .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
     let command = TenantCommand::AddWebhook {
         endpoint_id: endpoint_id.clone(),
         url: body.url.clone(),
         topics,
     };
     if let Err(e) = bus.tenant(&caller.context(&*body), command).await {
+        let Ok(mut tx) = tenants.begin(&caller.claims.tenant_id).await else {
+            return Err(e.into());
+        };
         let _ = sqlx::query!(
             "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND endpoint_id = $2",
             tenant,
             endpoint_id
         )
-        .execute(&**pool)
+        .execute(&mut *tx)
         .await;
+        let _ = tx.commit().await;
         return Err(e.into());
     }
     Ok(HttpResponse::Created()
@@ -128,17 +137,25 @@ pub async fn add(
 #[utoipa::path(get, path = "/v1/tenant/webhooks", tag = "tenant",
     responses((status = 200, body = Vec<WebhookView>), CommandProblems), security(("bearer" = [])))]
 #[get("/tenant/webhooks")]
-pub async fn list(pool: web::Data<PgPool>, caller: Caller) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    tenants: web::Data<TenantPool>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
     admin(&caller)?;
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     let rows = sqlx::query_as!(
         WebhookView,
         "SELECT endpoint_id, url, topics, enabled, failure_streak, created_at
          FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at",
         caller.claims.tenant_id.as_str(),
     )
-    .fetch_all(&**pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -149,7 +166,7 @@ pub async fn list(pool: web::Data<PgPool>, caller: Caller) -> Result<HttpRespons
 #[delete("/tenant/webhooks/{endpoint_id}")]
 pub async fn remove(
     bus: web::Data<CommandBus>,
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     caller: Caller,
     endpoint_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -158,14 +175,19 @@ pub async fn remove(
         endpoint_id: endpoint_id.clone(),
     };
     let outcome = bus.tenant(&caller.context(&()), command).await?;
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     sqlx::query!(
         "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND endpoint_id = $2",
         caller.claims.tenant_id.as_str(),
         endpoint_id.as_str(),
     )
-    .execute(&**pool)
+    .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(outcome))
 }
 
@@ -176,13 +198,17 @@ pub async fn remove(
     responses((status = 200, body = WebhookSecret), CommandProblems), security(("bearer" = [])))]
 #[post("/tenant/webhooks/{endpoint_id}/rotate-secret")]
 pub async fn rotate_secret(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     settings: web::Data<WebhookSettings>,
     caller: Caller,
     endpoint_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&caller)?;
     let secret = new_secret();
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     let rotated = sqlx::query!(
         "UPDATE webhook_endpoints SET previous_secret = secret, secret = $3,
            previous_until = now() + make_interval(secs => $4)
@@ -192,10 +218,11 @@ pub async fn rotate_secret(
         secret,
         settings.rotation_overlap_secs as f64,
     )
-    .execute(&**pool)
+    .execute(&mut *tx)
     .await
     .map_err(unavailable)?
     .rows_affected();
+    tx.commit().await.map_err(unavailable)?;
     if rotated == 0 {
         return Err(ApiError::new(
             Code::WebhookNotFound,
@@ -217,7 +244,7 @@ pub async fn rotate_secret(
 #[post("/tenant/webhooks/{endpoint_id}/enable")]
 pub async fn enable(
     bus: web::Data<CommandBus>,
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     caller: Caller,
     endpoint_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -226,15 +253,20 @@ pub async fn enable(
         endpoint_id: endpoint_id.clone(),
     };
     let outcome = bus.tenant(&caller.context(&()), command).await?;
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     sqlx::query!(
         "UPDATE webhook_endpoints SET enabled = true, failure_streak = 0
          WHERE tenant_id = $1 AND endpoint_id = $2",
         caller.claims.tenant_id.as_str(),
         endpoint_id.as_str(),
     )
-    .execute(&**pool)
+    .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(outcome))
 }
 
@@ -260,11 +292,15 @@ pub struct DeliveryView {
     responses((status = 200, body = Vec<DeliveryView>), CommandProblems), security(("bearer" = [])))]
 #[get("/tenant/webhooks/{endpoint_id}/deliveries")]
 pub async fn deliveries(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     caller: Caller,
     endpoint_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&caller)?;
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     let rows = sqlx::query_as!(
         DeliveryView,
         "SELECT delivery_id, event_id, topic, status, attempts, last_status, last_error,
@@ -274,9 +310,10 @@ pub async fn deliveries(
         caller.claims.tenant_id.as_str(),
         endpoint_id.as_str(),
     )
-    .fetch_all(&**pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -286,12 +323,16 @@ pub async fn deliveries(
     responses((status = 202, description = "Queued"), CommandProblems), security(("bearer" = [])))]
 #[post("/tenant/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver")]
 pub async fn redeliver(
-    pool: web::Data<PgPool>,
+    tenants: web::Data<TenantPool>,
     caller: Caller,
     path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&caller)?;
     let (endpoint_id, delivery_id) = path.into_inner();
+    let mut tx = tenants
+        .begin(&caller.claims.tenant_id)
+        .await
+        .map_err(unavailable)?;
     let queued = sqlx::query!(
         "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now()
          WHERE tenant_id = $1 AND endpoint_id = $2 AND delivery_id = $3",
@@ -299,10 +340,11 @@ pub async fn redeliver(
         endpoint_id,
         delivery_id,
     )
-    .execute(&**pool)
+    .execute(&mut *tx)
     .await
     .map_err(unavailable)?
     .rows_affected();
+    tx.commit().await.map_err(unavailable)?;
     if queued == 0 {
         return Err(ApiError::new(
             Code::DeliveryNotFound,

@@ -2,7 +2,7 @@
 use chrono::{DateTime, Utc};
 use domain::TenantId;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 
 use domain::AggregateType;
@@ -28,7 +28,7 @@ pub struct AuditFilter {
 
 /// One page of the tenant's trail in position order, after `after_position`.
 pub async fn page(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     filter: &AuditFilter,
     after_position: i64,
@@ -56,7 +56,7 @@ pub async fn page(
         filter.to,
         limit,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -110,7 +110,7 @@ impl AuditEntry {
 
 /// Records that `actor` read the trail (route and query), before the read is answered.
 pub async fn record_read(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     actor: &str,
     role: &str,
@@ -125,7 +125,7 @@ pub async fn record_read(
         route,
         query,
     )
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -149,7 +149,7 @@ pub struct AuditRead {
 
 /// The tenant's recorded reads of the trail, newest first.
 pub async fn reads(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     limit: i64,
 ) -> Result<Vec<AuditRead>, sqlx::Error> {
@@ -160,7 +160,7 @@ pub async fn reads(
         tenant.as_str(),
         limit,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
 }
 

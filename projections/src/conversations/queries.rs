@@ -2,7 +2,7 @@
 use chrono::{DateTime, Utc};
 use domain::{AggregateType, TenantId};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -105,7 +105,7 @@ pub struct ConversationFilter {
 /// The tenant's conversations, most recently updated first; `before` is the last item's
 /// (updated_at, id) of the previous page.
 pub async fn list(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     filter: &ConversationFilter,
     limit: i64,
@@ -145,7 +145,7 @@ pub async fn list(
         filter.intent.map(Intent::as_str),
         filter.topic.as_deref(),
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?)
 }
 
@@ -165,7 +165,7 @@ struct DetailRow {
 
 /// One conversation of the tenant, if the read model has it.
 pub async fn get(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     id: Uuid,
 ) -> Result<Option<ConversationDetail>, ReadError> {
@@ -178,7 +178,7 @@ pub async fn get(
         tenant.as_str(),
         id,
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     row.map(|r| {
         Ok(ConversationDetail {
@@ -203,13 +203,13 @@ pub async fn get(
 /// The conversation as the read model had it at `at`: its events recorded up to then, folded
 /// by the same fold as the live model (in memory, no table involved).
 pub async fn state_at(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Option<ConversationDetail>, ApplyError> {
     let stored = event_store::aggregate_events(
-        pool,
+        &mut *conn,
         AggregateType::Conversation.as_str(),
         &tenant.scope(id).to_string(),
         Some(at),

@@ -2,18 +2,19 @@
 //! not (reuse). Always filtered by the asking tenant: another tenant's answers are never found.
 use async_trait::async_trait;
 use domain::engine::{AnswerLibrary, CitedSource, LibraryAnswer, LibraryLookup};
-use sqlx::PgPool;
+use domain::TenantId;
+use event_store::TenantPool;
 
 use crate::intent;
 
 /// [`AnswerLibrary`] over the questions read model (`rm_questions`).
 pub struct PgAnswerLibrary {
-    pool: PgPool,
+    pool: TenantPool,
 }
 
 impl PgAnswerLibrary {
-    /// Searches the read model in `pool`.
-    pub fn new(pool: PgPool) -> Self {
+    /// Searches the read model through the API's tenant-scoped `pool`.
+    pub fn new(pool: TenantPool) -> Self {
         Self { pool }
     }
 }
@@ -35,6 +36,12 @@ impl AnswerLibrary for PgAnswerLibrary {
         lookup: LibraryLookup,
     ) -> Result<Option<LibraryAnswer>, String> {
         let normalized = intent::normalize(question);
+        let tenant = TenantId::parse(tenant_id).map_err(|e| e.to_string())?;
+        let mut tx = self
+            .pool
+            .begin(&tenant)
+            .await
+            .map_err(|e| format!("searching earlier answers failed: {e}"))?;
         // "Upvoted" means more up- than downvotes: a disputed answer is not offered again.
         let found = match lookup {
             LibraryLookup::Similar { min_similarity } => {
@@ -52,7 +59,7 @@ impl AnswerLibrary for PgAnswerLibrary {
                     normalized,
                     min_similarity,
                 )
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
             }
             LibraryLookup::Identical { max_age_days } => {
@@ -69,7 +76,7 @@ impl AnswerLibrary for PgAnswerLibrary {
                     normalized,
                     i32::try_from(max_age_days).unwrap_or(i32::MAX),
                 )
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
             }
         }

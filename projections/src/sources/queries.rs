@@ -1,6 +1,6 @@
 //! What the API reads from the sources read model.
 use domain::TenantId;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use domain::knowledge_source::SourceKind;
 
@@ -9,7 +9,10 @@ use super::{SourceState, SourceSummary, SyncPhase};
 use crate::projection::ReadError;
 
 /// The tenant's sources, oldest first.
-pub async fn list(pool: &PgPool, tenant: &TenantId) -> Result<Vec<SourceSummary>, ReadError> {
+pub async fn list(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+) -> Result<Vec<SourceSummary>, ReadError> {
     let rows = sqlx::query_as!(
         Stored,
         r#"SELECT source_id, kind AS "kind: SourceKind", name, location,
@@ -18,7 +21,7 @@ pub async fn list(pool: &PgPool, tenant: &TenantId) -> Result<Vec<SourceSummary>
            FROM rm_sources WHERE tenant_id = $1 ORDER BY added_at, source_id"#,
         tenant.as_str(),
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     rows.into_iter().map(Stored::decode).collect()
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use domain::tenant::{Tenant, TenantEvent};
 use domain::{AggregateType, AnyEvent, TenantId};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::event::EventMeta;
 use crate::projection::{stored, to_json, ApplyError, ReadError};
@@ -120,13 +120,16 @@ impl Stored {
 }
 
 /// The tenant's state and version, if its events have reached the read model.
-pub async fn get(pool: &PgPool, tenant: &TenantId) -> Result<Option<(Tenant, u64)>, ReadError> {
+pub async fn get(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+) -> Result<Option<(Tenant, u64)>, ReadError> {
     let row = sqlx::query_as!(
         Stored,
         "SELECT version, state, updated_at FROM rm_tenants WHERE tenant_id = $1",
         tenant.as_str(),
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     row.map(|r| {
         let row = r.decode()?;

@@ -1147,16 +1147,7 @@ async fn platform_operators_sign_in_without_a_tenant_and_tenant_admins_never_rea
 
 #[tokio::test]
 async fn production_refuses_development_tokens() {
-    let pem = identity::keys::generate_pem().unwrap();
-    let app = TestApp::builder()
-        .configure(move |s| {
-            s.profile = answers_api::config::Profile::Production;
-            s.auth.signing_key = Some(pem.into());
-            s.auth.signing_key_id = Some("2026-11".into());
-            s.engine.pseudonym_key = "p".repeat(40).into();
-        })
-        .spawn()
-        .await;
+    let app = TestApp::builder().production().spawn().await;
     let token = app.token("acme", Role::Admin, "alice");
     let (status, body) = app
         .call(

@@ -9,6 +9,7 @@ mod flags;
 mod hardening;
 mod idempotency;
 mod identity;
+mod isolation;
 mod kapa;
 mod openapi;
 mod rate_limits;
