@@ -121,6 +121,10 @@ pub struct DatabaseSettings {
     pub api_password: Option<SecretString>,
     /// Connections of the API's pool.
     pub api_max_connections: u32,
+    /// The API role's `statement_timeout`: below the request deadline, so the database gives up
+    /// on a runaway query before the client is answered 503 (the owner's is
+    /// `statement_timeout_ms`: rebuilds and sweeps run longer statements).
+    pub api_statement_timeout_ms: u64,
     pub acquire_timeout_ms: u64,
     /// Create the database when it does not exist (convenient locally; off in production).
     pub create_if_missing: bool,
@@ -288,6 +292,7 @@ impl Settings {
             .set_default("database.max_connections", 10)?
             .set_default("database.api_role", "answers_api")?
             .set_default("database.api_max_connections", 20)?
+            .set_default("database.api_statement_timeout_ms", 15_000)?
             .set_default("database.acquire_timeout_ms", 5000)?
             .set_default("database.create_if_missing", true)?
             .set_default("database.migrate_on_start", true)?
@@ -436,9 +441,13 @@ impl Settings {
                 ));
             }
         }
-        if self.http.request_timeout_ms == 0 || self.database.statement_timeout_ms == 0 {
+        if self.http.request_timeout_ms == 0
+            || self.database.statement_timeout_ms == 0
+            || self.database.api_statement_timeout_ms == 0
+        {
             problems.push(
-                "http.request_timeout_ms and database.statement_timeout_ms must be positive"
+                "http.request_timeout_ms, database.statement_timeout_ms and \
+                 database.api_statement_timeout_ms must be positive"
                     .to_string(),
             );
         }

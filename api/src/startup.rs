@@ -323,7 +323,7 @@ pub async fn connect_api(settings: &DatabaseSettings) -> anyhow::Result<TenantPo
         .with_context(|| format!("database.url is not a valid URL ({target})"))?
         .options([(
             "statement_timeout",
-            format!("{}ms", settings.statement_timeout_ms),
+            format!("{}ms", settings.api_statement_timeout_ms),
         )]);
     if let Some(user) = &settings.api_username {
         options = options.username(user);
@@ -336,6 +336,11 @@ pub async fn connect_api(settings: &DatabaseSettings) -> anyhow::Result<TenantPo
     let set_role = format!("SET ROLE \"{}\"", settings.api_role);
     let pool = PgPoolOptions::new()
         .max_connections(settings.api_max_connections)
+        // sqlx checks a connection as it returns to the pool (flushing a dropped transaction's
+        // ROLLBACK); checking it again on every acquire would add a round trip to each
+        // transaction of every request. A connection that died while idle fails one request
+        // (503) and is discarded.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .after_connect(move |conn, _meta| {
             let set_role = set_role.clone();

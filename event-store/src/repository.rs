@@ -66,7 +66,8 @@ impl PgEventRepository {
         .fetch_all(&mut *tx)
         .await
         .map_err(from_sqlx)?;
-        tx.commit().await.map_err(from_sqlx)?;
+        // Read-only: dropped, its ROLLBACK goes out as the connection returns to the pool.
+        drop(tx);
         rows.iter().map(Self::to_event).collect()
     }
 

@@ -333,7 +333,111 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
         100.0 * ask.per_second() / ceiling.per_second(),
         100.0 * add.per_second() / ceiling.per_second(),
     ));
+    let post_source = post(
+        "/v1/sources",
+        |i| json!({"kind": "docs", "name": format!("RLS docs {i}"), "location": format!("https://rls{i}.example.test")}),
+    );
+    report
+        .push_str(&row_level_security(&pool, args, &client, &address, &token, post_source).await?);
     write_stdout(&report)
+}
+
+/// Commands and reads with row-level security on, off, and on again (the order would otherwise
+/// favour one side: the tables grow as the runs go). Switched by the owner with `ALTER TABLE
+/// .. ENABLE/DISABLE ROW LEVEL SECURITY` on every tenant table of the running service; the
+/// per-transaction tenant setting is sent either way, so the difference is the policies' cost.
+async fn row_level_security<F, Fut>(
+    owner: &sqlx::PgPool,
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+    add_source: F,
+) -> anyhow::Result<String>
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    // A read model of two tenants, 20,000 conversations each, for the reads to page through.
+    sqlx::query(
+        "INSERT INTO rm_conversations (tenant_id, conversation_id, status, started_by, channel,
+           last_question, created_at, updated_at, version, last_position, document)
+         SELECT t, gen_random_uuid(), 'open', 'u', 'web', 'q', now() - g * interval '1 second',
+                now() - g * interval '1 second', 1, g, '{\"questions\": []}'
+           FROM generate_series(1, 20000) g, unnest(ARRAY['bench', 'bench-other']) t",
+    )
+    .execute(owner)
+    .await?;
+    sqlx::query("ANALYZE rm_conversations")
+        .execute(owner)
+        .await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class
+          WHERE relnamespace = 'public'::regnamespace AND relrowsecurity",
+    )
+    .fetch_all(owner)
+    .await?;
+    let read = {
+        let (client, address, token) = (client.clone(), address.to_string(), token.to_string());
+        move |_: usize| {
+            let request = client
+                .get(format!("{address}/v1/conversations?limit=20"))
+                .bearer_auth(&token);
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 200,
+                    "GET /v1/conversations answered {}",
+                    response.status()
+                );
+                let page: serde_json::Value = response.json().await?;
+                anyhow::ensure!(page["items"].as_array().map(Vec::len) == Some(20));
+                Ok(())
+            }
+        }
+    };
+    let mut out = format!(
+        "\nrow-level security, side by side ({} tenant tables switched by the owner)\n\n{}",
+        tables.len(),
+        header()
+    );
+    let mut figures = Vec::new();
+    for (label, on) in [("on", true), ("off", false), ("on again", true)] {
+        for table in &tables {
+            let switch = if on { "ENABLE" } else { "DISABLE" };
+            sqlx::query(&format!("ALTER TABLE {table} {switch} ROW LEVEL SECURITY"))
+                .execute(owner)
+                .await?;
+        }
+        let commands = drive(
+            &format!("add a source, RLS {label}"),
+            args.clients,
+            args.commands,
+            add_source.clone(),
+        )
+        .await?;
+        let reads = drive(
+            &format!("list conversations, RLS {label}"),
+            args.clients,
+            args.commands,
+            read.clone(),
+        )
+        .await?;
+        out.push_str(&commands.line());
+        out.push_str(&reads.line());
+        figures.push((on, commands.per_second(), ms(reads.percentile(99.0))));
+    }
+    let mean = |on: bool, pick: fn(&(bool, f64, f64)) -> f64| {
+        let picked: Vec<f64> = figures.iter().filter(|f| f.0 == on).map(pick).collect();
+        picked.iter().sum::<f64>() / picked.len() as f64
+    };
+    out.push_str(&format!(
+        "\nRLS on / off: commands {:.1}% of the throughput, read p99 {:.2} ms vs {:.2} ms\n",
+        100.0 * mean(true, |f| f.1) / mean(false, |f| f.1),
+        mean(true, |f| f.2),
+        mean(false, |f| f.2),
+    ));
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ pub async fn dead_letters(
     )
     .await
     .map_err(read_error)?;
-    super::commit(tx).await?;
+    super::end_read(tx);
     Ok(HttpResponse::Ok().json(letters))
 }
 

@@ -8,7 +8,7 @@ use projections::analytics::{self, Analytics, CostRow, Window};
 use serde::Deserialize;
 use sqlx::PgConnection;
 
-use super::{commit, tenant_tx};
+use super::{end_read, tenant_tx};
 use utoipa::IntoParams;
 
 use crate::auth::Authenticated;
@@ -128,7 +128,7 @@ pub async fn overview(
     let result = analytics::compute(&mut tx, &auth.0.tenant_id, &w)
         .await
         .map_err(read_error)?;
-    commit(tx).await?;
+    end_read(tx);
     Ok(HttpResponse::Ok().json(result))
 }
 
@@ -149,7 +149,7 @@ pub async fn cost(
     let rows = analytics::cost(&mut tx, &auth.0.tenant_id, &w)
         .await
         .map_err(read_error)?;
-    commit(tx).await?;
+    end_read(tx);
     if csv {
         let mut body = analytics::COST_CSV_HEADER.to_string();
         for r in &rows {

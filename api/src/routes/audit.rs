@@ -11,7 +11,7 @@ use projections::audit::{self, AuditEntry, AuditFilter, AuditRead};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use super::{commit, tenant_tx};
+use super::{commit, end_read, tenant_tx};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -151,7 +151,7 @@ pub async fn list(
     let items = audit::page(&mut tx, &auth.0.tenant_id, &filter, cursor, limit)
         .await
         .map_err(read_error)?;
-    commit(tx).await?;
+    end_read(tx);
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|e| e.position))
         .flatten();
@@ -346,7 +346,7 @@ pub async fn state_at(
         }
     }
     .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
-    commit(tx).await?;
+    end_read(tx);
     Ok(HttpResponse::Ok().json(PointInTime {
         object_type,
         object_id,
@@ -481,6 +481,6 @@ pub async fn reads(
     let reads = audit::reads(&mut tx, &auth.0.tenant_id, 500)
         .await
         .map_err(read_error)?;
-    commit(tx).await?;
+    end_read(tx);
     Ok(HttpResponse::Ok().json(reads))
 }

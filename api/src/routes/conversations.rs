@@ -13,7 +13,7 @@ use projections::{Folded, Freshness};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use super::{commit, tenant_tx};
+use super::{end_read, tenant_tx};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -316,7 +316,7 @@ pub async fn list(
     let items = conversations::list(&mut tx, &auth.0.tenant_id, &filter, limit, before)
         .await
         .map_err(read_error)?;
-    commit(tx).await?;
+    end_read(tx);
     let next_cursor = (items.len() as i64 == limit)
         .then(|| {
             items
@@ -345,7 +345,7 @@ pub async fn get_one(
     let conversation = conversations::get(&mut tx, &auth.0.tenant_id, *id)
         .await
         .map_err(read_error)?;
-    commit(tx).await?;
+    end_read(tx);
     let conversation = conversation.ok_or_else(|| {
         ApiError::new(
             Code::ConversationNotFound,

@@ -204,7 +204,7 @@ pub async fn feedback_forwards(
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| read_error(projections::ReadError::from(e)))?;
-    super::commit(tx).await?;
+    super::end_read(tx);
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -315,7 +315,7 @@ async fn linked_sources(
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| read_error(projections::ReadError::from(e)))?;
-    super::commit(tx).await?;
+    super::end_read(tx);
     Ok(rows
         .into_iter()
         .filter(|r| r.event_type != "SourceRemoved")

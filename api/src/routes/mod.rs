@@ -201,7 +201,14 @@ pub async fn tenant_tx(
         .map_err(conversations::read_error)
 }
 
-/// Ends a [`tenant_tx`].
+/// Ends a [`tenant_tx`] that only read. Dropped, not committed: the `ROLLBACK` sqlx queues
+/// travels with the check it makes as the connection returns to the pool, off the request's
+/// path (one round trip fewer than a `COMMIT`).
+pub fn end_read(tx: sqlx::Transaction<'static, sqlx::Postgres>) {
+    drop(tx);
+}
+
+/// Ends a [`tenant_tx`] that wrote.
 pub async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), ApiError> {
     tx.commit().await.map_err(conversations::read_error)
 }

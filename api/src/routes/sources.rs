@@ -183,6 +183,6 @@ pub async fn list(
     let sources = projections::sources::list(&mut tx, &auth.0.tenant_id)
         .await
         .map_err(crate::routes::conversations::read_error)?;
-    super::commit(tx).await?;
+    super::end_read(tx);
     Ok(HttpResponse::Ok().json(sources))
 }

@@ -65,7 +65,7 @@ pub async fn get_tenant(
     let found = projections::tenants::get(&mut tx, &tenant_id)
         .await
         .map_err(crate::routes::conversations::read_error)?;
-    super::commit(tx).await?;
+    super::end_read(tx);
     let (tenant, version) = found.ok_or_else(|| {
         ApiError::new(
             Code::TenantNotFound,

@@ -150,16 +150,31 @@ async fn a_request_that_runs_too_long_ends_with_a_503_problem() {
 #[tokio::test]
 async fn postgres_cancels_a_statement_past_its_timeout() {
     let app = TestApp::builder()
-        .configure(|s| s.database.statement_timeout_ms = 200)
+        .configure(|s| {
+            s.database.statement_timeout_ms = 200;
+            s.database.api_statement_timeout_ms = 300;
+        })
         .spawn()
         .await;
-    let error = sqlx::query("SELECT pg_sleep(1)")
-        .execute(&app.pool)
+    // Each role its own: the owner's pool and the API's.
+    let owner: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&app.pool)
         .await
-        .unwrap_err();
-    let code = error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .unwrap_or_default();
-    assert_eq!(code, "57014", "query_canceled: {error}");
+        .unwrap();
+    let api: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(app.tenant_pool.unscoped())
+        .await
+        .unwrap();
+    assert_eq!((owner.as_str(), api.as_str()), ("200ms", "300ms"));
+    for pool in [&app.pool, app.tenant_pool.unscoped()] {
+        let error = sqlx::query("SELECT pg_sleep(1)")
+            .execute(pool)
+            .await
+            .unwrap_err();
+        let code = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .unwrap_or_default();
+        assert_eq!(code, "57014", "query_canceled: {error}");
+    }
 }
