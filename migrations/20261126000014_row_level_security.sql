@@ -81,3 +81,45 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- A projection rebuild fills a copy of its tables and swaps it in; `LIKE .. INCLUDING ALL` copies
+-- neither grants nor row-level security. The rebuild calls this on each copy before the swap, so
+-- the table the API reads after it is held exactly as the one before.
+CREATE FUNCTION answers_copy_security(live regclass, copy regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee,
+               a.privilege_type
+          FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid = live
+    LOOP
+        EXECUTE format('GRANT %s ON %s TO %s', r.privilege_type, copy, r.grantee);
+    END LOOP;
+    IF (SELECT relrowsecurity FROM pg_class WHERE oid = live) THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', copy);
+    END IF;
+    IF (SELECT relforcerowsecurity FROM pg_class WHERE oid = live) THEN
+        EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', copy);
+    END IF;
+    FOR r IN
+        SELECT p.polname,
+               CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END AS kind,
+               CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                             WHEN 'd' THEN 'DELETE' ELSE 'ALL' END AS cmd,
+               (SELECT string_agg(CASE WHEN role = 0 THEN 'PUBLIC' ELSE role::regrole::text END, ', ')
+                  FROM unnest(p.polroles) AS role) AS roles,
+               pg_get_expr(p.polqual, p.polrelid) AS qual,
+               pg_get_expr(p.polwithcheck, p.polrelid) AS checked
+          FROM pg_policy p
+         WHERE p.polrelid = live
+    LOOP
+        EXECUTE format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', r.polname, copy, r.kind,
+                       r.cmd, r.roles,
+                       CASE WHEN r.qual IS NULL THEN '' ELSE ' USING (' || r.qual || ')' END,
+                       CASE WHEN r.checked IS NULL THEN '' ELSE ' WITH CHECK (' || r.checked || ')' END);
+    END LOOP;
+END
+$$;

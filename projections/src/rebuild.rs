@@ -164,6 +164,13 @@ async fn rebuild_locked(
         applied += n;
     }
     for table in projection.tables() {
+        // Grants, row-level security and its policies, as the live table has them
+        // (docs/isolation.md): `LIKE .. INCLUDING ALL` copied none of them.
+        sqlx::query("SELECT answers_copy_security($1::regclass, $2::regclass)")
+            .bind(format!("public.{table}"))
+            .bind(format!("{schema}.{table}"))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&format!("DROP TABLE public.{table}"))
             .execute(&mut *tx)
             .await?;

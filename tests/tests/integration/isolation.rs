@@ -80,7 +80,36 @@ async fn plant(pool: &PgPool, tenants: &[&str]) {
 #[tokio::test]
 async fn every_tenant_table_is_under_forced_row_level_security_with_both_policies() {
     let app = TestApp::spawn().await;
-    let tables = tenant_tables(&app.pool).await;
+    check_catalogue(&app.pool).await;
+    // A rebuild swaps in copies of a projection's tables: they are held as the live ones were,
+    // and the API can still read them.
+    for projection in projections::all() {
+        projections::rebuild(&app.pool, projection.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("rebuilding {}: {e}", projection.name()));
+    }
+    check_catalogue(&app.pool).await;
+    let mut tx = app
+        .tenant_pool
+        .begin(&"acme".parse().unwrap())
+        .await
+        .unwrap();
+    for table in [
+        "rm_conversations",
+        "rm_audit",
+        "rm_questions",
+        "rm_sources",
+        "rm_tenants",
+    ] {
+        sqlx::query(&format!("SELECT count(*) FROM {table}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{table} after a rebuild: {e}"));
+    }
+}
+
+async fn check_catalogue(pool: &PgPool) {
+    let tables = tenant_tables(pool).await;
     let planted: BTreeSet<String> = plants().iter().map(|(t, _)| t.to_string()).collect();
     assert_eq!(
         tables, planted,
@@ -90,7 +119,7 @@ async fn every_tenant_table_is_under_forced_row_level_security_with_both_policie
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = 'public' AND c.relkind = 'r'",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
     .unwrap()
     .into_iter()
@@ -107,33 +136,41 @@ async fn every_tenant_table_is_under_forced_row_level_security_with_both_policie
               WHERE oid = ('public.' || $1)::regclass",
         )
         .bind(table)
-        .fetch_one(&app.pool)
+        .fetch_one(pool)
         .await
         .unwrap();
         assert!(
             enabled && forced,
             "{table}: row-level security enabled and forced"
         );
-        let policies: BTreeSet<String> =
-            sqlx::query_scalar("SELECT policyname::text FROM pg_policies WHERE tablename = $1")
-                .bind(table)
-                .fetch_all(&app.pool)
-                .await
-                .unwrap()
-                .into_iter()
-                .collect();
+        let policies: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT policyname::text FROM pg_policies WHERE schemaname = 'public' AND tablename = $1",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
         assert_eq!(
             policies,
             BTreeSet::from(["cross_tenant".to_string(), "tenant_isolation".to_string()]),
             "{table}"
         );
+        let readable: bool =
+            sqlx::query_scalar("SELECT has_table_privilege('answers_api', $1, 'SELECT')")
+                .bind(format!("public.{table}"))
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert!(readable, "answers_api reads {table}");
     }
     // The API's role may not touch the platform tables at all.
     for table in ["projection_status", "relay_checkpoints"] {
         let allowed: bool =
             sqlx::query_scalar("SELECT has_table_privilege('answers_api', $1, 'SELECT')")
                 .bind(table)
-                .fetch_one(&app.pool)
+                .fetch_one(pool)
                 .await
                 .unwrap();
         assert!(!allowed, "answers_api reads {table}");
