@@ -38,6 +38,7 @@ pub struct Settings {
     pub rate_limits: crate::rate_limit::RateLimitSettings,
     pub http: crate::hardening::HttpSettings,
     pub webhooks: crate::webhooks::WebhookSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -132,6 +133,13 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     /// Postgres cancels a statement running longer than this (`statement_timeout`).
     pub statement_timeout_ms: u64,
+}
+
+/// Prometheus metrics (docs/metrics.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Distinct tenant label values per tenant metric; later tenants are counted as `other`.
+    pub tenant_label_cap: usize,
 }
 
 /// Our tokens and sessions (docs/identity.md).
@@ -291,6 +299,7 @@ impl Settings {
             .set_default("database.url", "postgres://postgres@127.0.0.1:5432/answers")?
             .set_default("database.max_connections", 10)?
             .set_default("database.api_role", "answers_api")?
+            .set_default("metrics.tenant_label_cap", 100)?
             .set_default("database.api_max_connections", 20)?
             .set_default("database.api_statement_timeout_ms", 15_000)?
             .set_default("database.acquire_timeout_ms", 5000)?

@@ -91,7 +91,13 @@ impl ResponseError for ApiError {
         for (name, value) in &self.headers {
             response.insert_header((name.clone(), value.clone()));
         }
-        response.body(serde_json::to_string(&self.problem()).unwrap_or_default())
+        let mut response =
+            response.body(serde_json::to_string(&self.problem()).unwrap_or_default());
+        // For the metrics middleware: problems counted by their stable code.
+        response
+            .extensions_mut()
+            .insert(crate::metrics::ProblemCode(self.code.as_str()));
+        response
     }
 }
 

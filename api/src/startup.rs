@@ -202,6 +202,13 @@ impl Application {
             totp_issuer: settings.identity.totp_issuer.clone(),
             development: settings.profile == Profile::Development,
         });
+        let metrics = web::Data::new(
+            crate::metrics::Metrics::new(
+                settings.metrics.tenant_label_cap,
+                vec![("owner", pool.clone()), ("api", tenants.unscoped().clone())],
+            )
+            .context("could not set up the metrics registry")?,
+        );
         let pool_data = web::Data::new(pool.clone());
         let tenant_data = web::Data::new(tenants.clone());
         let kafka = web::Data::new(settings.kafka.clone());
@@ -214,6 +221,8 @@ impl Application {
                 .wrap(from_fn(crate::hardening::harden))
                 .wrap(from_fn(middleware::refuse_nul))
                 .wrap(from_fn(middleware::correlate))
+                // Outermost: every answer is counted, refusals by the layers above included.
+                .wrap(from_fn(crate::metrics::record))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(json_limit)
@@ -235,6 +244,7 @@ impl Application {
                 .app_data(providers.clone())
                 .app_data(sign_in.clone())
                 .app_data(pool_data.clone())
+                .app_data(metrics.clone())
                 .app_data(tenant_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())

@@ -285,22 +285,28 @@ impl RateLimiter {
     /// Every authenticated request: per user and per tenant.
     pub async fn caller(&self, req: &HttpRequest, claims: &Claims) -> Result<(), ApiError> {
         let tenant = claims.tenant_id.as_str();
-        self.draw(
-            req,
-            vec![
-                rate(
-                    "user",
-                    format!("user:{tenant}:{}", claims.sub),
-                    self.settings.per_user_per_minute,
-                ),
-                rate(
-                    "tenant",
-                    format!("tenant:{tenant}"),
-                    self.settings.per_tenant_per_minute,
-                ),
-            ],
-        )
-        .await
+        crate::metrics::count_tenant(req, tenant);
+        let drawn = self
+            .draw(
+                req,
+                vec![
+                    rate(
+                        "user",
+                        format!("user:{tenant}:{}", claims.sub),
+                        self.settings.per_user_per_minute,
+                    ),
+                    rate(
+                        "tenant",
+                        format!("tenant:{tenant}"),
+                        self.settings.per_tenant_per_minute,
+                    ),
+                ],
+            )
+            .await;
+        if drawn.is_err() {
+            crate::metrics::count_rate_limited(req, tenant);
+        }
+        drawn
     }
 
     /// Usage reports of a feature flag: per user and flag (`flags.usage_per_minute`), shared
@@ -340,30 +346,35 @@ impl RateLimiter {
         .single()
         .unwrap_or(now);
         let ends_in = (next_month - now).to_std().unwrap_or(MINUTE);
-        self.draw(
-            req,
-            vec![
-                rate(
-                    "questions_user",
-                    format!("questions:{tenant}:{}", claims.sub),
-                    self.settings.questions_per_user_per_minute,
-                ),
-                rate(
-                    "questions_tenant",
-                    format!("questions:{tenant}"),
-                    per_minute,
-                ),
-                Limit {
-                    policy: "questions_month",
-                    key: format!("questions:{tenant}:{}-{:02}", now.year(), now.month()),
-                    kind: Kind::Quota {
-                        limit: per_month,
-                        ends_in,
+        let drawn = self
+            .draw(
+                req,
+                vec![
+                    rate(
+                        "questions_user",
+                        format!("questions:{tenant}:{}", claims.sub),
+                        self.settings.questions_per_user_per_minute,
+                    ),
+                    rate(
+                        "questions_tenant",
+                        format!("questions:{tenant}"),
+                        per_minute,
+                    ),
+                    Limit {
+                        policy: "questions_month",
+                        key: format!("questions:{tenant}:{}-{:02}", now.year(), now.month()),
+                        kind: Kind::Quota {
+                            limit: per_month,
+                            ends_in,
+                        },
                     },
-                },
-            ],
-        )
-        .await
+                ],
+            )
+            .await;
+        if drawn.is_err() {
+            crate::metrics::count_rate_limited(req, tenant);
+        }
+        drawn
     }
 }
 

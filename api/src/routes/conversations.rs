@@ -51,7 +51,9 @@ async fn question_budget(req: &HttpRequest, caller: &Caller) -> Result<(), ApiEr
         return Ok(());
     };
     let plan = auth.tenant(&caller.claims.tenant_id).await?.plan;
-    limiter.question(req, &caller.claims, plan).await
+    limiter.question(req, &caller.claims, plan).await?;
+    crate::metrics::count_question(req, caller.claims.tenant_id.as_str());
+    Ok(())
 }
 
 /// Ask the first question of a new conversation. Answers with the recorded answer

@@ -166,6 +166,7 @@ pub enum CommandProblems {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(health::live)
         .service(health::ready)
+        .service(health::metrics)
         .service(docs::openapi_json)
         .service(docs::swagger_ui)
         .service(identity::jwks)

@@ -11,6 +11,7 @@ mod idempotency;
 mod identity;
 mod isolation;
 mod kapa;
+mod metrics;
 mod openapi;
 mod rate_limits;
 mod read_models;

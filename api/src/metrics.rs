@@ -1,0 +1,314 @@
+//! Prometheus metrics (docs/metrics.md): RED per route template, per-tenant counters with a
+//! bounded number of tenant labels, connection pools, the process.
+//!
+//! One registry per [`crate::Application`], not a process-global recorder: tests run many
+//! applications in one process and read exact figures from each (docs/decisions.md).
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpMessage};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sqlx::PgPool;
+
+/// The label a tenant is counted under once the cap is reached.
+pub const OTHER_TENANT: &str = "other";
+
+/// Request latency buckets, seconds: the 500 ms objective sits on a boundary.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Tenant label values, at most `cap` distinct ones; the rest are `other`. A platform with 100k
+/// tenants then exports at most `cap + 1` series per tenant metric.
+struct TenantLabels {
+    cap: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl TenantLabels {
+    fn label(&self, tenant: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(tenant) {
+            return tenant.to_string();
+        }
+        if seen.len() < self.cap {
+            seen.insert(tenant.to_string());
+            return tenant.to_string();
+        }
+        OTHER_TENANT.to_string()
+    }
+}
+
+/// The service's metrics.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    http_in_flight: IntGauge,
+    problems: IntCounterVec,
+    tenant_requests: IntCounterVec,
+    tenant_questions: IntCounterVec,
+    tenant_rate_limited: IntCounterVec,
+    pool_size: IntGaugeVec,
+    pool_idle: IntGaugeVec,
+    tenants: TenantLabels,
+    pools: Vec<(&'static str, PgPool)>,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+impl Metrics {
+    /// A registry with every metric, tenant labels capped at `tenant_label_cap`; `pools` are
+    /// sampled at each scrape.
+    pub fn new(
+        tenant_label_cap: usize,
+        pools: Vec<(&'static str, PgPool)>,
+    ) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let r = &registry;
+        Ok(Self {
+            http_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("http_requests_total", "HTTP requests answered, by route template, method and status class"),
+                    &["route", "method", "status_class"],
+                )?,
+            )?,
+            http_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "Time from the request's arrival to its response, by route template and method",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["route", "method"],
+                )?,
+            )?,
+            http_in_flight: register(
+                r,
+                IntGauge::new("http_requests_in_flight", "HTTP requests being handled now")?,
+            )?,
+            problems: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("http_problems_total", "Problem responses, by their stable code (docs/errors.md)"),
+                    &["code"],
+                )?,
+            )?,
+            tenant_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_tenant_requests_total", "Authenticated requests per tenant (capped tenant labels)"),
+                    &["tenant"],
+                )?,
+            )?,
+            tenant_questions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_tenant_questions_total", "Questions asked per tenant (capped tenant labels)"),
+                    &["tenant"],
+                )?,
+            )?,
+            tenant_rate_limited: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_tenant_rate_limited_total", "Requests refused by a rate limit or quota per tenant (capped tenant labels)"),
+                    &["tenant"],
+                )?,
+            )?,
+            pool_size: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("db_pool_connections", "Open connections of a database pool"),
+                    &["pool"],
+                )?,
+            )?,
+            pool_idle: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("db_pool_idle_connections", "Idle connections of a database pool"),
+                    &["pool"],
+                )?,
+            )?,
+            tenants: TenantLabels {
+                cap: tenant_label_cap,
+                seen: Mutex::new(HashSet::new()),
+            },
+            pools,
+            registry,
+        })
+    }
+
+    /// The label `tenant` is counted under.
+    pub fn tenant_label(&self, tenant: &str) -> String {
+        self.tenants.label(tenant)
+    }
+
+    /// An authenticated request of `tenant`.
+    pub fn tenant_request(&self, tenant: &str) {
+        self.tenant_requests
+            .with_label_values(&[&self.tenant_label(tenant)])
+            .inc();
+    }
+
+    /// A question asked in `tenant`.
+    pub fn question(&self, tenant: &str) {
+        self.tenant_questions
+            .with_label_values(&[&self.tenant_label(tenant)])
+            .inc();
+    }
+
+    /// A request of `tenant` refused by a rate limit or quota.
+    pub fn rate_limited(&self, tenant: &str) {
+        self.tenant_rate_limited
+            .with_label_values(&[&self.tenant_label(tenant)])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of everything, pools sampled now.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        for (name, pool) in &self.pools {
+            self.pool_size
+                .with_label_values(&[name])
+                .set(i64::from(pool.size()));
+            self.pool_idle
+                .with_label_values(&[name])
+                .set(i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
+        }
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// The status class label: `2xx`, `4xx`...
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The problem code a response carried, left by `ApiError` in the response's extensions.
+#[derive(Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
+
+/// Counts and times every request by its route template (`/v1/conversations/{id}`, never the
+/// raw path: one series per route, whatever the ids), method and status class.
+pub async fn record(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let Some(metrics) = req.app_data::<web::Data<Metrics>>().cloned() else {
+        return next.call(req).await;
+    };
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    metrics.http_in_flight.inc();
+    let result = next.call(req).await;
+    metrics.http_in_flight.dec();
+    let (route, status) = match &result {
+        Ok(response) => (
+            response
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_string()),
+            response.status().as_u16(),
+        ),
+        Err(e) => (
+            "unmatched".to_string(),
+            e.as_response_error().status_code().as_u16(),
+        ),
+    };
+    if let Ok(response) = &result {
+        if let Some(code) = response.response().extensions().get::<ProblemCode>() {
+            metrics.problems.with_label_values(&[code.0]).inc();
+        }
+    }
+    metrics
+        .http_requests
+        .with_label_values(&[&route, &method, status_class(status)])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Counts an authenticated request of `tenant` (once per request, however many credential
+/// checks it makes).
+pub fn count_tenant(req: &actix_web::HttpRequest, tenant: &str) {
+    if req.extensions().contains::<TenantCounted>() {
+        return;
+    }
+    if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
+        metrics.tenant_request(tenant);
+    }
+    req.extensions_mut().insert(TenantCounted);
+}
+
+/// Counts a request of `tenant` refused by a rate limit or quota.
+pub fn count_rate_limited(req: &actix_web::HttpRequest, tenant: &str) {
+    if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
+        metrics.rate_limited(tenant);
+    }
+}
+
+/// Counts a question asked in `tenant`.
+pub fn count_question(req: &actix_web::HttpRequest, tenant: &str) {
+    if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
+        metrics.question(tenant);
+    }
+}
+
+/// The request's tenant has been counted.
+#[derive(Clone, Copy)]
+struct TenantCounted;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels_are_capped_and_stable() {
+        let labels = TenantLabels {
+            cap: 3,
+            seen: Mutex::new(HashSet::new()),
+        };
+        let got: Vec<String> = ["a", "b", "c", "d", "a", "e"]
+            .iter()
+            .map(|t| labels.label(t))
+            .collect();
+        assert_eq!(got, ["a", "b", "c", "other", "a", "other"]);
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(
+            [200, 201, 304, 404, 429, 500, 503].map(status_class),
+            ["2xx", "2xx", "3xx", "4xx", "4xx", "5xx", "5xx"]
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! Prometheus metrics (docs/metrics.md), scraped from `/metrics` as Prometheus would.
+use domain::Role;
+use integration_tests::TestApp;
+use reqwest::Method;
+use serde_json::json;
+use uuid::Uuid;
+
+/// Scrapes `/metrics` with the platform operator credential.
+async fn scrape(app: &TestApp) -> String {
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .bearer_auth(&app.platform_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    response.text().await.unwrap()
+}
+
+/// The value of the series `name` whose labels include every pair of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn series(text: &str, name: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .count()
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_template_method_status_class_and_problem_code() {
+    let app = TestApp::spawn().await;
+    // Operators only.
+    let anonymous = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let token = app.token("acme", Role::Admin, "alice");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = Uuid::now_v7();
+        ids.push(id);
+        let (status, _) = app
+            .call(
+                Method::GET,
+                &format!("/v1/conversations/{id}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 404);
+    }
+    for _ in 0..2 {
+        let (status, _) = app
+            .call(Method::GET, "/v1/tenant/webhooks", &token, None)
+            .await;
+        assert_eq!(status, 200);
+    }
+    let text = scrape(&app).await;
+    let route = [("route", "/v1/conversations/{id}"), ("method", "GET")];
+    assert_eq!(
+        value(
+            &text,
+            "http_requests_total",
+            &[route[0], route[1], ("status_class", "4xx")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "http_requests_total",
+            &[("route", "/v1/tenant/webhooks"), ("status_class", "2xx")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&text, "http_request_duration_seconds_count", &route),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "http_problems_total",
+            &[("code", "conversation_not_found")]
+        ),
+        Some(3.0)
+    );
+    // Never the raw path: one series per route, whatever the ids.
+    for id in ids {
+        assert!(!text.contains(&id.to_string()), "a raw path in the metrics");
+    }
+    assert_eq!(
+        value(
+            &text,
+            "answers_tenant_requests_total",
+            &[("tenant", "acme")]
+        ),
+        Some(5.0)
+    );
+    // The scrape itself is in flight while it is rendered.
+    assert_eq!(value(&text, "http_requests_in_flight", &[]), Some(1.0));
+    for pool in ["owner", "api"] {
+        assert!(
+            value(&text, "db_pool_connections", &[("pool", pool)]).is_some_and(|v| v >= 1.0),
+            "{pool} pool"
+        );
+        assert!(value(&text, "db_pool_idle_connections", &[("pool", pool)]).is_some());
+    }
+    // (CPU is counted in whole seconds by the collector: present, maybe 0 this early.)
+    assert!(value(&text, "process_cpu_seconds_total", &[]).is_some());
+    for process in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(
+            value(&text, process, &[]).is_some_and(|v| v > 0.0),
+            "{process}"
+        );
+    }
+    // Help text on every metric.
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds",
+        "http_requests_in_flight",
+        "http_problems_total",
+        "answers_tenant_requests_total",
+        "db_pool_connections",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has help");
+    }
+}
+
+#[tokio::test]
+async fn tenant_labels_are_capped_so_many_tenants_cannot_explode_the_series() {
+    let app = TestApp::builder()
+        .configure(|s| s.metrics.tenant_label_cap = 5)
+        .spawn()
+        .await;
+    for n in 0..12 {
+        let token = app.token(&format!("tenant-{n}"), Role::Admin, "alice");
+        let (status, _) = app
+            .call(Method::GET, "/v1/tenant/webhooks", &token, None)
+            .await;
+        assert_eq!(status, 200);
+    }
+    let text = scrape(&app).await;
+    assert_eq!(series(&text, "answers_tenant_requests_total"), 6, "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "answers_tenant_requests_total",
+            &[("tenant", "other")]
+        ),
+        Some(7.0)
+    );
+    for n in 0..5 {
+        assert_eq!(
+            value(
+                &text,
+                "answers_tenant_requests_total",
+                &[("tenant", &format!("tenant-{n}"))]
+            ),
+            Some(1.0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn questions_and_rate_limit_refusals_are_counted_per_tenant() {
+    let app = TestApp::builder()
+        .configure(|s| s.rate_limits.questions_per_user_per_minute = 2)
+        .spawn()
+        .await;
+    let token = app.create_tenant("acme", "alice").await;
+    let mut refused = 0;
+    for n in 0..3 {
+        let response = app
+            .post(
+                "/v1/conversations",
+                &token,
+                json!({"question": format!("How do I export, take {n}?")}),
+            )
+            .await;
+        if response.status() == 429 {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1);
+    let text = scrape(&app).await;
+    assert_eq!(
+        value(
+            &text,
+            "answers_tenant_questions_total",
+            &[("tenant", "acme")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "answers_tenant_rate_limited_total",
+            &[("tenant", "acme")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "http_problems_total", &[("code", "rate_limited")]),
+        Some(1.0)
+    );
+}
