@@ -58,6 +58,12 @@ pub struct Metrics {
     tenant_rate_limited: IntCounterVec,
     pool_size: IntGaugeVec,
     pool_idle: IntGaugeVec,
+    projection_lag_events: IntGaugeVec,
+    projection_lag_seconds: prometheus::GaugeVec,
+    projection_applied: IntGaugeVec,
+    projection_dead_letters: IntGaugeVec,
+    relay_lag_events: IntGaugeVec,
+    relay_published: IntGaugeVec,
     tenants: TenantLabels,
     pools: Vec<(&'static str, PgPool)>,
 }
@@ -148,6 +154,48 @@ impl Metrics {
                     &["pool"],
                 )?,
             )?,
+            projection_lag_events: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("answers_projection_lag_events", "Events of a projection's aggregate types in the store it has not applied"),
+                    &["projection"],
+                )?,
+            )?,
+            projection_lag_seconds: register(
+                r,
+                prometheus::GaugeVec::new(
+                    Opts::new("answers_projection_lag_seconds", "When a projection is behind, the age of the newest event it applied; 0 when caught up"),
+                    &["projection"],
+                )?,
+            )?,
+            projection_applied: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("answers_projection_applied_events", "Events a projection applied since its last rebuild"),
+                    &["projection"],
+                )?,
+            )?,
+            projection_dead_letters: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("answers_projection_dead_letters_open", "Dead letters of a projection not yet resolved"),
+                    &["projection"],
+                )?,
+            )?,
+            relay_lag_events: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("answers_relay_lag_events", "Committed events the relay has not published"),
+                    &["relay"],
+                )?,
+            )?,
+            relay_published: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("answers_relay_published_events", "Events the relay has published (its checkpoint's count)"),
+                    &["relay"],
+                )?,
+            )?,
             tenants: TenantLabels {
                 cap: tenant_label_cap,
                 seen: Mutex::new(HashSet::new()),
@@ -181,6 +229,38 @@ impl Metrics {
         self.tenant_rate_limited
             .with_label_values(&[&self.tenant_label(tenant)])
             .inc();
+    }
+
+    /// Sets the read side's gauges from the statuses read for this scrape.
+    pub fn observe_read_side(
+        &self,
+        projections: &[projections::ProjectionStatus],
+        relay: Option<&streaming::RelayStatus>,
+    ) {
+        for p in projections {
+            let name = [p.projection.as_str()];
+            self.projection_lag_events
+                .with_label_values(&name)
+                .set(p.lag_events);
+            self.projection_lag_seconds
+                .with_label_values(&name)
+                .set(p.lag_seconds);
+            self.projection_applied
+                .with_label_values(&name)
+                .set(p.applied_events);
+            self.projection_dead_letters
+                .with_label_values(&name)
+                .set(p.open_dead_letters);
+        }
+        if let Some(relay) = relay {
+            let name = [relay.name.as_str()];
+            self.relay_lag_events
+                .with_label_values(&name)
+                .set(relay.lag_events);
+            self.relay_published
+                .with_label_values(&name)
+                .set(relay.published);
+        }
     }
 
     /// The Prometheus text exposition of everything, pools sampled now.

@@ -32,3 +32,12 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String]) -> Resul
     }
     Ok(())
 }
+
+/// Whether the brokers answer a metadata request within `timeout` (readiness).
+pub async fn reachable(settings: &KafkaSettings, timeout: Duration) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
+    // librdkafka's metadata call blocks its thread until the brokers answer or the time is up.
+    tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout).map(|_| ()))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}

@@ -8,7 +8,7 @@ mod envelope;
 mod kafka_source;
 mod relay;
 
-pub use admin::ensure_topics;
+pub use admin::{ensure_topics, reachable};
 pub use config::{KafkaSettings, RelaySettings};
 pub use envelope::{headers, traceparent};
 pub use event_store::{Envelope, EnvelopeMetadata};

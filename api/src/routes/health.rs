@@ -17,7 +17,9 @@ pub async fn live() -> HttpResponse {
     })
 }
 
-/// The process can serve: its database answers, to the owner's pool and to the API's.
+/// The process can serve: the database answers the owner's pool and the API's, every migration
+/// this build knows is applied, and the broker answers when Kafka is the transport. A 503 names
+/// the checks that failed (their causes are logged).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthStatus),
               (status = 503, body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -25,31 +27,83 @@ pub async fn live() -> HttpResponse {
 pub async fn ready(
     pool: web::Data<PgPool>,
     tenants: web::Data<event_store::TenantPool>,
+    kafka: web::Data<streaming::KafkaSettings>,
 ) -> Result<HttpResponse, ApiError> {
-    let check = tokio::time::timeout(Duration::from_secs(2), async {
+    const WITHIN: Duration = Duration::from_secs(2);
+    let timed = |what: &'static str,
+                 check: Result<Result<(), String>, tokio::time::error::Elapsed>| {
+        match check {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some((what, e)),
+            Err(_) => Some((what, format!("no answer within {WITHIN:?}"))),
+        }
+    };
+    let owner = tokio::time::timeout(WITHIN, async {
         sqlx::query_scalar::<_, i32>("SELECT 1")
             .fetch_one(pool.get_ref())
-            .await?;
-        // No tenant table is read: the API role's connection itself is what is checked.
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    // No tenant table is read: the API role's connection itself is what is checked.
+    let api = tokio::time::timeout(WITHIN, async {
         sqlx::query_scalar::<_, i32>("SELECT 1")
             .fetch_one(tenants.unscoped())
             .await
-    })
-    .await;
-    match check {
-        Ok(Ok(_)) => Ok(HttpResponse::Ok().json(HealthStatus {
-            status: "ready".into(),
-        })),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Err(not_ready())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let migrations = tokio::time::timeout(WITHIN, async {
+        let applied: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool.get_ref())
+                .await
+                .map_err(|e| e.to_string())?;
+        let known = event_store::MIGRATOR.iter().count() as i64;
+        if applied < known {
+            return Err(format!(
+                "{applied} of {known} applied (run `answers migrate`)"
+            ));
         }
-        Err(_) => Err(not_ready()),
+        Ok(())
+    });
+    let broker = async {
+        if !kafka.enabled {
+            return Ok(Ok(()));
+        }
+        tokio::time::timeout(WITHIN + Duration::from_millis(500), async {
+            streaming::reachable(&kafka, WITHIN)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+    };
+    let (owner, api, migrations, broker) = tokio::join!(owner, api, migrations, broker);
+    let failed: Vec<(&str, String)> = [
+        timed("database (owner)", owner),
+        timed("database (api role)", api),
+        timed("migrations", migrations),
+        timed("broker", broker),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if failed.is_empty() {
+        return Ok(HttpResponse::Ok().json(HealthStatus {
+            status: "ready".into(),
+        }));
     }
-}
-
-fn not_ready() -> ApiError {
-    ApiError::new(Code::NotReady, "the database does not answer")
+    let named: Vec<&str> = failed.iter().map(|(what, _)| *what).collect();
+    let why: Vec<String> = failed
+        .iter()
+        .map(|(what, e)| format!("{what}: {e}"))
+        .collect();
+    // The causes go to the log; this route answers anyone, so it names the checks only.
+    tracing::warn!(failed = %why.join("; "), "not ready");
+    Err(ApiError::new(
+        Code::NotReady,
+        format!("not ready: {}", named.join(", ")),
+    ))
 }
 
 /// Prometheus metrics, text exposition format (docs/metrics.md). Platform operators only: the
@@ -61,8 +115,24 @@ fn not_ready() -> ApiError {
 #[get("/metrics")]
 pub async fn metrics(
     metrics: web::Data<crate::metrics::Metrics>,
+    pool: web::Data<PgPool>,
+    kafka: web::Data<streaming::KafkaSettings>,
     _operator: crate::auth::PlatformOperator,
 ) -> Result<HttpResponse, ApiError> {
+    // The read side's positions, read now (a few indexed counts); a failure leaves the gauges
+    // at their last values and is logged, the rest is still served.
+    let read_side = async {
+        let mut statuses = Vec::new();
+        for projection in projections::all() {
+            statuses.push(projections::ProjectionStatus::load(&pool, projection.as_ref()).await?);
+        }
+        let relay = streaming::Relay::status(&pool, &kafka.relay.name).await?;
+        Ok::<_, sqlx::Error>((statuses, relay))
+    };
+    match read_side.await {
+        Ok((statuses, relay)) => metrics.observe_read_side(&statuses, relay.as_ref()),
+        Err(error) => tracing::warn!(%error, "metrics: the read side's status could not be read"),
+    }
     let text = metrics.render().map_err(|e| {
         ApiError::infrastructure(Code::InternalError, "the metrics could not be encoded", &e)
     })?;

@@ -7,6 +7,7 @@ mod commands_round_trip;
 mod concurrency;
 mod flags;
 mod hardening;
+mod health;
 mod idempotency;
 mod identity;
 mod isolation;

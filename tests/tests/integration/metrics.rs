@@ -224,4 +224,26 @@ async fn questions_and_rate_limit_refusals_are_counted_per_tenant() {
         value(&text, "http_problems_total", &[("code", "rate_limited")]),
         Some(1.0)
     );
+    // No broker in this test, so no projection runs: the questions' events are its lag.
+    let lag = value(
+        &text,
+        "answers_projection_lag_events",
+        &[("projection", "conversations")],
+    )
+    .unwrap();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'conversation'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(stored > 0);
+    assert_eq!(lag, stored as f64);
+    assert_eq!(
+        value(
+            &text,
+            "answers_projection_applied_events",
+            &[("projection", "conversations")]
+        ),
+        Some(0.0)
+    );
 }
