@@ -39,6 +39,7 @@ pub struct Settings {
     pub http: crate::hardening::HttpSettings,
     pub webhooks: crate::webhooks::WebhookSettings,
     pub metrics: MetricsSettings,
+    pub health: HealthSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -133,6 +134,15 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     /// Postgres cancels a statement running longer than this (`statement_timeout`).
     pub statement_timeout_ms: u64,
+}
+
+/// When `/health/details` calls the read side behind (docs/metrics.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HealthSettings {
+    /// A projection or the relay with more unapplied events than this is `behind`.
+    pub max_lag_events: i64,
+    /// A projection whose newest applied event is older than this while behind is `behind`.
+    pub max_lag_seconds: f64,
 }
 
 /// Prometheus metrics (docs/metrics.md).
@@ -300,6 +310,8 @@ impl Settings {
             .set_default("database.max_connections", 10)?
             .set_default("database.api_role", "answers_api")?
             .set_default("metrics.tenant_label_cap", 100)?
+            .set_default("health.max_lag_events", 10_000)?
+            .set_default("health.max_lag_seconds", 60.0)?
             .set_default("database.api_max_connections", 20)?
             .set_default("database.api_statement_timeout_ms", 15_000)?
             .set_default("database.acquire_timeout_ms", 5000)?

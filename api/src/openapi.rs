@@ -18,7 +18,7 @@ use crate::routes::{
         version = "1.0.0"
     ),
     paths(
-        health::live, health::ready, health::metrics,
+        health::live, health::ready, health::metrics, health::details,
         tenant::create, tenant::get_tenant, tenant::rename, tenant::set_kapa, tenant::set_answer_policy, tenant::set_flag,
         tenant::clear_flag, tenant::invite, tenant::change_role, tenant::remove_member,
         tenant::suspend, tenant::reactivate,

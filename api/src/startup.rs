@@ -209,6 +209,8 @@ impl Application {
             )
             .context("could not set up the metrics registry")?,
         );
+        let started = web::Data::new(routes::health::Started(std::time::Instant::now()));
+        let health = web::Data::new(settings.health.clone());
         let pool_data = web::Data::new(pool.clone());
         let tenant_data = web::Data::new(tenants.clone());
         let kafka = web::Data::new(settings.kafka.clone());
@@ -245,6 +247,8 @@ impl Application {
                 .app_data(sign_in.clone())
                 .app_data(pool_data.clone())
                 .app_data(metrics.clone())
+                .app_data(started.clone())
+                .app_data(health.clone())
                 .app_data(tenant_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())

@@ -258,6 +258,11 @@ impl RateLimiter {
 
     /// Whether `key` is seen for the first time within `ttl` (replay protection of inbound
     /// webhooks), kept in the same Redis; `None` when Redis cannot say.
+    /// Whether the shared budgets' Redis answers now.
+    pub async fn redis_answers(&self) -> bool {
+        self.redis.ping().await
+    }
+
     pub async fn first_time(&self, key: &str, ttl: Duration) -> Option<bool> {
         self.redis.first_time(key, ttl).await
     }

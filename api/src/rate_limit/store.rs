@@ -166,6 +166,23 @@ impl RedisBudgets {
         *guard = (None, Some(Instant::now()));
     }
 
+    /// Whether Redis answers a `PING` within the timeout (health details).
+    pub async fn ping(&self) -> bool {
+        let Some(mut connection) = self.connection().await else {
+            return false;
+        };
+        let answered = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut connection),
+        )
+        .await;
+        if matches!(answered, Ok(Ok(_))) {
+            return true;
+        }
+        self.forget_connection().await;
+        false
+    }
+
     /// Records `key` for `ttl` if it is new: `Some(true)` the first time, `Some(false)` after,
     /// `None` when Redis cannot answer.
     pub async fn first_time(&self, key: &str, ttl: Duration) -> Option<bool> {

@@ -140,3 +140,195 @@ pub async fn metrics(
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))
 }
+
+/// When this process started, for `uptime_seconds`.
+pub struct Started(pub std::time::Instant);
+
+/// One dependency's state.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DependencyHealth {
+    pub name: String,
+    /// `up`, `degraded`, `down` or `disabled` (not used by this deployment).
+    pub status: String,
+    /// How long the check took.
+    pub latency_ms: Option<f64>,
+    /// Breakers, open ones, ... (no secrets, no connection strings).
+    pub detail: Option<String>,
+}
+
+/// How far one consumer of the event store is behind.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LagHealth {
+    pub name: String,
+    /// `ok` or `behind` (past `health.max_lag_events` or `health.max_lag_seconds`).
+    pub status: String,
+    pub lag_events: i64,
+    pub lag_seconds: Option<f64>,
+    pub open_dead_letters: Option<i64>,
+}
+
+/// Everything an operator looks at first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct HealthDetails {
+    /// `up` (all well), `degraded` (serving; something needs attention) or `down` (cannot
+    /// serve: the database does not answer).
+    pub status: String,
+    pub version: String,
+    pub uptime_seconds: f64,
+    pub dependencies: Vec<DependencyHealth>,
+    /// The relay, when it has published anything.
+    pub relay: Option<LagHealth>,
+    pub projections: Vec<LagHealth>,
+}
+
+async fn timed<F, T, E>(check: F) -> (Result<T, String>, f64)
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".to_string()),
+    };
+    (result, started.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn dependency(name: &str, check: (Result<(), String>, f64)) -> DependencyHealth {
+    let (result, latency) = check;
+    DependencyHealth {
+        name: name.to_string(),
+        status: if result.is_ok() { "up" } else { "down" }.to_string(),
+        latency_ms: Some(latency),
+        detail: result.err(),
+    }
+}
+
+/// Each dependency with its status and latency, the relay's and every projection's lag
+/// against the thresholds, version and uptime (platform operators: it names internals).
+#[utoipa::path(get, path = "/health/details", tag = "health",
+    responses((status = 200, body = HealthDetails), crate::routes::CommandProblems),
+    security(("platform" = [])))]
+#[get("/health/details")]
+#[allow(clippy::too_many_arguments)]
+pub async fn details(
+    pool: web::Data<PgPool>,
+    tenants: web::Data<event_store::TenantPool>,
+    kafka: web::Data<streaming::KafkaSettings>,
+    limiter: web::Data<crate::rate_limit::RateLimiter>,
+    engines: web::Data<crate::startup::EngineStatus>,
+    thresholds: web::Data<crate::config::HealthSettings>,
+    started: web::Data<Started>,
+    _operator: crate::auth::PlatformOperator,
+) -> Result<HttpResponse, ApiError> {
+    let owner = timed(sqlx::query("SELECT 1").execute(pool.get_ref()));
+    let api = timed(sqlx::query("SELECT 1").execute(tenants.unscoped()));
+    let redis = timed(async {
+        if limiter.redis_answers().await {
+            Ok(())
+        } else {
+            Err("does not answer (rate limits follow rate_limits.on_redis_down)")
+        }
+    });
+    let broker = async {
+        if kafka.enabled {
+            Some(timed(streaming::reachable(&kafka, Duration::from_secs(2))).await)
+        } else {
+            None
+        }
+    };
+    let (owner, api, redis, broker) = tokio::join!(owner, api, redis, broker);
+    let database_down = owner.0.is_err() || api.0.is_err();
+    let mut dependencies = vec![
+        dependency("postgres (owner)", (owner.0.map(|_| ()), owner.1)),
+        dependency("postgres (api role)", (api.0.map(|_| ()), api.1)),
+        dependency("redis", redis),
+    ];
+    dependencies.push(match broker {
+        Some(check) => dependency("kafka", check),
+        None => DependencyHealth {
+            name: "kafka".into(),
+            status: "disabled".into(),
+            latency_ms: None,
+            detail: Some("kafka.enabled is false".into()),
+        },
+    });
+    dependencies.push(match &engines.kapa {
+        None => DependencyHealth {
+            name: "kapa".into(),
+            status: "disabled".into(),
+            latency_ms: None,
+            detail: None,
+        },
+        Some(kapa) => {
+            let open: Vec<String> = kapa
+                .breakers()
+                .into_iter()
+                .filter(|b| b.state.as_str() != "closed")
+                .map(|b| format!("{} {}", b.project_id, b.state.as_str()))
+                .collect();
+            DependencyHealth {
+                name: "kapa".into(),
+                status: if open.is_empty() { "up" } else { "degraded" }.into(),
+                latency_ms: None,
+                detail: (!open.is_empty()).then(|| format!("breakers: {}", open.join(", "))),
+            }
+        }
+    });
+    let mut projections = Vec::new();
+    let mut relay = None;
+    if !database_down {
+        for projection in projections::all() {
+            let p = projections::ProjectionStatus::load(&pool, projection.as_ref())
+                .await
+                .map_err(crate::routes::conversations::read_error)?;
+            let behind = p.lag_events > thresholds.max_lag_events
+                || (p.lag_events > 0 && p.lag_seconds > thresholds.max_lag_seconds);
+            projections.push(LagHealth {
+                name: p.projection,
+                status: if behind { "behind" } else { "ok" }.into(),
+                lag_events: p.lag_events,
+                lag_seconds: Some(p.lag_seconds),
+                open_dead_letters: Some(p.open_dead_letters),
+            });
+        }
+        relay = streaming::Relay::status(&pool, &kafka.relay.name)
+            .await
+            .map_err(crate::routes::conversations::read_error)?
+            .map(|r| LagHealth {
+                name: r.name,
+                status: if r.lag_events > thresholds.max_lag_events {
+                    "behind"
+                } else {
+                    "ok"
+                }
+                .into(),
+                lag_events: r.lag_events,
+                lag_seconds: None,
+                open_dead_letters: None,
+            });
+    }
+    let attention = dependencies
+        .iter()
+        .any(|d| d.status == "down" || d.status == "degraded")
+        || projections
+            .iter()
+            .chain(relay.iter())
+            .any(|l| l.status != "ok");
+    let status = if database_down {
+        "down"
+    } else if attention {
+        "degraded"
+    } else {
+        "up"
+    };
+    Ok(HttpResponse::Ok().json(HealthDetails {
+        status: status.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: started.0.elapsed().as_secs_f64(),
+        dependencies,
+        relay,
+        projections,
+    }))
+}

@@ -167,6 +167,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(health::live)
         .service(health::ready)
         .service(health::metrics)
+        .service(health::details)
         .service(docs::openapi_json)
         .service(docs::swagger_ui)
         .service(identity::jwks)

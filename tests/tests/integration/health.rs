@@ -1,4 +1,5 @@
 //! Readiness: each dependency failing makes the service not ready, saying which.
+use domain::Role;
 use integration_tests::TestApp;
 use reqwest::Method;
 use serde_json::Value;
@@ -51,5 +52,93 @@ async fn not_ready_when_kafka_is_the_transport_and_the_broker_does_not_answer() 
         (status, body["detail"].as_str()),
         (503, Some("not ready: broker")),
         "{body}"
+    );
+}
+
+async fn details(app: &TestApp) -> Value {
+    let response = app
+        .client
+        .get(format!("{}/health/details", app.address))
+        .bearer_auth(&app.platform_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {list}"))
+}
+
+#[tokio::test]
+async fn details_show_each_dependency_and_the_read_side_lag_to_operators_only() {
+    let app = TestApp::builder()
+        .configure(|s| s.health.max_lag_events = 0)
+        .spawn()
+        .await;
+    let (status, _) = app
+        .call(
+            Method::GET,
+            "/health/details",
+            &app.token("acme", Role::Admin, "alice"),
+            None,
+        )
+        .await;
+    assert!(matches!(status, 401 | 403), "{status}");
+    let all = details(&app).await;
+    assert_eq!(all["status"], "up", "{all}");
+    assert!(all["uptime_seconds"].as_f64().unwrap() > 0.0);
+    assert!(!all["version"].as_str().unwrap().is_empty());
+    let deps = &all["dependencies"];
+    for name in ["postgres (owner)", "postgres (api role)", "redis"] {
+        assert_eq!(named(deps, name)["status"], "up", "{name}");
+        assert!(named(deps, name)["latency_ms"].as_f64().is_some());
+    }
+    assert_eq!(named(deps, "kafka")["status"], "disabled");
+    // No breaker open yet: up when the Kapa engine is configured.
+    let kapa = if app.settings.kapa.enabled {
+        "up"
+    } else {
+        "disabled"
+    };
+    assert_eq!(named(deps, "kapa")["status"], kapa);
+    assert_eq!(named(&all["projections"], "tenants")["status"], "ok");
+    // Events no projection applies (no broker here): behind the threshold of 0.
+    app.create_tenant("acme", "alice").await;
+    let all = details(&app).await;
+    assert_eq!(all["status"], "degraded", "{all}");
+    let projection = projections::all()
+        .into_iter()
+        .find(|p| p.name() == "tenants")
+        .unwrap();
+    let types: Vec<String> = projection
+        .aggregate_types()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
+            .bind(&types)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(stored > 0);
+    let tenants = named(&all["projections"], "tenants");
+    assert_eq!(
+        (tenants["status"].as_str(), tenants["lag_events"].as_i64()),
+        (Some("behind"), Some(stored))
+    );
+    // The database gone: down, and said so.
+    app.pool.close().await;
+    let all = details(&app).await;
+    assert_eq!(all["status"], "down", "{all}");
+    assert_eq!(
+        named(&all["dependencies"], "postgres (owner)")["status"],
+        "down"
     );
 }
