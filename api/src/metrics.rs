@@ -64,6 +64,10 @@ pub struct Metrics {
     projection_dead_letters: IntGaugeVec,
     relay_lag_events: IntGaugeVec,
     relay_published: IntGaugeVec,
+    engine_calls: IntCounterVec,
+    engine_latency: HistogramVec,
+    engine_breakers: IntGaugeVec,
+    answers: IntCounterVec,
     tenants: TenantLabels,
     pools: Vec<(&'static str, PgPool)>,
 }
@@ -196,6 +200,38 @@ impl Metrics {
                     &["relay"],
                 )?,
             )?,
+            engine_calls: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answer_engine_calls_total", "Calls to an answer engine, by engine and outcome (`answered` or the failure kind: unavailable, rate_limited, circuit_open...)"),
+                    &["engine", "outcome"],
+                )?,
+            )?,
+            engine_latency: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "answer_engine_latency_seconds",
+                        "Time an answer engine took to answer or fail, retries included",
+                    )
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+                    &["engine"],
+                )?,
+            )?,
+            engine_breakers: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("answer_engine_breakers", "Kapa circuit breakers of this instance, by state"),
+                    &["state"],
+                )?,
+            )?,
+            answers: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_answers_total", "Questions' outcomes, by status (answered, failed, blocked and withheld by a guardrail) and the engine that answered (the library for fallbacks and reuse)"),
+                    &["status", "engine"],
+                )?,
+            )?,
             tenants: TenantLabels {
                 cap: tenant_label_cap,
                 seen: Mutex::new(HashSet::new()),
@@ -229,6 +265,29 @@ impl Metrics {
         self.tenant_rate_limited
             .with_label_values(&[&self.tenant_label(tenant)])
             .inc();
+    }
+
+    /// Counts a question's outcome.
+    pub fn answer(&self, outcome: &commands::CommandOutcome) {
+        if let Some(answer) = &outcome.answer {
+            let status = serde_json::to_value(answer.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into());
+            self.answers
+                .with_label_values(&[&status, answer.engine.as_deref().unwrap_or("none")])
+                .inc();
+        }
+    }
+
+    /// Sets the breaker gauge: how many of this instance's breakers are in each state.
+    pub fn observe_breakers(&self, states: &[&'static str]) {
+        for state in ["closed", "open", "half_open"] {
+            let n = states.iter().filter(|s| **s == state).count();
+            self.engine_breakers
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Sets the read side's gauges from the statuses read for this scrape.
@@ -363,9 +422,63 @@ pub fn count_question(req: &actix_web::HttpRequest, tenant: &str) {
     }
 }
 
+/// Counts a question's outcome (status, answering engine).
+pub fn count_answer(req: &actix_web::HttpRequest, outcome: &commands::CommandOutcome) {
+    if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
+        metrics.answer(outcome);
+    }
+}
+
 /// The request's tenant has been counted.
 #[derive(Clone, Copy)]
 struct TenantCounted;
+
+/// An answer engine whose calls are counted and timed (`answer_engine_*`).
+pub struct MeasuredEngine {
+    name: &'static str,
+    inner: std::sync::Arc<dyn domain::engine::AnswerEngine>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl MeasuredEngine {
+    /// Wraps `inner`, reporting as `name`.
+    pub fn wrap(
+        name: &'static str,
+        inner: std::sync::Arc<dyn domain::engine::AnswerEngine>,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> std::sync::Arc<dyn domain::engine::AnswerEngine> {
+        std::sync::Arc::new(Self {
+            name,
+            inner,
+            metrics,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl domain::engine::AnswerEngine for MeasuredEngine {
+    async fn answer(
+        &self,
+        request: domain::engine::AnswerRequest,
+        chunks: Option<std::sync::Arc<dyn domain::engine::ChunkSink>>,
+    ) -> Result<domain::engine::EngineAnswer, domain::engine::EngineFailure> {
+        let started = Instant::now();
+        let result = self.inner.answer(request, chunks).await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(failure) => failure.kind.as_str(),
+        };
+        self.metrics
+            .engine_calls
+            .with_label_values(&[self.name, outcome])
+            .inc();
+        self.metrics
+            .engine_latency
+            .with_label_values(&[self.name])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
 
 #[cfg(test)]
 mod tests {

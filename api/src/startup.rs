@@ -100,9 +100,20 @@ impl Application {
         } else {
             None
         };
+        let metrics = Arc::new(
+            crate::metrics::Metrics::new(
+                settings.metrics.tenant_label_cap,
+                vec![("owner", pool.clone()), ("api", tenants.unscoped().clone())],
+            )
+            .context("could not set up the metrics registry")?,
+        );
+        let measured =
+            |name, engine| crate::metrics::MeasuredEngine::wrap(name, engine, metrics.clone());
         let engines = Engines {
-            kapa: kapa.clone().map(|k| k as Arc<dyn AnswerEngine>),
-            default: (settings.engine.default == "local").then_some(engine),
+            kapa: kapa
+                .clone()
+                .map(|k| measured("kapa", k as Arc<dyn AnswerEngine>)),
+            default: (settings.engine.default == "local").then(|| measured("local", engine)),
             library: Some(Arc::new(PgAnswerLibrary::new(tenants.clone()))),
         };
         let bus = Arc::new(CommandBus::new(
@@ -202,13 +213,7 @@ impl Application {
             totp_issuer: settings.identity.totp_issuer.clone(),
             development: settings.profile == Profile::Development,
         });
-        let metrics = web::Data::new(
-            crate::metrics::Metrics::new(
-                settings.metrics.tenant_label_cap,
-                vec![("owner", pool.clone()), ("api", tenants.unscoped().clone())],
-            )
-            .context("could not set up the metrics registry")?,
-        );
+        let metrics = web::Data::from(metrics);
         let started = web::Data::new(routes::health::Started(std::time::Instant::now()));
         let health = web::Data::new(settings.health.clone());
         let pool_data = web::Data::new(pool.clone());

@@ -67,6 +67,7 @@ fn event(name: &str, data: &impl serde::Serialize) -> Bytes {
 
 /// Asks and answers as an event stream.
 pub async fn respond(
+    req: &actix_web::HttpRequest,
     bus: web::Data<CommandBus>,
     ctx: CommandContext,
     conversation_id: Uuid,
@@ -76,11 +77,17 @@ pub async fn respond(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sink: Arc<dyn ChunkSink> = Arc::new(ChannelSink(tx.clone()));
     let bus = bus.into_inner();
+    let metrics = req
+        .app_data::<web::Data<crate::metrics::Metrics>>()
+        .cloned();
     actix_web::rt::spawn(async move {
         let outcome = bus
             .ask(&ctx, conversation_id, follow_up, question, Some(sink))
             .await
             .map_err(ApiError::from);
+        if let (Some(metrics), Ok(outcome)) = (&metrics, &outcome) {
+            metrics.answer(outcome);
+        }
         let _ = tx.send(Message::Done(outcome));
     });
     let first = match rx.recv().await {

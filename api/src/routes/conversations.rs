@@ -76,11 +76,13 @@ pub async fn start(
     question_budget(&req, &caller).await?;
     let ctx = caller.context(&*body);
     if answer_stream::streams(&req, &bus, &ctx).await {
-        return answer_stream::respond(bus, ctx, Uuid::now_v7(), false, question(&body)).await;
+        return answer_stream::respond(&req, bus, ctx, Uuid::now_v7(), false, question(&body))
+            .await;
     }
     let outcome = bus
         .ask(&ctx, Uuid::now_v7(), false, question(&body), None)
         .await?;
+    crate::metrics::count_answer(&req, &outcome);
     Ok(HttpResponse::Created().json(outcome))
 }
 
@@ -101,9 +103,10 @@ pub async fn follow_up(
     question_budget(&req, &caller).await?;
     let ctx = caller.context(&*body);
     if answer_stream::streams(&req, &bus, &ctx).await {
-        return answer_stream::respond(bus, ctx, *id, true, question(&body)).await;
+        return answer_stream::respond(&req, bus, ctx, *id, true, question(&body)).await;
     }
     let outcome = bus.ask(&ctx, *id, true, question(&body), None).await?;
+    crate::metrics::count_answer(&req, &outcome);
     Ok(HttpResponse::Ok().json(outcome))
 }
 

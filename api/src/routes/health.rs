@@ -117,8 +117,13 @@ pub async fn metrics(
     metrics: web::Data<crate::metrics::Metrics>,
     pool: web::Data<PgPool>,
     kafka: web::Data<streaming::KafkaSettings>,
+    engines: web::Data<crate::startup::EngineStatus>,
     _operator: crate::auth::PlatformOperator,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(kapa) = &engines.kapa {
+        let states: Vec<&'static str> = kapa.breakers().iter().map(|b| b.state.as_str()).collect();
+        metrics.observe_breakers(&states);
+    }
     // The read side's positions, read now (a few indexed counts); a failure leaves the gauges
     // at their last values and is logged, the rest is still served.
     let read_side = async {

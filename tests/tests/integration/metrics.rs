@@ -247,3 +247,79 @@ async fn questions_and_rate_limit_refusals_are_counted_per_tenant() {
         Some(0.0)
     );
 }
+
+/// Answers every other question, fails the rest as unavailable.
+#[derive(Default)]
+struct FlakyEngine(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl domain::engine::AnswerEngine for FlakyEngine {
+    async fn answer(
+        &self,
+        request: domain::engine::AnswerRequest,
+        chunks: Option<std::sync::Arc<dyn domain::engine::ChunkSink>>,
+    ) -> Result<domain::engine::EngineAnswer, domain::engine::EngineFailure> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 1 {
+            return Err(domain::engine::EngineFailure {
+                kind: domain::engine::FailureKind::Unavailable,
+                reason: "down for the test".into(),
+                retryable: true,
+            });
+        }
+        commands::LocalAnswerEngine.answer(request, chunks).await
+    }
+}
+
+#[tokio::test]
+async fn engine_calls_are_counted_by_outcome_and_timed_and_answers_by_status() {
+    let app = TestApp::builder()
+        .engine(std::sync::Arc::new(FlakyEngine::default()))
+        .spawn()
+        .await;
+    let token = app.create_tenant("acme", "alice").await;
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        let response = app
+            .post(
+                "/v1/conversations",
+                &token,
+                json!({"question": format!("How do I export, take {n}?")}),
+            )
+            .await;
+        let body: serde_json::Value = response.json().await.unwrap();
+        statuses.push(body["answer"]["status"].as_str().unwrap().to_string());
+    }
+    let answered = statuses.iter().filter(|s| *s == "answered").count() as f64;
+    let failed = statuses.iter().filter(|s| *s == "failed").count() as f64;
+    assert_eq!((answered, failed), (2.0, 2.0), "{statuses:?}");
+    let text = scrape(&app).await;
+    let engine = [("engine", "local")];
+    assert_eq!(
+        value(
+            &text,
+            "answer_engine_calls_total",
+            &[engine[0], ("outcome", "answered")]
+        ),
+        Some(answered)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "answer_engine_calls_total",
+            &[engine[0], ("outcome", "unavailable")]
+        ),
+        Some(failed)
+    );
+    assert_eq!(
+        value(&text, "answer_engine_latency_seconds_count", &engine),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(&text, "answers_answers_total", &[("status", "answered")]),
+        Some(answered)
+    );
+    assert_eq!(
+        value(&text, "answers_answers_total", &[("status", "failed")]),
+        Some(failed)
+    );
+}
