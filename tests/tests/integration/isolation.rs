@@ -385,3 +385,92 @@ async fn production_refuses_to_serve_when_the_api_login_can_bypass_row_level_sec
         .unwrap();
     assert_eq!(login, integration_tests::api_login().await);
 }
+
+/// Production's shape: the tables' owner is no superuser. It runs the migrations, and the
+/// relay, projections and rebuilds see every tenant only through `cross_tenant` (FORCE holds
+/// the owner to the policies); the API logs in as its own member of `answers_api`.
+#[tokio::test]
+async fn a_non_superuser_owner_migrates_and_crosses_tenants_only_through_the_system_role() {
+    const OWNER: &str = "answers_owner_test";
+    let admin = PgPool::connect(&format!("{}/postgres", integration_tests::server_url()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "DO $$ BEGIN
+           CREATE ROLE answers_owner_test LOGIN CREATEDB CREATEROLE NOSUPERUSER NOBYPASSRLS;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    let login = integration_tests::api_login().await;
+    let app = TestApp::builder()
+        .configure(|s| {
+            let url = secrecy::ExposeSecret::expose_secret(&s.database.url).to_string();
+            let (server, db) = url.rsplit_once('/').unwrap();
+            let server = server.replace("postgres@", &format!("{OWNER}@"));
+            s.database.url = format!("{server}/{db}").into();
+            s.database.api_username = Some(login);
+        })
+        .spawn()
+        .await;
+    let (me, superuser, bypass): (String, bool, bool) = sqlx::query_as(
+        "SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((me.as_str(), superuser, bypass), (OWNER, false, false));
+    let owner_of_events: String =
+        sqlx::query_scalar("SELECT tableowner::text FROM pg_tables WHERE tablename = 'events'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(owner_of_events, OWNER, "the migrations ran as the owner");
+    // The owner writes and reads both tenants' rows: only the cross_tenant policy allows it.
+    plant(&app.pool, &["acme", "globex"]).await;
+    for (table, _) in plants() {
+        let tenants: i64 =
+            sqlx::query_scalar(&format!("SELECT count(DISTINCT tenant_id) FROM {table}"))
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(tenants, 2, "{table}");
+    }
+    // The API, through its own login, still one tenant at a time.
+    let mut tx = app
+        .tenant_pool
+        .begin(&"acme".parse().unwrap())
+        .await
+        .unwrap();
+    let seen: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM events")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, ["acme"]);
+    tx.rollback().await.unwrap();
+    // Commands and a rebuild work as this owner.
+    let token = app.create_tenant("initech", "alice").await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/sources",
+            &token,
+            Some(serde_json::json!({"kind": "docs", "name": "Docs", "location": "https://docs.initech.test"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    sqlx::query("DELETE FROM events WHERE event_type = 'Planted'")
+        .execute(&app.pool)
+        .await
+        .expect_err("events stay immutable for the owner too");
+    for projection in projections::all() {
+        // (Not the tenants projection: the planted tenant events are not real ones.)
+        if projection.name() == "sources" || projection.name() == "conversations" {
+            projections::rebuild(&app.pool, projection.as_ref())
+                .await
+                .unwrap_or_else(|e| panic!("rebuilding {} as the owner: {e}", projection.name()));
+        }
+    }
+    check_catalogue(&app.pool).await;
+}
