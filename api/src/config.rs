@@ -297,6 +297,12 @@ pub struct LogSettings {
     pub format: String,
     /// A tracing filter, e.g. `info,sqlx=warn`; `RUST_LOG` overrides it.
     pub filter: String,
+    /// The share of successful, fast requests whose `request finished` line is logged (0 to 1),
+    /// decided per trace id so a trace is logged whole or not at all. Failures (4xx, 5xx) and
+    /// slow requests are always logged.
+    pub success_sample_rate: f64,
+    /// A request slower than this is logged whatever the sampling (at `warn`).
+    pub slow_request_ms: u64,
 }
 
 impl Settings {
@@ -310,6 +316,8 @@ impl Settings {
             .set_default("database.max_connections", 10)?
             .set_default("database.api_role", "answers_api")?
             .set_default("metrics.tenant_label_cap", 100)?
+            .set_default("log.success_sample_rate", 1.0)?
+            .set_default("log.slow_request_ms", 1000)?
             .set_default("health.max_lag_events", 10_000)?
             .set_default("health.max_lag_seconds", 60.0)?
             .set_default("database.api_max_connections", 20)?
@@ -561,6 +569,9 @@ impl Settings {
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.limits.json_body_bytes) {
             problems.push("limits.json_body_bytes must be between 1 KiB and 16 MiB".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.log.success_sample_rate) {
+            problems.push("log.success_sample_rate must be between 0 and 1".to_string());
         }
         if !matches!(self.log.format.as_str(), "json" | "pretty") {
             problems.push("log.format must be `json` or `pretty`".to_string());

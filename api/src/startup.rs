@@ -216,6 +216,7 @@ impl Application {
         let metrics = web::Data::from(metrics);
         let started = web::Data::new(routes::health::Started(std::time::Instant::now()));
         let health = web::Data::new(settings.health.clone());
+        let log_settings = web::Data::new(settings.log.clone());
         let pool_data = web::Data::new(pool.clone());
         let tenant_data = web::Data::new(tenants.clone());
         let kafka = web::Data::new(settings.kafka.clone());
@@ -254,6 +255,7 @@ impl Application {
                 .app_data(metrics.clone())
                 .app_data(started.clone())
                 .app_data(health.clone())
+                .app_data(log_settings.clone())
                 .app_data(tenant_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())
