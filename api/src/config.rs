@@ -148,6 +148,8 @@ pub struct HealthSettings {
 /// Prometheus metrics (docs/metrics.md).
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetricsSettings {
+    /// Count and serve metrics (`/metrics`); off only to measure what they cost (`bench`).
+    pub enabled: bool,
     /// Distinct tenant label values per tenant metric; later tenants are counted as `other`.
     pub tenant_label_cap: usize,
 }
@@ -316,6 +318,7 @@ impl Settings {
             .set_default("database.max_connections", 10)?
             .set_default("database.api_role", "answers_api")?
             .set_default("metrics.tenant_label_cap", 100)?
+            .set_default("metrics.enabled", true)?
             .set_default("log.success_sample_rate", 1.0)?
             .set_default("log.slow_request_ms", 1000)?
             .set_default("health.max_lag_events", 10_000)?

@@ -107,8 +107,14 @@ impl Application {
             )
             .context("could not set up the metrics registry")?,
         );
-        let measured =
-            |name, engine| crate::metrics::MeasuredEngine::wrap(name, engine, metrics.clone());
+        let metrics_on = settings.metrics.enabled;
+        let measured = |name, engine: Arc<dyn AnswerEngine>| {
+            if metrics_on {
+                crate::metrics::MeasuredEngine::wrap(name, engine, metrics.clone())
+            } else {
+                engine
+            }
+        };
         let engines = Engines {
             kapa: kapa
                 .clone()
@@ -213,7 +219,8 @@ impl Application {
             totp_issuer: settings.identity.totp_issuer.clone(),
             development: settings.profile == Profile::Development,
         });
-        let metrics = web::Data::from(metrics);
+        // Off: no app data, so the middleware and every counter do nothing.
+        let metrics = metrics_on.then(|| web::Data::from(metrics));
         let started = web::Data::new(routes::health::Started(std::time::Instant::now()));
         let health = web::Data::new(settings.health.clone());
         let log_settings = web::Data::new(settings.log.clone());
@@ -252,7 +259,11 @@ impl Application {
                 .app_data(providers.clone())
                 .app_data(sign_in.clone())
                 .app_data(pool_data.clone())
-                .app_data(metrics.clone())
+                .configure(|cfg| {
+                    if let Some(metrics) = metrics.clone() {
+                        cfg.app_data(metrics);
+                    }
+                })
                 .app_data(started.clone())
                 .app_data(health.clone())
                 .app_data(log_settings.clone())

@@ -204,6 +204,7 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
     // The benchmark measures the service, not its rate limits (which would refuse the load).
     let mut settings = settings;
     settings.rate_limits.enabled = false;
+    let base = settings.clone();
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -339,7 +340,74 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
     );
     report
         .push_str(&row_level_security(&pool, args, &client, &address, &token, post_source).await?);
+    report.push_str(&instrumentation(base, args, &client, &address, &token).await?);
     write_stdout(&report)
+}
+
+/// Commands with metrics on and off, side by side: a second instance of the service on the same
+/// database with `metrics.enabled = false`, driven on, off, on again like the RLS runs.
+async fn instrumentation(
+    mut settings: Settings,
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    on_address: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    settings.metrics.enabled = false;
+    settings.server.port = 0;
+    let off = Application::build(settings).await?;
+    let off_address = format!("http://127.0.0.1:{}", off.port());
+    tokio::spawn(off.run_until_stopped());
+    let add = |address: String| {
+        let (client, token) = (client.clone(), token.to_string());
+        move |i: usize| {
+            let request = client
+                .post(format!("{address}/v1/sources"))
+                .bearer_auth(&token)
+                .json(&json!({"kind": "docs", "name": format!("Metrics docs {i}"),
+                    "location": format!("https://m{i}.example.test")}));
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 201,
+                    "/v1/sources answered {}",
+                    response.status()
+                );
+                Ok(())
+            }
+        }
+    };
+    let mut out = format!(
+        "\ninstrumentation, side by side (metrics on / off)\n\n{}",
+        header()
+    );
+    let mut on = Vec::new();
+    let mut off_rate = 0.0;
+    for (label, address) in [
+        ("on", on_address.to_string()),
+        ("off", off_address.clone()),
+        ("on again", on_address.to_string()),
+    ] {
+        let m = drive(
+            &format!("add a source, metrics {label}"),
+            args.clients,
+            args.commands,
+            add(address),
+        )
+        .await?;
+        out.push_str(&m.line());
+        if label == "off" {
+            off_rate = m.per_second();
+        } else {
+            on.push(m.per_second());
+        }
+    }
+    let on_rate = on.iter().sum::<f64>() / on.len() as f64;
+    out.push_str(&format!(
+        "\nmetrics on / off: {:.1}% of the throughput\n",
+        100.0 * on_rate / off_rate
+    ));
+    Ok(out)
 }
 
 /// Commands and reads with row-level security on, off, and on again (the order would otherwise

@@ -114,12 +114,18 @@ pub async fn ready(
     security(("platform" = [])))]
 #[get("/metrics")]
 pub async fn metrics(
-    metrics: web::Data<crate::metrics::Metrics>,
+    metrics: Option<web::Data<crate::metrics::Metrics>>,
     pool: web::Data<PgPool>,
     kafka: web::Data<streaming::KafkaSettings>,
     engines: web::Data<crate::startup::EngineStatus>,
     _operator: crate::auth::PlatformOperator,
 ) -> Result<HttpResponse, ApiError> {
+    let Some(metrics) = metrics else {
+        return Err(ApiError::new(
+            Code::RouteNotFound,
+            "metrics are off in this deployment (metrics.enabled)",
+        ));
+    };
     if let Some(kapa) = &engines.kapa {
         let states: Vec<&'static str> = kapa.breakers().iter().map(|b| b.state.as_str()).collect();
         metrics.observe_breakers(&states);

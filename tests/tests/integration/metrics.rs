@@ -323,3 +323,30 @@ async fn engine_calls_are_counted_by_outcome_and_timed_and_answers_by_status() {
         Some(failed)
     );
 }
+
+#[tokio::test]
+async fn metrics_off_count_nothing_and_the_route_says_so() {
+    let app = TestApp::builder()
+        .configure(|s| s.metrics.enabled = false)
+        .spawn()
+        .await;
+    let token = app.create_tenant("acme", "alice").await;
+    let asked = app
+        .post(
+            "/v1/conversations",
+            &token,
+            json!({"question": "How do I export?"}),
+        )
+        .await;
+    assert_eq!(asked.status(), 201);
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .bearer_auth(&app.platform_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "route_not_found");
+}
