@@ -33,16 +33,16 @@ struct TenantLabels {
 }
 
 impl TenantLabels {
-    fn label(&self, tenant: &str) -> String {
+    fn label<'a>(&self, tenant: &'a str) -> &'a str {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(tenant) {
-            return tenant.to_string();
+            return tenant;
         }
         if seen.len() < self.cap {
             seen.insert(tenant.to_string());
-            return tenant.to_string();
+            return tenant;
         }
-        OTHER_TENANT.to_string()
+        OTHER_TENANT
     }
 }
 
@@ -242,28 +242,28 @@ impl Metrics {
     }
 
     /// The label `tenant` is counted under.
-    pub fn tenant_label(&self, tenant: &str) -> String {
+    pub fn tenant_label<'a>(&self, tenant: &'a str) -> &'a str {
         self.tenants.label(tenant)
     }
 
     /// An authenticated request of `tenant`.
     pub fn tenant_request(&self, tenant: &str) {
         self.tenant_requests
-            .with_label_values(&[&self.tenant_label(tenant)])
+            .with_label_values(&[self.tenant_label(tenant)])
             .inc();
     }
 
     /// A question asked in `tenant`.
     pub fn question(&self, tenant: &str) {
         self.tenant_questions
-            .with_label_values(&[&self.tenant_label(tenant)])
+            .with_label_values(&[self.tenant_label(tenant)])
             .inc();
     }
 
     /// A request of `tenant` refused by a rate limit or quota.
     pub fn rate_limited(&self, tenant: &str) {
         self.tenant_rate_limited
-            .with_label_values(&[&self.tenant_label(tenant)])
+            .with_label_values(&[self.tenant_label(tenant)])
             .inc();
     }
 
@@ -363,7 +363,7 @@ pub async fn record(
         return next.call(req).await;
     };
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = req.method().clone();
     metrics.http_in_flight.inc();
     let result = next.call(req).await;
     metrics.http_in_flight.dec();
@@ -387,11 +387,11 @@ pub async fn record(
     }
     metrics
         .http_requests
-        .with_label_values(&[&route, &method, status_class(status)])
+        .with_label_values(&[&route, method.as_str(), status_class(status)])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[&route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
     result
 }
@@ -490,7 +490,7 @@ mod tests {
             cap: 3,
             seen: Mutex::new(HashSet::new()),
         };
-        let got: Vec<String> = ["a", "b", "c", "d", "a", "e"]
+        let got: Vec<&str> = ["a", "b", "c", "d", "a", "e"]
             .iter()
             .map(|t| labels.label(t))
             .collect();
