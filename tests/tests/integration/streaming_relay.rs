@@ -36,9 +36,14 @@ async fn append(pool: &PgPool, writer: usize, n: usize) {
     tx.commit().await.unwrap();
 }
 
-pub fn consumer(bootstrap: &str, topic: &str) -> StreamConsumer {
+/// A consumer of `topic` from its beginning. The topic is created first (as the relay would):
+/// subscribed before the relay has created it, the consumer fails with UnknownTopicOrPartition.
+pub async fn consumer(kafka: &streaming::KafkaSettings, topic: &str) -> StreamConsumer {
+    streaming::ensure_topics(kafka, &[topic.to_string()])
+        .await
+        .expect("the topic exists");
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -65,7 +70,7 @@ async fn eight_writers_2000_events_reach_kafka_once_each_in_aggregate_order() {
             })
         })
         .collect();
-    let consumer = consumer(&kafka.bootstrap_servers, &kafka.topic("knowledge_source"));
+    let consumer = consumer(&kafka, &kafka.topic("knowledge_source")).await;
     for w in writers {
         w.await.unwrap();
     }
@@ -193,7 +198,7 @@ async fn a_relay_killed_between_publish_and_checkpoint_duplicates_but_the_read_m
     wait_until_projected(&app.pool, Duration::from_secs(60)).await;
     // Let every duplicate arrive too, then compare with a rebuild from the event store.
     let conversation_topic = kafka.topic("conversation");
-    let consumer = consumer(&kafka.bootstrap_servers, &conversation_topic);
+    let consumer = consumer(&kafka, &conversation_topic).await;
     let mut on_topic = 0;
     while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
         on_topic += 1;
