@@ -153,6 +153,8 @@ mod tests {
         assert!((800..1200).contains(&kept), "{kept} of 10000 at 10 %");
         assert!(ids.iter().all(|id| sampled(id, 1.0)));
         assert!(ids.iter().all(|id| !sampled(id, 0.0)));
-        assert!(ids.iter().all(|id| sampled(id, 0.3) == sampled(id, 0.3)));
+        // A trace kept at a lower rate is kept at every higher one: raising the rate adds
+        // traces, it never swaps them.
+        assert!(ids.iter().all(|id| !sampled(id, 0.3) || sampled(id, 0.6)));
     }
 }

@@ -333,12 +333,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
             tracing::info!(database = %target, "created the database");
         }
     }
-    let options = sqlx::postgres::PgConnectOptions::from_str(url)
-        .with_context(|| format!("database.url is not a valid URL ({target})"))?
-        .options([(
-            "statement_timeout",
-            format!("{}ms", settings.statement_timeout_ms),
-        )]);
+    let options = connect_options(settings, settings.statement_timeout_ms)?;
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(timeout)
@@ -351,12 +346,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
 /// `api_role`), acting as `api_role`, whose queries see one tenant's rows at a time.
 pub async fn connect_api(settings: &DatabaseSettings) -> anyhow::Result<TenantPool> {
     let target = settings.redacted_url();
-    let mut options = sqlx::postgres::PgConnectOptions::from_str(settings.url.expose_secret())
-        .with_context(|| format!("database.url is not a valid URL ({target})"))?
-        .options([(
-            "statement_timeout",
-            format!("{}ms", settings.api_statement_timeout_ms),
-        )]);
+    let mut options = connect_options(settings, settings.api_statement_timeout_ms)?;
     if let Some(user) = &settings.api_username {
         options = options.username(user);
         options = match &settings.api_password {
@@ -412,6 +402,23 @@ async fn check_isolation(tenants: &TenantPool, profile: Profile) -> anyhow::Resu
     }
     tracing::warn!(%reasons, "profile development: the API's database login can bypass row-level security; production refuses this");
     Ok(())
+}
+
+/// `database.url`'s connection options, with a role's `statement_timeout`.
+fn connect_options(
+    settings: &DatabaseSettings,
+    statement_timeout_ms: u64,
+) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    Ok(
+        sqlx::postgres::PgConnectOptions::from_str(settings.url.expose_secret())
+            .with_context(|| {
+                format!(
+                    "database.url is not a valid URL ({})",
+                    settings.redacted_url()
+                )
+            })?
+            .options([("statement_timeout", format!("{statement_timeout_ms}ms"))]),
+    )
 }
 
 fn unreachable_message(target: &str) -> String {

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub mod idp;
+pub mod logs;
 
 /// Where tests create their databases; `TEST_DATABASE_URL` overrides it.
 pub fn server_url() -> String {
@@ -349,6 +350,16 @@ impl TestApp {
             request = request.json(&body);
         }
         request.send().await.expect("request sent")
+    }
+
+    /// GET `path` with the platform operator credential (status, metrics, health details).
+    pub async fn operator_get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(&self.platform_token)
+            .send()
+            .await
+            .expect("an operator request")
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {

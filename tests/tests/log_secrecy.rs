@@ -2,10 +2,9 @@
 //! (JSON, every level, every crate, reqwest and hyper included), drives the Kapa paths that
 //! touch the key (asking, retrying, a refused key, streaming, feedback forwarding) and
 //! searches everything logged for the key.
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use integration_tests::logs::CapturedLogs;
 use integration_tests::{wait_for, TestApp};
 use reqwest::Method;
 use serde_json::json;
@@ -14,28 +13,9 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const KEY: &str = "sk-live-LOGSECRET-9f8e7d6c5b4a";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn the_kapa_api_key_never_appears_in_any_log_line() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = CapturedLogs::install();
 
     let kapa = MockServer::start().await;
     Mock::given(path("/query/v1/projects/p1/chat/"))
@@ -143,7 +123,7 @@ async fn the_kapa_api_key_never_appears_in_any_log_line() {
     )
     .await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     // The capture works: the paths above did log (retries, the refusal, HTTP client traces).
     assert!(logs.contains("retrying Kapa"), "the retry was logged");
     assert!(

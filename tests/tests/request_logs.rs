@@ -2,36 +2,9 @@
 //! request's lines; successful requests sampled, failures and slow requests always logged; no
 //! token and no question text in any line. A test binary of its own: it installs the
 //! process-wide subscriber and reads everything logged.
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use integration_tests::logs::CapturedLogs;
 use integration_tests::TestApp;
 use serde_json::{json, Value};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<Value> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn traceparent(trace: &str) -> String {
     format!("00-{trace}-00f067aa0ba902b7-01")
@@ -49,13 +22,7 @@ fn finished(lines: &[Value], trace: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn request_lines_carry_trace_and_request_ids_sampled_with_failures_and_slow_ones_always() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = CapturedLogs::install();
     let app = TestApp::builder()
         .configure(|s| {
             s.log.success_sample_rate = 0.0;

@@ -29,31 +29,7 @@ pub async fn ready(
     tenants: web::Data<event_store::TenantPool>,
     kafka: web::Data<streaming::KafkaSettings>,
 ) -> Result<HttpResponse, ApiError> {
-    const WITHIN: Duration = Duration::from_secs(2);
-    let timed = |what: &'static str,
-                 check: Result<Result<(), String>, tokio::time::error::Elapsed>| {
-        match check {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some((what, e)),
-            Err(_) => Some((what, format!("no answer within {WITHIN:?}"))),
-        }
-    };
-    let owner = tokio::time::timeout(WITHIN, async {
-        sqlx::query_scalar::<_, i32>("SELECT 1")
-            .fetch_one(pool.get_ref())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
-    // No tenant table is read: the API role's connection itself is what is checked.
-    let api = tokio::time::timeout(WITHIN, async {
-        sqlx::query_scalar::<_, i32>("SELECT 1")
-            .fetch_one(tenants.unscoped())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
-    let migrations = tokio::time::timeout(WITHIN, async {
+    let migrations = probe(async {
         let applied: i64 =
             sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
                 .fetch_one(pool.get_ref())
@@ -67,26 +43,15 @@ pub async fn ready(
         }
         Ok(())
     });
-    let broker = async {
-        if !kafka.enabled {
-            return Ok(Ok(()));
-        }
-        tokio::time::timeout(WITHIN + Duration::from_millis(500), async {
-            streaming::reachable(&kafka, WITHIN)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-    };
-    let (owner, api, migrations, broker) = tokio::join!(owner, api, migrations, broker);
+    let (core, migrations) = tokio::join!(probe_core(&pool, &tenants, &kafka), migrations);
     let failed: Vec<(&str, String)> = [
-        timed("database (owner)", owner),
-        timed("database (api role)", api),
-        timed("migrations", migrations),
-        timed("broker", broker),
+        ("database (owner)", core.owner.0),
+        ("database (api role)", core.api.0),
+        ("migrations", migrations.0),
+        ("broker", core.broker.map_or(Ok(()), |b| b.0)),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(what, result)| result.err().map(|e| (what, e)))
     .collect();
     if failed.is_empty() {
         return Ok(HttpResponse::Ok().json(HealthStatus {
@@ -104,6 +69,73 @@ pub async fn ready(
         Code::NotReady,
         format!("not ready: {}", named.join(", ")),
     ))
+}
+
+/// How long any one check may take.
+const CHECK_WITHIN: Duration = Duration::from_secs(2);
+
+/// A check's outcome (the cause when it failed) and how long it took, in milliseconds.
+type Probe = (Result<(), String>, f64);
+
+/// Runs `check` within [`CHECK_WITHIN`], timing it.
+async fn probe<F, T, E>(check: F) -> Probe
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(CHECK_WITHIN, check).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_WITHIN:?}")),
+    };
+    (result, started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// What serving needs, checked at once: both pools, and the broker when Kafka is the transport.
+struct CoreProbes {
+    owner: Probe,
+    api: Probe,
+    /// `None` when Kafka is not the transport.
+    broker: Option<Probe>,
+}
+
+async fn probe_core(
+    pool: &PgPool,
+    tenants: &event_store::TenantPool,
+    kafka: &streaming::KafkaSettings,
+) -> CoreProbes {
+    let owner = probe(sqlx::query("SELECT 1").execute(pool));
+    // No tenant table is read: the API role's connection itself is what is checked.
+    let api = probe(sqlx::query("SELECT 1").execute(tenants.unscoped()));
+    let broker = async {
+        if kafka.enabled {
+            Some(probe(streaming::reachable(kafka, CHECK_WITHIN)).await)
+        } else {
+            None
+        }
+    };
+    let (owner, api, broker) = tokio::join!(owner, api, broker);
+    CoreProbes { owner, api, broker }
+}
+
+/// Every projection's status and the relay's, read now (a few indexed counts).
+async fn read_side(
+    pool: &PgPool,
+    kafka: &streaming::KafkaSettings,
+) -> Result<
+    (
+        Vec<projections::ProjectionStatus>,
+        Option<streaming::RelayStatus>,
+    ),
+    sqlx::Error,
+> {
+    let mut statuses = Vec::new();
+    for projection in projections::all() {
+        statuses.push(projections::ProjectionStatus::load(pool, projection.as_ref()).await?);
+    }
+    let relay = streaming::Relay::status(pool, &kafka.relay.name).await?;
+    Ok((statuses, relay))
 }
 
 /// Prometheus metrics, text exposition format (docs/metrics.md). Platform operators only: the
@@ -130,17 +162,9 @@ pub async fn metrics(
         let states: Vec<&'static str> = kapa.breakers().iter().map(|b| b.state.as_str()).collect();
         metrics.observe_breakers(&states);
     }
-    // The read side's positions, read now (a few indexed counts); a failure leaves the gauges
-    // at their last values and is logged, the rest is still served.
-    let read_side = async {
-        let mut statuses = Vec::new();
-        for projection in projections::all() {
-            statuses.push(projections::ProjectionStatus::load(&pool, projection.as_ref()).await?);
-        }
-        let relay = streaming::Relay::status(&pool, &kafka.relay.name).await?;
-        Ok::<_, sqlx::Error>((statuses, relay))
-    };
-    match read_side.await {
+    // A failure leaves the read side's gauges at their last values and is logged; the rest is
+    // still served.
+    match read_side(&pool, &kafka).await {
         Ok((statuses, relay)) => metrics.observe_read_side(&statuses, relay.as_ref()),
         Err(error) => tracing::warn!(%error, "metrics: the read side's status could not be read"),
     }
@@ -192,27 +216,23 @@ pub struct HealthDetails {
     pub projections: Vec<LagHealth>,
 }
 
-async fn timed<F, T, E>(check: F) -> (Result<T, String>, f64)
-where
-    F: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 2 s".to_string()),
-    };
-    (result, started.elapsed().as_secs_f64() * 1000.0)
-}
+impl DependencyHealth {
+    fn probed(name: &str, (result, latency): Probe) -> Self {
+        Self {
+            name: name.to_string(),
+            status: if result.is_ok() { "up" } else { "down" }.to_string(),
+            latency_ms: Some(latency),
+            detail: result.err(),
+        }
+    }
 
-fn dependency(name: &str, check: (Result<(), String>, f64)) -> DependencyHealth {
-    let (result, latency) = check;
-    DependencyHealth {
-        name: name.to_string(),
-        status: if result.is_ok() { "up" } else { "down" }.to_string(),
-        latency_ms: Some(latency),
-        detail: result.err(),
+    fn disabled(name: &str, detail: Option<&str>) -> Self {
+        Self {
+            name: name.to_string(),
+            status: "disabled".into(),
+            latency_ms: None,
+            detail: detail.map(str::to_string),
+        }
     }
 }
 
@@ -233,45 +253,26 @@ pub async fn details(
     started: web::Data<Started>,
     _operator: crate::auth::PlatformOperator,
 ) -> Result<HttpResponse, ApiError> {
-    let owner = timed(sqlx::query("SELECT 1").execute(pool.get_ref()));
-    let api = timed(sqlx::query("SELECT 1").execute(tenants.unscoped()));
-    let redis = timed(async {
+    let redis = probe(async {
         if limiter.redis_answers().await {
             Ok(())
         } else {
             Err("does not answer (rate limits follow rate_limits.on_redis_down)")
         }
     });
-    let broker = async {
-        if kafka.enabled {
-            Some(timed(streaming::reachable(&kafka, Duration::from_secs(2))).await)
-        } else {
-            None
-        }
-    };
-    let (owner, api, redis, broker) = tokio::join!(owner, api, redis, broker);
-    let database_down = owner.0.is_err() || api.0.is_err();
+    let (core, redis) = tokio::join!(probe_core(&pool, &tenants, &kafka), redis);
+    let database_down = core.owner.0.is_err() || core.api.0.is_err();
     let mut dependencies = vec![
-        dependency("postgres (owner)", (owner.0.map(|_| ()), owner.1)),
-        dependency("postgres (api role)", (api.0.map(|_| ()), api.1)),
-        dependency("redis", redis),
+        DependencyHealth::probed("postgres (owner)", core.owner),
+        DependencyHealth::probed("postgres (api role)", core.api),
+        DependencyHealth::probed("redis", redis),
+        match core.broker {
+            Some(check) => DependencyHealth::probed("kafka", check),
+            None => DependencyHealth::disabled("kafka", Some("kafka.enabled is false")),
+        },
     ];
-    dependencies.push(match broker {
-        Some(check) => dependency("kafka", check),
-        None => DependencyHealth {
-            name: "kafka".into(),
-            status: "disabled".into(),
-            latency_ms: None,
-            detail: Some("kafka.enabled is false".into()),
-        },
-    });
     dependencies.push(match &engines.kapa {
-        None => DependencyHealth {
-            name: "kapa".into(),
-            status: "disabled".into(),
-            latency_ms: None,
-            detail: None,
-        },
+        None => DependencyHealth::disabled("kapa", None),
         Some(kapa) => {
             let open: Vec<String> = kapa
                 .breakers()
@@ -287,39 +288,40 @@ pub async fn details(
             }
         }
     });
-    let mut projections = Vec::new();
-    let mut relay = None;
-    if !database_down {
-        for projection in projections::all() {
-            let p = projections::ProjectionStatus::load(&pool, projection.as_ref())
-                .await
-                .map_err(crate::routes::conversations::read_error)?;
-            let behind = p.lag_events > thresholds.max_lag_events
-                || (p.lag_events > 0 && p.lag_seconds > thresholds.max_lag_seconds);
-            projections.push(LagHealth {
+    let (projections, relay) = if database_down {
+        (Vec::new(), None)
+    } else {
+        let (statuses, relay) = read_side(&pool, &kafka)
+            .await
+            .map_err(crate::routes::conversations::read_error)?;
+        let behind = |events: i64, seconds: f64| {
+            if events > thresholds.max_lag_events
+                || (events > 0 && seconds > thresholds.max_lag_seconds)
+            {
+                "behind"
+            } else {
+                "ok"
+            }
+        };
+        let projections = statuses
+            .into_iter()
+            .map(|p| LagHealth {
+                status: behind(p.lag_events, p.lag_seconds).into(),
                 name: p.projection,
-                status: if behind { "behind" } else { "ok" }.into(),
                 lag_events: p.lag_events,
                 lag_seconds: Some(p.lag_seconds),
                 open_dead_letters: Some(p.open_dead_letters),
-            });
-        }
-        relay = streaming::Relay::status(&pool, &kafka.relay.name)
-            .await
-            .map_err(crate::routes::conversations::read_error)?
-            .map(|r| LagHealth {
-                name: r.name,
-                status: if r.lag_events > thresholds.max_lag_events {
-                    "behind"
-                } else {
-                    "ok"
-                }
-                .into(),
-                lag_events: r.lag_events,
-                lag_seconds: None,
-                open_dead_letters: None,
-            });
-    }
+            })
+            .collect::<Vec<_>>();
+        let relay = relay.map(|r| LagHealth {
+            status: behind(r.lag_events, 0.0).into(),
+            name: r.name,
+            lag_events: r.lag_events,
+            lag_seconds: None,
+            open_dead_letters: None,
+        });
+        (projections, relay)
+    };
     let attention = dependencies
         .iter()
         .any(|d| d.status == "down" || d.status == "degraded")

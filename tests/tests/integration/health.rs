@@ -56,13 +56,7 @@ async fn not_ready_when_kafka_is_the_transport_and_the_broker_does_not_answer() 
 }
 
 async fn details(app: &TestApp) -> Value {
-    let response = app
-        .client
-        .get(format!("{}/health/details", app.address))
-        .bearer_auth(&app.platform_token)
-        .send()
-        .await
-        .unwrap();
+    let response = app.operator_get("/health/details").await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }

@@ -466,13 +466,7 @@ async fn the_breaker_opens_after_failures_refuses_without_calling_and_closes_aft
 }
 
 async fn engine_status(app: &TestApp) -> Value {
-    let response = app
-        .client
-        .get(format!("{}/v1/admin/engine", app.address))
-        .bearer_auth(&app.platform_token)
-        .send()
-        .await
-        .unwrap();
+    let response = app.operator_get("/v1/admin/engine").await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }

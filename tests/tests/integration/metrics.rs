@@ -7,13 +7,7 @@ use uuid::Uuid;
 
 /// Scrapes `/metrics` with the platform operator credential.
 async fn scrape(app: &TestApp) -> String {
-    let response = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .bearer_auth(&app.platform_token)
-        .send()
-        .await
-        .unwrap();
+    let response = app.operator_get("/metrics").await;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()
@@ -339,13 +333,7 @@ async fn metrics_off_count_nothing_and_the_route_says_so() {
         )
         .await;
     assert_eq!(asked.status(), 201);
-    let response = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .bearer_auth(&app.platform_token)
-        .send()
-        .await
-        .unwrap();
+    let response = app.operator_get("/metrics").await;
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "route_not_found");
