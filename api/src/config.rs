@@ -40,6 +40,7 @@ pub struct Settings {
     pub webhooks: crate::webhooks::WebhookSettings,
     pub metrics: MetricsSettings,
     pub health: HealthSettings,
+    pub slo: SloSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -143,6 +144,30 @@ pub struct HealthSettings {
     pub max_lag_events: i64,
     /// A projection whose newest applied event is older than this while behind is `behind`.
     pub max_lag_seconds: f64,
+}
+
+/// Service level objectives and the indicators recorded for them (docs/observability.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SloSettings {
+    /// Record the indicators (per minute, in Postgres) and serve the SLO and trend routes.
+    pub enabled: bool,
+    /// The rolling window an error budget is spent over, in days.
+    pub window_days: u32,
+    /// How often an instance adds what it counted to Postgres (and samples read-model lag).
+    pub flush_interval_ms: u64,
+    /// Share of `/v1` commands (POST, PUT, PATCH, DELETE) answered without a server error.
+    pub commands_availability_target: f64,
+    /// Share of `/v1` reads (GET) answered without a server error.
+    pub reads_availability_target: f64,
+    /// Requests faster than this are good for the latency objective (the seed's 500 ms).
+    pub latency_threshold_ms: u64,
+    /// Share of `/v1` requests (except those waiting for an answer engine) under the threshold:
+    /// 0.95 is "p95 under 500 ms".
+    pub latency_target: f64,
+    /// A sample of the read side is fresh when no projection is further behind than this.
+    pub freshness_threshold_seconds: f64,
+    /// Share of samples in which the read models were fresh.
+    pub freshness_target: f64,
 }
 
 /// Prometheus metrics (docs/metrics.md).
@@ -323,6 +348,15 @@ impl Settings {
             .set_default("log.slow_request_ms", 1000)?
             .set_default("health.max_lag_events", 10_000)?
             .set_default("health.max_lag_seconds", 60.0)?
+            .set_default("slo.enabled", true)?
+            .set_default("slo.window_days", 30)?
+            .set_default("slo.flush_interval_ms", 10_000)?
+            .set_default("slo.commands_availability_target", 0.999)?
+            .set_default("slo.reads_availability_target", 0.999)?
+            .set_default("slo.latency_threshold_ms", 500)?
+            .set_default("slo.latency_target", 0.95)?
+            .set_default("slo.freshness_threshold_seconds", 10.0)?
+            .set_default("slo.freshness_target", 0.99)?
             .set_default("database.api_max_connections", 20)?
             .set_default("database.api_statement_timeout_ms", 15_000)?
             .set_default("database.acquire_timeout_ms", 5000)?
@@ -494,6 +528,29 @@ impl Settings {
         {
             problems.push(
                 "webhooks.retry_schedule_ms must be comma-separated milliseconds; interval_ms and disable_after_failures positive"
+                    .to_string(),
+            );
+        }
+        let targets = [
+            self.slo.commands_availability_target,
+            self.slo.reads_availability_target,
+            self.slo.latency_target,
+            self.slo.freshness_target,
+        ];
+        if targets.iter().any(|t| !(*t > 0.0 && *t < 1.0)) {
+            problems.push(
+                "slo targets must lie strictly between 0 and 1 (0.999 is three nines)".to_string(),
+            );
+        }
+        if !(1..=90).contains(&self.slo.window_days)
+            || self.slo.flush_interval_ms == 0
+            || self.slo.latency_threshold_ms == 0
+            || self.slo.freshness_threshold_seconds.is_nan()
+            || self.slo.freshness_threshold_seconds <= 0.0
+        {
+            problems.push(
+                "slo.window_days must be 1 to 90; slo.flush_interval_ms, latency_threshold_ms and \
+                 freshness_threshold_seconds positive"
                     .to_string(),
             );
         }
@@ -752,5 +809,21 @@ mod tests {
         s.auth.signing_key = Some(SecretString::from("not a key"));
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("not an Ed25519 private key"), "{err}");
+    }
+
+    #[test]
+    fn slo_targets_and_windows_are_checked_with_a_readable_message() {
+        let mut s = Settings::load(None).unwrap();
+        s.validate().unwrap();
+        s.slo.latency_target = 1.0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("slo targets must lie strictly between 0 and 1"),
+            "{err}"
+        );
+        s.slo.latency_target = 0.95;
+        s.slo.window_days = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("slo.window_days must be 1 to 90"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ pub mod problem;
 pub mod rate_limit;
 pub mod routes;
 pub mod sign_in;
+pub mod slo;
 pub mod startup;
 pub mod telemetry;
 pub mod webhooks;

@@ -21,9 +21,12 @@ use sqlx::PgPool;
 pub const OTHER_TENANT: &str = "other";
 
 /// Request latency buckets, seconds: the 500 ms objective sits on a boundary.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Answer engine latency buckets, seconds.
+pub const ENGINE_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Tenant label values, at most `cap` distinct ones; the rest are `other`. A platform with 100k
 /// tenants then exports at most `cap + 1` series per tenant metric.
@@ -214,7 +217,7 @@ impl Metrics {
                         "answer_engine_latency_seconds",
                         "Time an answer engine took to answer or fail, retries included",
                     )
-                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+                    .buckets(ENGINE_BUCKETS.to_vec()),
                     &["engine"],
                 )?,
             )?,
@@ -354,45 +357,54 @@ fn status_class(status: u16) -> &'static str {
 pub struct ProblemCode(pub &'static str);
 
 /// Counts and times every request by its route template (`/v1/conversations/{id}`, never the
-/// raw path: one series per route, whatever the ids), method and status class.
+/// raw path: one series per route, whatever the ids), method and status class; feeds the
+/// service level indicators (`crate::slo`) from the same measurement.
 pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let Some(metrics) = req.app_data::<web::Data<Metrics>>().cloned() else {
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let slis = req
+        .app_data::<web::Data<crate::slo::SliRecorder>>()
+        .cloned();
+    if metrics.is_none() && slis.is_none() {
         return next.call(req).await;
-    };
+    }
     let started = Instant::now();
     let method = req.method().clone();
-    metrics.http_in_flight.inc();
+    if let Some(m) = &metrics {
+        m.http_in_flight.inc();
+    }
     let result = next.call(req).await;
-    metrics.http_in_flight.dec();
+    let elapsed = started.elapsed().as_secs_f64();
     let (route, status) = match &result {
         Ok(response) => (
-            response
-                .request()
-                .match_pattern()
-                .unwrap_or_else(|| "unmatched".to_string()),
+            response.request().match_pattern(),
             response.status().as_u16(),
         ),
-        Err(e) => (
-            "unmatched".to_string(),
-            e.as_response_error().status_code().as_u16(),
-        ),
+        Err(e) => (None, e.as_response_error().status_code().as_u16()),
     };
+    if let Some(slis) = &slis {
+        slis.request(method.as_str(), route.as_deref(), status, elapsed);
+    }
+    let Some(metrics) = metrics else {
+        return result;
+    };
+    metrics.http_in_flight.dec();
     if let Ok(response) = &result {
         if let Some(code) = response.response().extensions().get::<ProblemCode>() {
             metrics.problems.with_label_values(&[code.0]).inc();
         }
     }
+    let route = route.as_deref().unwrap_or("unmatched");
     metrics
         .http_requests
-        .with_label_values(&[&route, method.as_str(), status_class(status)])
+        .with_label_values(&[route, method.as_str(), status_class(status)])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[&route, method.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+        .with_label_values(&[route, method.as_str()])
+        .observe(elapsed);
     result
 }
 
@@ -437,20 +449,27 @@ struct TenantCounted;
 pub struct MeasuredEngine {
     name: &'static str,
     inner: std::sync::Arc<dyn domain::engine::AnswerEngine>,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Option<std::sync::Arc<Metrics>>,
+    slis: Option<std::sync::Arc<crate::slo::SliRecorder>>,
 }
 
 impl MeasuredEngine {
-    /// Wraps `inner`, reporting as `name`.
+    /// Wraps `inner`, reporting as `name` to the metrics and the indicators that are on
+    /// (`inner` itself when neither is).
     pub fn wrap(
         name: &'static str,
         inner: std::sync::Arc<dyn domain::engine::AnswerEngine>,
-        metrics: std::sync::Arc<Metrics>,
+        metrics: Option<std::sync::Arc<Metrics>>,
+        slis: Option<std::sync::Arc<crate::slo::SliRecorder>>,
     ) -> std::sync::Arc<dyn domain::engine::AnswerEngine> {
+        if metrics.is_none() && slis.is_none() {
+            return inner;
+        }
         std::sync::Arc::new(Self {
             name,
             inner,
             metrics,
+            slis,
         })
     }
 }
@@ -464,18 +483,24 @@ impl domain::engine::AnswerEngine for MeasuredEngine {
     ) -> Result<domain::engine::EngineAnswer, domain::engine::EngineFailure> {
         let started = Instant::now();
         let result = self.inner.answer(request, chunks).await;
+        let elapsed = started.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(_) => "answered",
             Err(failure) => failure.kind.as_str(),
         };
-        self.metrics
-            .engine_calls
-            .with_label_values(&[self.name, outcome])
-            .inc();
-        self.metrics
-            .engine_latency
-            .with_label_values(&[self.name])
-            .observe(started.elapsed().as_secs_f64());
+        if let Some(slis) = &self.slis {
+            slis.engine_call(result.is_ok(), elapsed);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .engine_calls
+                .with_label_values(&[self.name, outcome])
+                .inc();
+            metrics
+                .engine_latency
+                .with_label_values(&[self.name])
+                .observe(elapsed);
+        }
         result
     }
 }

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
     access, admin, analytics, audit, conversations, engine, flags, health, identity, inbound,
-    platform, sources, tenant, webhooks,
+    observability, platform, sources, tenant, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -37,6 +37,7 @@ use crate::routes::{
         access::set_access_policy, access::revoke_member_sessions, access::reset_member_mfa,
         access::create_api_key, access::list_api_keys, access::revoke_api_key,
         platform::create_tenant, platform::suspend_tenant, platform::reactivate_tenant, platform::whoami, platform::set_plan, platform::clear_plan,
+        observability::objectives, observability::trends,
         webhooks::add, webhooks::list, webhooks::remove, webhooks::rotate_secret, webhooks::enable,
         webhooks::deliveries, webhooks::redeliver, inbound::rotate_inbound_secret, inbound::source_sync,
     ),

@@ -108,12 +108,17 @@ impl Application {
             .context("could not set up the metrics registry")?,
         );
         let metrics_on = settings.metrics.enabled;
+        let slis = settings
+            .slo
+            .enabled
+            .then(|| Arc::new(crate::slo::SliRecorder::new(settings.slo.clone())));
         let measured = |name, engine: Arc<dyn AnswerEngine>| {
-            if metrics_on {
-                crate::metrics::MeasuredEngine::wrap(name, engine, metrics.clone())
-            } else {
-                engine
-            }
+            crate::metrics::MeasuredEngine::wrap(
+                name,
+                engine,
+                metrics_on.then(|| metrics.clone()),
+                slis.clone(),
+            )
         };
         let engines = Engines {
             kapa: kapa
@@ -199,6 +204,15 @@ impl Application {
             );
             background.push(webhooks.spawn(Duration::from_millis(settings.webhooks.interval_ms)));
         }
+        if let Some(slis) = &slis {
+            background.push(crate::slo::spawn(
+                slis.clone(),
+                pool.clone(),
+                settings.kafka.clone(),
+            ));
+        }
+        let slis = slis.map(web::Data::from);
+        let slo_settings = web::Data::new(settings.slo.clone());
         let webhook_settings = web::Data::new(settings.webhooks.clone());
         let hardening = web::Data::new(crate::hardening::Hardening {
             hsts: settings.http.hsts,
@@ -263,7 +277,11 @@ impl Application {
                     if let Some(metrics) = metrics.clone() {
                         cfg.app_data(metrics);
                     }
+                    if let Some(slis) = slis.clone() {
+                        cfg.app_data(slis);
+                    }
                 })
+                .app_data(slo_settings.clone())
                 .app_data(started.clone())
                 .app_data(health.clone())
                 .app_data(log_settings.clone())

@@ -120,7 +120,7 @@ async fn probe_core(
 }
 
 /// Every projection's status and the relay's, read now (a few indexed counts).
-async fn read_side(
+pub(crate) async fn read_side(
     pool: &PgPool,
     kafka: &streaming::KafkaSettings,
 ) -> Result<

@@ -24,6 +24,7 @@ pub mod flags;
 pub mod health;
 pub mod identity;
 pub mod inbound;
+pub mod observability;
 pub mod platform;
 pub mod sources;
 pub mod tenant;
@@ -178,6 +179,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(webhooks::configure)
                 .configure(inbound::configure)
                 .configure(platform::configure)
+                .configure(observability::configure)
                 .configure(tenant::configure)
                 .configure(conversations::configure)
                 // Before sources: `/sources/kapa` must not be taken for a source id.

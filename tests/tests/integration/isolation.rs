@@ -13,9 +13,11 @@ use sqlx::PgPool;
 /// Tables that hold no tenant's rows, and why (a new table must be classified here or carry a
 /// `tenant_id`, row-level security and the policies).
 const PLATFORM_TABLES: &[&str] = &[
-    "_sqlx_migrations",  // the schema's history
-    "projection_status", // positions of projections serving every tenant
-    "relay_checkpoints", // the relay's position in the store
+    "_sqlx_migrations",     // the schema's history
+    "projection_status",    // positions of projections serving every tenant
+    "relay_checkpoints",    // the relay's position in the store
+    "sli_minutes",          // the service's own indicators, every tenant's requests together
+    "distribution_minutes", // the same, as histograms
 ];
 
 /// One row of `tenant` in each tenant table, written by the owner (who crosses tenants). The
@@ -166,7 +168,12 @@ async fn check_catalogue(pool: &PgPool) {
         assert!(readable, "answers_api reads {table}");
     }
     // The API's role may not touch the platform tables at all.
-    for table in ["projection_status", "relay_checkpoints"] {
+    for table in [
+        "projection_status",
+        "relay_checkpoints",
+        "sli_minutes",
+        "distribution_minutes",
+    ] {
         let allowed: bool =
             sqlx::query_scalar("SELECT has_table_privilege('answers_api', $1, 'SELECT')")
                 .bind(table)

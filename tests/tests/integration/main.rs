@@ -18,6 +18,7 @@ mod rate_limits;
 mod read_models;
 mod reader;
 mod seed;
+mod slo;
 mod startup;
 mod store;
 mod store_follower;
