@@ -71,6 +71,10 @@ pub struct Metrics {
     engine_latency: HistogramVec,
     engine_breakers: IntGaugeVec,
     answers: IntCounterVec,
+    sli_total: IntCounterVec,
+    sli_good: IntCounterVec,
+    _slo_target: prometheus::GaugeVec,
+    latency_threshold_seconds: f64,
     tenants: TenantLabels,
     pools: Vec<(&'static str, PgPool)>,
 }
@@ -89,6 +93,7 @@ impl Metrics {
     pub fn new(
         tenant_label_cap: usize,
         pools: Vec<(&'static str, PgPool)>,
+        slo: &crate::config::SloSettings,
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
@@ -235,6 +240,35 @@ impl Metrics {
                     &["status", "engine"],
                 )?,
             )?,
+            sli_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_sli_events_total", "Events judged for a service level objective (docs/observability.md), by indicator"),
+                    &["sli"],
+                )?,
+            )?,
+            sli_good: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_sli_good_events_total", "Events judged good for a service level objective, by indicator"),
+                    &["sli"],
+                )?,
+            )?,
+            // Set once, from the configuration; the registry keeps it.
+            _slo_target: {
+                let g = register(
+                    r,
+                    prometheus::GaugeVec::new(
+                        Opts::new("answers_slo_target_ratio", "The configured objective: the share of good events promised, by indicator (the alert rules read it)"),
+                        &["sli"],
+                    )?,
+                )?;
+                for o in crate::slo::objectives(slo) {
+                    g.with_label_values(&[o.series.as_str()]).set(o.target);
+                }
+                g
+            },
+            latency_threshold_seconds: slo.latency_threshold_ms as f64 / 1000.0,
             tenants: TenantLabels {
                 cap: tenant_label_cap,
                 seen: Mutex::new(HashSet::new()),
@@ -242,6 +276,26 @@ impl Metrics {
             pools,
             registry,
         })
+    }
+
+    /// Registers a component's own collectors (the command bus's, the Kapa engine's).
+    pub fn adopt(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> prometheus::Result<()> {
+        for c in collectors {
+            self.registry.register(c)?;
+        }
+        Ok(())
+    }
+
+    /// One event judged for an objective.
+    pub fn sli(&self, series: crate::slo::Series, good: bool) {
+        let name = [series.as_str()];
+        self.sli_total.with_label_values(&name).inc();
+        if good {
+            self.sli_good.with_label_values(&name).inc();
+        }
     }
 
     /// The label `tenant` is counted under.
@@ -384,12 +438,36 @@ pub async fn record(
         ),
         Err(e) => (None, e.as_response_error().status_code().as_u16()),
     };
-    if let Some(slis) = &slis {
-        slis.request(method.as_str(), route.as_deref(), status, elapsed);
-    }
     let Some(metrics) = metrics else {
+        if let Some(slis) = &slis {
+            let threshold = slis.settings().latency_threshold_ms as f64 / 1000.0;
+            let judged = crate::slo::judge(
+                threshold,
+                method.as_str(),
+                route.as_deref(),
+                status,
+                elapsed,
+            );
+            slis.request(&judged, elapsed);
+        }
         return result;
     };
+    let judged = crate::slo::judge(
+        metrics.latency_threshold_seconds,
+        method.as_str(),
+        route.as_deref(),
+        status,
+        elapsed,
+    );
+    if let Some(slis) = &slis {
+        slis.request(&judged, elapsed);
+    }
+    if let Some((series, good)) = judged.availability {
+        metrics.sli(series, good);
+    }
+    if let Some(fast) = judged.latency {
+        metrics.sli(crate::slo::Series::Latency, fast);
+    }
     metrics.http_in_flight.dec();
     if let Ok(response) = &result {
         if let Some(code) = response.response().extensions().get::<ProblemCode>() {

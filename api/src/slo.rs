@@ -140,6 +140,44 @@ pub const ENGINE_BOUND_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/sources/kapa/{kapa_source_id}/import"),
 ];
 
+/// How one HTTP request counts for the objectives: the same judgement feeds Postgres and
+/// the Prometheus counters (`answers_sli_*`).
+#[derive(Debug, PartialEq)]
+pub struct Judged {
+    /// Commands' or reads' availability, and whether it was good.
+    pub availability: Option<(Series, bool)>,
+    /// Whether it was fast enough (`None`: not timed for the objective).
+    pub latency: Option<bool>,
+}
+
+/// Judges a request: `route` is its template (`None`: no route matched, which counts for no
+/// objective: the client asked for something that does not exist); only `/v1` counts.
+pub fn judge(
+    threshold_seconds: f64,
+    method: &str,
+    route: Option<&str>,
+    status: u16,
+    seconds: f64,
+) -> Judged {
+    let Some(route) = route.filter(|r| r.starts_with("/v1/")) else {
+        return Judged {
+            availability: None,
+            latency: None,
+        };
+    };
+    let series = match method {
+        "GET" | "HEAD" => Series::ReadsAvailability,
+        _ => Series::CommandsAvailability,
+    };
+    let engine_bound = ENGINE_BOUND_ROUTES
+        .iter()
+        .any(|(m, r)| *m == method && *r == route);
+    Judged {
+        availability: Some((series, status < 500)),
+        latency: (!engine_bound).then_some(seconds <= threshold_seconds),
+    }
+}
+
 /// What this instance counted since its last flush.
 pub struct SliRecorder {
     settings: SloSettings,
@@ -178,24 +216,13 @@ impl SliRecorder {
             .observe(bounds, value);
     }
 
-    /// One HTTP request answered: `route` is its template (`None`: no route matched, which
-    /// counts for no objective: the client asked for something that does not exist).
-    pub fn request(&self, method: &str, route: Option<&str>, status: u16, seconds: f64) {
-        let Some(route) = route.filter(|r| r.starts_with("/v1/") || *r == "/v1") else {
-            return;
-        };
-        let good = status < 500;
-        let series = match method {
-            "GET" | "HEAD" => Series::ReadsAvailability,
-            _ => Series::CommandsAvailability,
-        };
-        self.count(series, good);
-        let engine_bound = ENGINE_BOUND_ROUTES
-            .iter()
-            .any(|(m, r)| *m == method && *r == route);
-        if !engine_bound {
-            let threshold = self.settings.latency_threshold_ms as f64 / 1000.0;
-            self.count(Series::Latency, seconds <= threshold);
+    /// One HTTP request answered, as [`judge`]d.
+    pub fn request(&self, judged: &Judged, seconds: f64) {
+        if let Some((series, good)) = judged.availability {
+            self.count(series, good);
+        }
+        if let Some(fast) = judged.latency {
+            self.count(Series::Latency, fast);
             self.observe(Distribution::HttpLatency, seconds);
         }
     }
@@ -207,12 +234,12 @@ impl SliRecorder {
     }
 
     /// One sample of the read side: how far the furthest-behind projection is, seconds.
-    pub fn read_side_sample(&self, max_lag_seconds: f64) {
-        self.count(
-            Series::Freshness,
-            max_lag_seconds <= self.settings.freshness_threshold_seconds,
-        );
+    /// Returns whether it was fresh.
+    pub fn read_side_sample(&self, max_lag_seconds: f64) -> bool {
+        let fresh = max_lag_seconds <= self.settings.freshness_threshold_seconds;
+        self.count(Series::Freshness, fresh);
         self.observe(Distribution::ProjectionLag, max_lag_seconds);
+        fresh
     }
 
     /// Adds what was counted to Postgres (one transaction) and forgets it; on failure the
@@ -557,10 +584,11 @@ pub fn spawn(
     recorder: std::sync::Arc<SliRecorder>,
     pool: PgPool,
     kafka: streaming::KafkaSettings,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 ) -> tokio::task::JoinHandle<()> {
     let every = Duration::from_millis(recorder.settings.flush_interval_ms);
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut last_purge = tokio::time::Instant::now();
         loop {
             ticker.tick().await;
@@ -570,7 +598,10 @@ pub fn spawn(
                         .iter()
                         .map(|p| if p.lag_events > 0 { p.lag_seconds } else { 0.0 })
                         .fold(0.0, f64::max);
-                    recorder.read_side_sample(max);
+                    let fresh = recorder.read_side_sample(max);
+                    if let Some(metrics) = &metrics {
+                        metrics.sli(Series::Freshness, fresh);
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "slo: the read side's lag could not be sampled")
@@ -642,6 +673,42 @@ mod tests {
                 _ => false,
             });
             assert!(has, "{method} {route} is in the OpenAPI document");
+        }
+    }
+
+    #[test]
+    fn requests_are_judged_by_method_route_status_and_time() {
+        let judged = judge(0.5, "POST", Some("/v1/sources"), 201, 0.1);
+        assert_eq!(
+            judged.availability,
+            Some((Series::CommandsAvailability, true))
+        );
+        assert_eq!(judged.latency, Some(true));
+        let judged = judge(0.5, "GET", Some("/v1/conversations"), 503, 0.7);
+        assert_eq!(
+            judged.availability,
+            Some((Series::ReadsAvailability, false))
+        );
+        assert_eq!(judged.latency, Some(false));
+        // Waits for the engine: available or not, but not timed.
+        let judged = judge(0.5, "POST", Some("/v1/conversations"), 201, 3.0);
+        assert_eq!(
+            judged.availability,
+            Some((Series::CommandsAvailability, true))
+        );
+        assert_eq!(judged.latency, None);
+        for (route, status) in [
+            (None, 404),
+            (Some("/health/ready"), 503),
+            (Some("/metrics"), 200),
+        ] {
+            assert_eq!(
+                judge(0.5, "GET", route, status, 0.1),
+                Judged {
+                    availability: None,
+                    latency: None
+                }
+            );
         }
     }
 

@@ -104,6 +104,7 @@ impl Application {
             crate::metrics::Metrics::new(
                 settings.metrics.tenant_label_cap,
                 vec![("owner", pool.clone()), ("api", tenants.unscoped().clone())],
+                &settings.slo,
             )
             .context("could not set up the metrics registry")?,
         );
@@ -135,6 +136,14 @@ impl Application {
             settings.idempotency(),
             Duration::from_millis(settings.flags.cache_ttl_ms),
         ));
+        metrics
+            .adopt(bus.metrics().collectors())
+            .context("could not register the command side's metrics")?;
+        if let Some(kapa) = &kapa {
+            metrics
+                .adopt(kapa.collectors())
+                .context("could not register the Kapa engine's metrics")?;
+        }
         crate::flags::warn_about_stale_flags(chrono::Utc::now().date_naive());
         let flags = bus.flags();
         let flush_pool = pool.clone();
@@ -209,6 +218,7 @@ impl Application {
                 slis.clone(),
                 pool.clone(),
                 settings.kafka.clone(),
+                metrics_on.then(|| metrics.clone()),
             ));
         }
         let slis = slis.map(web::Data::from);

@@ -56,6 +56,7 @@ pub struct CommandBus {
     flags: Arc<TenantFlags>,
     idempotency: IdempotencyStore,
     clock: Arc<dyn Clock>,
+    metrics: Arc<crate::metrics::BusMetrics>,
 }
 
 /// Conversations and sources live under their tenant (`domain::ScopedId`), so one tenant can
@@ -121,7 +122,13 @@ impl CommandBus {
             answering: Answering::new(engines, answering),
             idempotency: IdempotencyStore::new(pool, idempotency),
             clock,
+            metrics: Arc::new(crate::metrics::BusMetrics::new()),
         }
+    }
+
+    /// The command side's metrics, to register with the service's registry.
+    pub fn metrics(&self) -> &crate::metrics::BusMetrics {
+        &self.metrics
     }
 
     pub async fn tenant(
@@ -234,6 +241,12 @@ impl CommandBus {
             user: ctx.user_id.as_str(),
         };
         let answered = self.answering.answer(&tenant, gates, request, chunks).await;
+        if let (Some(_), Some(failure)) = (&answered.fallback_reason, &answered.engine_failure) {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[failure.kind.as_str()])
+                .inc();
+        }
         let command = match answered.result {
             Ok(answer) => ConversationCommand::RecordAnswer {
                 question_id,
@@ -499,6 +512,7 @@ impl CommandBus {
         let key = ctx.idempotency_key.as_deref();
         if let Some(key) = key {
             if let Claim::Replay(settled) = self.idempotency.claim(ctx, key).await? {
+                self.metrics.replays.with_label_values(&[A::TYPE]).inc();
                 return Ok(Ran {
                     outcome: self.replay(store, settled).await?,
                     events: Vec::new(),
@@ -542,10 +556,15 @@ impl CommandBus {
     where
         A: Aggregate<Error = DomainError> + DescribeOutcome,
     {
+        let started = std::time::Instant::now();
         let mut context = store
             .load_aggregate(aggregate_id)
             .await
             .map_err(CommandError::from_aggregate)?;
+        self.metrics
+            .store_seconds
+            .with_label_values(&["load"])
+            .observe(started.elapsed().as_secs_f64());
         let version_before = context.current_sequence as u64;
         let peeked = peek(context.aggregate());
         let sink = EventSink::<A>::default();
@@ -564,10 +583,23 @@ impl CommandBus {
             idempotency_key: ctx.idempotency_key.clone(),
             occurred_at: Some(self.clock.now()),
         };
-        let committed = store
-            .commit(events, context, metadata.into_map())
-            .await
-            .map_err(CommandError::from_aggregate)?;
+        let started = std::time::Instant::now();
+        let committed = store.commit(events, context, metadata.into_map()).await;
+        self.metrics
+            .store_seconds
+            .with_label_values(&["commit"])
+            .observe(started.elapsed().as_secs_f64());
+        let committed = committed.map_err(|e| {
+            let e = CommandError::from_aggregate(e);
+            if matches!(e, CommandError::Concurrency) {
+                self.metrics.conflicts.with_label_values(&[A::TYPE]).inc();
+            }
+            e
+        })?;
+        self.metrics
+            .appended
+            .with_label_values(&[A::TYPE])
+            .inc_by(committed.len() as u64);
         let events: Vec<(u64, A::Event)> = committed
             .iter()
             .map(|e| (e.sequence as u64, e.payload.clone()))

@@ -11,6 +11,7 @@ mod error;
 pub mod flags;
 mod idempotency;
 mod local_engine;
+pub mod metrics;
 mod outcome;
 mod sweeper;
 

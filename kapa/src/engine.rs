@@ -59,6 +59,8 @@ pub struct KapaEngine {
     backoff: Backoff,
     total_timeout: Duration,
     call_timeout: Duration,
+    /// `kapa_retries_total{reason}`: retries after a failed attempt (docs/metrics.md).
+    retries: prometheus::IntCounterVec,
 }
 
 /// Why a key could not be had, as an engine failure.
@@ -99,7 +101,20 @@ impl KapaEngine {
             },
             total_timeout: Duration::from_millis(settings.total_timeout_ms),
             call_timeout: Duration::from_millis(settings.call_timeout_ms),
+            retries: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "kapa_retries_total",
+                    "Kapa calls retried after a failed attempt, by what failed (connect, 429, 502, 503, 504)",
+                ),
+                &["reason"],
+            )
+            .map_err(|e| e.to_string())?,
         })
+    }
+
+    /// The engine's own metrics, to register with the service's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.retries.clone())]
     }
 
     /// The HTTP client, for the calls that are not questions (feedback, sources).
@@ -330,6 +345,11 @@ impl AnswerEngine for KapaEngine {
                         break Err(e); // waiting would spend the budget
                     }
                     tracing::info!(attempt, error = %e, delay_ms = delay.as_millis() as u64, "retrying Kapa");
+                    let reason = match &e {
+                        CallError::Status { status, .. } => status.as_str().to_string(),
+                        _ => "connect".to_string(),
+                    };
+                    self.retries.with_label_values(&[&reason]).inc();
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }

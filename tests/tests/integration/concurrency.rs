@@ -49,6 +49,23 @@ async fn twenty_racing_commands_on_one_aggregate_leave_gapless_sequences_and_409
         );
         assert_eq!(body["status"], 409);
     }
+    // Each lost race for the sequence is counted (an answer's recording that lost one to a
+    // later command would add to them: at most one per winner).
+    let text = app.operator_get("/metrics").await.text().await.unwrap();
+    let conflicts = text
+        .lines()
+        .find(|l| l.starts_with("answers_event_store_conflicts_total{aggregate=\"conversation\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let raced = losers
+        .iter()
+        .filter(|(_, body)| body["code"] == "concurrent_modification")
+        .count();
+    assert!(
+        conflicts >= raced && conflicts <= raced + winners,
+        "{conflicts} conflicts counted for {raced} lost races"
+    );
     assert_eq!(
         engine.calls.load(std::sync::atomic::Ordering::SeqCst),
         1 + winners,

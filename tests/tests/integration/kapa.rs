@@ -315,6 +315,12 @@ async fn transient_failures_are_retried_and_429_waits_for_retry_after() {
         started.elapsed() >= Duration::from_secs(1),
         "the retry after 429 waited the second Kapa asked for"
     );
+    // Each retry is counted by what failed.
+    let metrics = app.operator_get("/metrics").await.text().await.unwrap();
+    for reason in ["503", "429"] {
+        let line = format!("kapa_retries_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -975,6 +981,13 @@ async fn the_fallback_answers_from_the_tenants_own_upvoted_answers_only_and_reus
         received(&kapa, "/query/").await.len(),
         2,
         "Kapa was asked both times"
+    );
+    let metrics = app.operator_get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "answer_engine_fallbacks_total{kind=\"unavailable\"} 1"),
+        "one fallback counted: {metrics}"
     );
 
     // Reuse: an identical question is answered from the upvoted answer without calling Kapa.

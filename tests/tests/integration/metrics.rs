@@ -338,3 +338,79 @@ async fn metrics_off_count_nothing_and_the_route_says_so() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "route_not_found");
 }
+
+#[tokio::test]
+async fn the_command_side_counts_appends_replays_store_round_trips_and_objective_events() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let source = json!({"kind": "docs", "name": "Docs", "location": "https://docs.test"});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = app
+            .client
+            .post(format!("{}/v1/sources", app.address))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "add-docs-once")
+            .json(&source)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        ids[0], ids[1],
+        "the retry was answered from the first request"
+    );
+    let text = scrape(&app).await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'knowledge_source'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        value(
+            &text,
+            "answers_event_store_appended_events_total",
+            &[("aggregate", "knowledge_source")]
+        ),
+        Some(stored as f64)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "answers_idempotent_replays_total",
+            &[("aggregate", "knowledge_source")]
+        ),
+        Some(1.0)
+    );
+    let commits = value(
+        &text,
+        "answers_event_store_duration_seconds_count",
+        &[("operation", "commit")],
+    );
+    // The tenant's creation and the source's first request; the replay committed nothing.
+    assert_eq!(commits, Some(2.0), "{text}");
+    // Objective events, judged as the Postgres indicators are: three commands so far.
+    assert_eq!(
+        value(
+            &text,
+            "answers_sli_events_total",
+            &[("sli", "commands_availability")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "answers_sli_good_events_total",
+            &[("sli", "commands_availability")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&text, "answers_slo_target_ratio", &[("sli", "latency")]),
+        Some(0.95)
+    );
+}

@@ -43,8 +43,8 @@ fn close(actual: &Value, expected: f64) -> bool {
     actual.as_f64().is_some_and(|a| (a - expected).abs() < 1e-9)
 }
 
-/// An app that never flushes during the test (the first flush runs at start, before any
-/// request): what the routes show is exactly what was planted.
+/// An app that never flushes during the test: what the routes show is exactly what was
+/// planted.
 async fn quiet_app() -> TestApp {
     TestApp::builder()
         .configure(|s| s.slo.flush_interval_ms = 3_600_000)
