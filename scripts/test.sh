@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The one command that runs every test: starts PostgreSQL and the Kafka-compatible broker
-# (installing tansu once per machine), runs the whole workspace's tests and the API fuzz check
-# (schemathesis), stops the broker it started.
+# (installing tansu once per machine), checks the alert rules and routes (promtool, amtool), runs
+# the whole workspace's tests and the API fuzz check (schemathesis), stops the broker it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# The alerting artefacts (promtool, amtool): seconds, so first.
+if [ $# -eq 0 ]; then
+  scripts/check-observability.sh
+fi
 scripts/services.sh up
 trap 'scripts/services.sh down' EXIT
 # The outage test starts a broker of its own from this binary.

@@ -41,6 +41,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub health: HealthSettings,
     pub slo: SloSettings,
+    pub quality: QualitySettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -168,6 +169,15 @@ pub struct SloSettings {
     pub freshness_threshold_seconds: f64,
     /// Share of samples in which the read models were fresh.
     pub freshness_target: f64,
+}
+
+/// The answer-quality evaluator (docs/observability.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QualitySettings {
+    /// Run it in this process (every instance may: a repeated breach is refused).
+    pub in_process: bool,
+    /// How often every tenant is measured.
+    pub interval_ms: u64,
 }
 
 /// Prometheus metrics (docs/metrics.md).
@@ -348,6 +358,8 @@ impl Settings {
             .set_default("log.slow_request_ms", 1000)?
             .set_default("health.max_lag_events", 10_000)?
             .set_default("health.max_lag_seconds", 60.0)?
+            .set_default("quality.in_process", true)?
+            .set_default("quality.interval_ms", 300_000)?
             .set_default("slo.enabled", true)?
             .set_default("slo.window_days", 30)?
             .set_default("slo.flush_interval_ms", 10_000)?

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
+pub mod quality;
 pub mod rate_limit;
 pub mod routes;
 pub mod sign_in;

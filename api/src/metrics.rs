@@ -51,7 +51,6 @@ impl TenantLabels {
 
 /// The service's metrics.
 pub struct Metrics {
-    registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     http_in_flight: IntGauge,
@@ -71,19 +70,34 @@ pub struct Metrics {
     engine_latency: HistogramVec,
     engine_breakers: IntGaugeVec,
     answers: IntCounterVec,
+    quality_breached: IntGauge,
     sli_total: IntCounterVec,
     sli_good: IntCounterVec,
     _slo_target: prometheus::GaugeVec,
     latency_threshold_seconds: f64,
     tenants: TenantLabels,
     pools: Vec<(&'static str, PgPool)>,
+    tracked: Tracked,
+}
+
+/// A registry that remembers what was registered, so that metrics without samples yet are
+/// still announced (`# HELP`/`# TYPE`): a dashboard or alert naming a metric that exists but has
+/// not counted anything yet is not an error (checked by a test against deploy/).
+struct Tracked {
+    registry: Registry,
+    all: Mutex<Vec<Box<dyn prometheus::core::Collector>>>,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
+    tracked: &Tracked,
     collector: C,
 ) -> prometheus::Result<C> {
-    registry.register(Box::new(collector.clone()))?;
+    tracked.registry.register(Box::new(collector.clone()))?;
+    tracked
+        .all
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(collector.clone()));
     Ok(collector)
 }
 
@@ -100,7 +114,11 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        let r = &registry;
+        let tracked = Tracked {
+            registry,
+            all: Mutex::new(Vec::new()),
+        };
+        let r = &tracked;
         Ok(Self {
             http_requests: register(
                 r,
@@ -240,6 +258,10 @@ impl Metrics {
                     &["status", "engine"],
                 )?,
             )?,
+            quality_breached: register(
+                r,
+                IntGauge::new("answers_quality_breached_tenants", "Tenants recorded as below an answer-quality objective now (read at each scrape)")?,
+            )?,
             sli_total: register(
                 r,
                 IntCounterVec::new(
@@ -274,19 +296,30 @@ impl Metrics {
                 seen: Mutex::new(HashSet::new()),
             },
             pools,
-            registry,
+            tracked,
         })
     }
 
     /// Registers a component's own collectors (the command bus's, the Kapa engine's).
+    /// `collectors` hands out the component's collectors (clones sharing their values).
     pub fn adopt(
         &self,
-        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+        collectors: impl Fn() -> Vec<Box<dyn prometheus::core::Collector>>,
     ) -> prometheus::Result<()> {
-        for c in collectors {
-            self.registry.register(c)?;
+        for c in collectors() {
+            self.tracked.registry.register(c)?;
         }
+        self.tracked
+            .all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(collectors());
         Ok(())
+    }
+
+    /// Sets how many tenants breach a quality objective now.
+    pub fn observe_quality(&self, breached_tenants: i64) {
+        self.quality_breached.set(breached_tenants);
     }
 
     /// One event judged for an objective.
@@ -389,9 +422,37 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
         }
+        let families = self.tracked.registry.gather();
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        TextEncoder::new().encode(&families, &mut out)?;
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        let sampled: HashSet<&str> = families.iter().map(|f| f.name()).collect();
+        for collector in self
+            .tracked
+            .all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            for family in collector.collect() {
+                if family.get_metric().is_empty() && !sampled.contains(family.name()) {
+                    use prometheus::proto::MetricType;
+                    let kind = match family.get_field_type() {
+                        MetricType::COUNTER => "counter",
+                        MetricType::GAUGE => "gauge",
+                        MetricType::HISTOGRAM => "histogram",
+                        MetricType::SUMMARY => "summary",
+                        MetricType::UNTYPED => "untyped",
+                    };
+                    let help = family.help().replace('\\', "\\\\").replace('\n', "\\n");
+                    text.push_str(&format!(
+                        "# HELP {name} {help}\n# TYPE {name} {kind}\n",
+                        name = family.name()
+                    ));
+                }
+            }
+        }
+        Ok(text)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::routes::{
     ),
     paths(
         health::live, health::ready, health::metrics, health::details,
-        tenant::create, tenant::get_tenant, tenant::rename, tenant::set_kapa, tenant::set_answer_policy, tenant::set_flag,
+        tenant::create, tenant::get_tenant, tenant::rename, tenant::set_kapa, tenant::set_quality_objectives, tenant::quality, tenant::set_answer_policy, tenant::set_flag,
         tenant::clear_flag, tenant::invite, tenant::change_role, tenant::remove_member,
         tenant::suspend, tenant::reactivate,
         conversations::start, conversations::follow_up, conversations::feedback,

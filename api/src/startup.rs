@@ -137,11 +137,11 @@ impl Application {
             Duration::from_millis(settings.flags.cache_ttl_ms),
         ));
         metrics
-            .adopt(bus.metrics().collectors())
+            .adopt(|| bus.metrics().collectors())
             .context("could not register the command side's metrics")?;
         if let Some(kapa) = &kapa {
             metrics
-                .adopt(kapa.collectors())
+                .adopt(|| kapa.collectors())
                 .context("could not register the Kapa engine's metrics")?;
         }
         crate::flags::warn_about_stale_flags(chrono::Utc::now().date_naive());
@@ -171,6 +171,13 @@ impl Application {
                 bus.clone(),
                 kapa.clone(),
                 &settings,
+            ));
+        }
+        if settings.quality.in_process {
+            background.push(crate::quality::spawn(
+                pool.clone(),
+                bus.clone(),
+                Duration::from_millis(settings.quality.interval_ms.max(10)),
             ));
         }
         let bus = web::Data::from(bus);

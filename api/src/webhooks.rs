@@ -272,12 +272,15 @@ impl Webhooks {
                          WHEN e.event_type IN ('MemberInvited', 'MemberRoleChanged', 'MemberRemoved',
                                                'InvitationAccepted', 'MemberJoined')
                            THEN 'member.changed'
+                         WHEN e.event_type IN ('QualityObjectiveBreached', 'QualityObjectiveRecovered')
+                           THEN 'quality.changed'
                        END AS topic
                 FROM events e
                 WHERE e.recorded_at > now() - make_interval(hours => $1)
                   AND e.event_type IN ('FeedbackGiven', 'FeedbackChanged', 'QuestionBlocked',
                         'SyncFailed', 'ConversationEscalated', 'MemberInvited',
-                        'MemberRoleChanged', 'MemberRemoved', 'InvitationAccepted', 'MemberJoined')
+                        'MemberRoleChanged', 'MemberRemoved', 'InvitationAccepted', 'MemberJoined',
+                        'QualityObjectiveBreached', 'QualityObjectiveRecovered')
                   AND e.tenant_id IN (SELECT tenant_id FROM webhook_endpoints WHERE enabled)
             )
             INSERT INTO webhook_deliveries (tenant_id, delivery_id, endpoint_id, event_id, topic, body)

@@ -68,7 +68,7 @@ where
     })
 }
 
-fn system_context(tenant: &TenantId, user: &str) -> anyhow::Result<CommandContext> {
+pub(crate) fn system_context(tenant: &TenantId, user: &str) -> anyhow::Result<CommandContext> {
     Ok(CommandContext::acting(
         tenant.clone(),
         UserId::parse(user)?,

@@ -24,6 +24,8 @@ crate::text_enum! {
         SourceSyncFailed = "source.sync_failed",
         ConversationEscalated = "conversation.escalated",
         MemberChanged = "member.changed",
+        /// An answer-quality objective breached or met again (docs/observability.md).
+        QualityChanged = "quality.changed",
     }
 }
 

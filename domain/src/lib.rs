@@ -18,6 +18,7 @@ pub mod flags;
 pub mod guardrail;
 pub mod ids;
 pub mod knowledge_source;
+pub mod quality;
 /// Roles and what each may do.
 pub mod role;
 pub mod tenant;

@@ -224,6 +224,30 @@ pub enum TenantCommand {
     },
     /// Record that the engine accepted the tenant's credentials again.
     RecordEngineRecovery,
+    /// Set the answer-quality objectives (docs/observability.md).
+    SetQualityObjectives {
+        /// The targets and window.
+        objectives: crate::quality::QualityObjectives,
+    },
+    /// Record that an objective fell below its target (the platform's evaluator, from the
+    /// analytics facts). Records nothing when it is already recorded as breached.
+    RecordQualityBreach {
+        /// Which objective.
+        objective: crate::quality::QualityObjective,
+        /// The measured share.
+        value: f64,
+        /// Votes or questions it was measured over.
+        sample: i64,
+    },
+    /// Record that a breached objective is met again. Records nothing when it was not breached.
+    RecordQualityRecovery {
+        /// Which objective.
+        objective: crate::quality::QualityObjective,
+        /// The measured share.
+        value: f64,
+        /// Votes or questions it was measured over.
+        sample: i64,
+    },
     /// Override a platform-defined flag for the tenant.
     SetFeatureFlag {
         /// The flag's key.
@@ -387,6 +411,37 @@ pub enum TenantEvent {
     },
     /// The engine accepted the tenant's credentials again.
     EngineCredentialsAccepted {},
+    /// The answer-quality objectives were set.
+    QualityObjectivesSet {
+        /// The targets and window.
+        objectives: crate::quality::QualityObjectives,
+    },
+    /// An answer-quality objective fell below its target over its window.
+    QualityObjectiveBreached {
+        /// Which objective.
+        objective: crate::quality::QualityObjective,
+        /// The measured share.
+        value: f64,
+        /// The target it was measured against.
+        target: f64,
+        /// The window it was measured over, in days.
+        window_days: u32,
+        /// Votes or questions it was measured over.
+        sample: i64,
+    },
+    /// A breached answer-quality objective is met again.
+    QualityObjectiveRecovered {
+        /// Which objective.
+        objective: crate::quality::QualityObjective,
+        /// The measured share.
+        value: f64,
+        /// The target it was measured against.
+        target: f64,
+        /// The window it was measured over, in days.
+        window_days: u32,
+        /// Votes or questions it was measured over.
+        sample: i64,
+    },
     /// A flag was overridden for the tenant.
     FeatureFlagSet {
         /// The flag's key.
@@ -459,6 +514,9 @@ domain_event!(TenantEvent {
     AnswerPolicySet,
     EngineCredentialsRejected,
     EngineCredentialsAccepted,
+    QualityObjectivesSet,
+    QualityObjectiveBreached,
+    QualityObjectiveRecovered,
     FeatureFlagSet,
     FeatureFlagCleared,
     MemberInvited,
@@ -496,6 +554,10 @@ pub struct Tenant {
     pub plan: Option<PlanQuota>,
     /// Its webhook endpoints by id.
     pub webhooks: BTreeMap<String, WebhookEndpoint>,
+    /// Its answer-quality objectives (the seed's defaults until set).
+    pub quality: crate::quality::QualityObjectives,
+    /// The objectives recorded as breached now.
+    pub quality_breached: std::collections::BTreeSet<String>,
 }
 
 /// The longest tenant name accepted, in characters.
@@ -788,6 +850,43 @@ impl Tenant {
                     return Ok(vec![]);
                 }
                 TenantEvent::EngineCredentialsAccepted {}
+            }
+            TenantCommand::SetQualityObjectives { objectives } => {
+                TenantEvent::QualityObjectivesSet {
+                    objectives: objectives.validated()?,
+                }
+            }
+            TenantCommand::RecordQualityBreach {
+                objective,
+                value,
+                sample,
+            } => {
+                if self.quality_breached.contains(objective.as_str()) {
+                    return Ok(vec![]);
+                }
+                TenantEvent::QualityObjectiveBreached {
+                    objective,
+                    value,
+                    target: self.quality.target(objective),
+                    window_days: self.quality.window_days,
+                    sample,
+                }
+            }
+            TenantCommand::RecordQualityRecovery {
+                objective,
+                value,
+                sample,
+            } => {
+                if !self.quality_breached.contains(objective.as_str()) {
+                    return Ok(vec![]);
+                }
+                TenantEvent::QualityObjectiveRecovered {
+                    objective,
+                    value,
+                    target: self.quality.target(objective),
+                    window_days: self.quality.window_days,
+                    sample,
+                }
             }
             TenantCommand::SetFeatureFlag {
                 flag,
@@ -1138,6 +1237,13 @@ impl Aggregate for Tenant {
             TenantEvent::AnswerPolicySet { policy } => self.answer_policy = policy,
             TenantEvent::EngineCredentialsRejected { reason } => self.engine_problem = Some(reason),
             TenantEvent::EngineCredentialsAccepted {} => self.engine_problem = None,
+            TenantEvent::QualityObjectivesSet { objectives } => self.quality = objectives,
+            TenantEvent::QualityObjectiveBreached { objective, .. } => {
+                self.quality_breached.insert(objective.as_str().to_string());
+            }
+            TenantEvent::QualityObjectiveRecovered { objective, .. } => {
+                self.quality_breached.remove(objective.as_str());
+            }
             TenantEvent::FeatureFlagSet {
                 flag,
                 enabled,

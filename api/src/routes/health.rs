@@ -168,6 +168,12 @@ pub async fn metrics(
         Ok((statuses, relay)) => metrics.observe_read_side(&statuses, relay.as_ref()),
         Err(error) => tracing::warn!(%error, "metrics: the read side's status could not be read"),
     }
+    match crate::quality::breached_tenants(&pool).await {
+        Ok(n) => metrics.observe_quality(n),
+        Err(error) => {
+            tracing::warn!(%error, "metrics: tenants in quality breach could not be counted")
+        }
+    }
     let text = metrics.render().map_err(|e| {
         ApiError::infrastructure(Code::InternalError, "the metrics could not be encoded", &e)
     })?;

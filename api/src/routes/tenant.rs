@@ -14,6 +14,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(rename)
         .service(set_kapa)
         .service(set_answer_policy)
+        .service(set_quality_objectives)
+        .service(quality)
         .service(set_flag)
         .service(clear_flag)
         .service(invite)
@@ -264,4 +266,98 @@ pub async fn reactivate(
     // This instance sees the change at once; others within auth.session_check_ttl_ms.
     auth.forget_tenant(&caller.claims.tenant_id);
     Ok(HttpResponse::Ok().json(outcome))
+}
+
+/// Set the tenant's answer-quality objectives (Admin): helpful-answer and answered rates, the
+/// rolling window and the smallest sample that decides (docs/observability.md).
+#[utoipa::path(put, path = "/v1/tenant/quality-objectives", tag = "tenant", request_body = domain::quality::QualityObjectives,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
+    responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
+#[put("/tenant/quality-objectives")]
+pub async fn set_quality_objectives(
+    bus: web::Data<CommandBus>,
+    caller: Caller,
+    body: web::Json<domain::quality::QualityObjectives>,
+) -> Result<HttpResponse, ApiError> {
+    let command = TenantCommand::SetQualityObjectives { objectives: *body };
+    Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
+}
+
+/// One objective now.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ObjectiveQuality {
+    /// `helpful_rate` or `answered_rate`.
+    pub objective: String,
+    pub target: f64,
+    /// The measured share; `null` without votes (or questions).
+    pub value: Option<f64>,
+    /// Upvotes, or questions answered.
+    pub good: i64,
+    /// Votes, or questions with an outcome.
+    pub total: i64,
+    /// `met`, `below_target` (the evaluator records the breach at its next round),
+    /// `breached` (recorded: an event, a `quality.changed` webhook) or `insufficient_data`.
+    pub status: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct QualityView {
+    pub objectives: domain::quality::QualityObjectives,
+    pub measured: Vec<ObjectiveQuality>,
+}
+
+/// The tenant's answer-quality objectives and where it stands against each over the window
+/// (any role), from the analytics facts.
+#[utoipa::path(get, path = "/v1/tenant/quality", tag = "tenant",
+    responses((status = 200, body = QualityView), CommandProblems), security(("bearer" = [])))]
+#[get("/tenant/quality")]
+pub async fn quality(
+    tenants: web::Data<event_store::TenantPool>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let tenant_id = auth.0.tenant_id;
+    let mut tx = super::tenant_tx(&tenants, &tenant_id).await?;
+    let found = projections::tenants::get(&mut tx, &tenant_id)
+        .await
+        .map_err(crate::routes::conversations::read_error)?;
+    let Some((tenant, _)) = found else {
+        return Err(ApiError::new(
+            Code::TenantNotFound,
+            "this tenant has not been created yet (or its creation has not reached the read model)",
+        ));
+    };
+    let objectives = tenant.quality;
+    let measured = crate::quality::measure(&mut *tx, &tenant_id, objectives.window_days)
+        .await
+        .map_err(crate::routes::conversations::read_error)?;
+    super::end_read(tx);
+    let measured = domain::quality::QualityObjective::ALL
+        .iter()
+        .map(|objective| {
+            let sample = measured.sample(*objective);
+            let target = objectives.target(*objective);
+            let value = (sample.total > 0).then(|| sample.good as f64 / sample.total as f64);
+            let status = if tenant.quality_breached.contains(objective.as_str()) {
+                "breached"
+            } else if sample.total < i64::from(objectives.min_sample) {
+                "insufficient_data"
+            } else if value.is_some_and(|v| v < target) {
+                "below_target"
+            } else {
+                "met"
+            };
+            ObjectiveQuality {
+                objective: objective.as_str().into(),
+                target,
+                value,
+                good: sample.good,
+                total: sample.total,
+                status: status.into(),
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(QualityView {
+        objectives,
+        measured,
+    }))
 }
