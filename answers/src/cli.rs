@@ -62,12 +62,13 @@ impl Cli {
         let settings = Settings::load(self.config.as_deref())?;
         match self.command.unwrap_or(Command::Serve) {
             Command::Serve => {
-                telemetry::init(&settings.log);
+                settings.validate()?;
+                let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let app = Application::build(settings).await?;
                 app.run_until_stopped().await?;
             }
             Command::Migrate => {
-                telemetry::init(&settings.log);
+                let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
                 event_store::migrate(&pool)
                     .await
@@ -98,13 +99,13 @@ impl Cli {
                 write_stdout(&identity::keys::generate_pem()?)?;
             }
             Command::Relay => {
-                telemetry::init(&settings.log);
+                let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
                 let fatal = startup::run_relay(pool, settings.kafka.clone())?.await;
                 return Err(anyhow::Error::new(fatal).context("the relay stopped"));
             }
             Command::Project => {
-                telemetry::init(&settings.log);
+                let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
                 let runners = projections::all().into_iter().map(|p| {
                     let source =
@@ -117,7 +118,7 @@ impl Cli {
                 futures::future::join_all(runners).await;
             }
             Command::Rebuild { name } => {
-                telemetry::init(&settings.log);
+                let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
                 let projection = projections::find(&name)
                     .ok_or_else(|| anyhow::anyhow!("no projection named `{name}`"))?;

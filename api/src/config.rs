@@ -42,6 +42,7 @@ pub struct Settings {
     pub health: HealthSettings,
     pub slo: SloSettings,
     pub quality: QualitySettings,
+    pub tracing: TracingSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -169,6 +170,19 @@ pub struct SloSettings {
     pub freshness_threshold_seconds: f64,
     /// Share of samples in which the read models were fresh.
     pub freshness_target: f64,
+}
+
+/// Trace export (docs/observability.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TracingSettings {
+    /// `none` (default: spans only feed the logs) or `otlp` (exported over OTLP/gRPC).
+    pub exporter: String,
+    /// The collector's OTLP/gRPC endpoint.
+    pub otlp_endpoint: String,
+    /// The share of new traces kept (0 to 1); a caller's sampling decision is followed.
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
 }
 
 /// The answer-quality evaluator (docs/observability.md).
@@ -358,6 +372,10 @@ impl Settings {
             .set_default("log.slow_request_ms", 1000)?
             .set_default("health.max_lag_events", 10_000)?
             .set_default("health.max_lag_seconds", 60.0)?
+            .set_default("tracing.exporter", "none")?
+            .set_default("tracing.otlp_endpoint", "http://127.0.0.1:4317")?
+            .set_default("tracing.sample_ratio", 1.0)?
+            .set_default("tracing.service_name", "answers")?
             .set_default("quality.in_process", true)?
             .set_default("quality.interval_ms", 300_000)?
             .set_default("slo.enabled", true)?
@@ -563,6 +581,16 @@ impl Settings {
             problems.push(
                 "slo.window_days must be 1 to 90; slo.flush_interval_ms, latency_threshold_ms and \
                  freshness_threshold_seconds positive"
+                    .to_string(),
+            );
+        }
+        if !matches!(self.tracing.exporter.as_str(), "none" | "otlp")
+            || !(0.0..=1.0).contains(&self.tracing.sample_ratio)
+            || url::Url::parse(&self.tracing.otlp_endpoint).is_err()
+        {
+            problems.push(
+                "tracing.exporter must be `none` or `otlp`, tracing.sample_ratio 0 to 1 and \
+                 tracing.otlp_endpoint a URL (http://collector:4317)"
                     .to_string(),
             );
         }
@@ -837,5 +865,12 @@ mod tests {
         s.slo.window_days = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("slo.window_days must be 1 to 90"), "{err}");
+        s.slo.window_days = 30;
+        s.tracing.exporter = "jaeger".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("tracing.exporter must be `none` or `otlp`"),
+            "{err}"
+        );
     }
 }

@@ -553,6 +553,8 @@ pub fn count_tenant(req: &actix_web::HttpRequest, tenant: &str) {
     if req.extensions().contains::<TenantCounted>() {
         return;
     }
+    // The request's span (logs and the exported trace) names the tenant too.
+    tracing::Span::current().record("tenant", tenant);
     if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
         metrics.tenant_request(tenant);
     }

@@ -20,23 +20,9 @@ fn acceptable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if it is one.
+/// The trace id of a W3C `traceparent` header, if it is a valid one.
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2)
-        && (version != "00" || parts.next().is_none());
-    valid.then(|| trace.to_string())
+    trace_context::parse(traceparent).map(|context| context.trace_id().to_string())
 }
 
 /// Whether a successful request of `trace_id` is logged at `rate`: the same answer for every
@@ -57,14 +43,15 @@ pub async fn correlate(
     let (sample_rate, slow_ms) = req
         .app_data::<actix_web::web::Data<crate::config::LogSettings>>()
         .map_or((1.0, 1000), |s| (s.success_sample_rate, s.slow_request_ms));
-    // The caller's trace, when it sends one; else a new one. Every log line of the request
-    // carries it beside the request id.
-    let trace_id = req
+    // The caller's trace, when it sends a valid `traceparent`; else a new one. Every log line
+    // of the request carries its id beside the request id; with tracing on, the request's span
+    // is a child of the caller's.
+    let incoming = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(trace_id_of)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        .filter(|v| trace_id_of(v).is_some())
+        .map(str::to_string);
     let id = req
         .headers()
         .get(REQUEST_ID)
@@ -78,13 +65,35 @@ pub async fn correlate(
         method = %req.method(),
         path = %req.path(),
         request_id = %id,
-        trace_id = %trace_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         status = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        // OpenTelemetry's names for the exported span.
+        "otel.kind" = "server",
+        "http.request.method" = %req.method(),
+        "http.route" = tracing::field::Empty,
+        "http.response.status_code" = tracing::field::Empty,
     );
+    trace_context::continue_from(&span, incoming.as_deref());
+    // With tracing on, the span's own trace id (the caller's, or a new one the sampler saw);
+    // else the caller's or a new one for the logs.
+    let trace_id = trace_context::trace_id(&span)
+        .or_else(|| incoming.as_deref().and_then(trace_id_of))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    span.record("trace_id", trace_id.as_str());
+    if let Some(span_id) = trace_context::span_id(&span) {
+        span.record("span_id", span_id.as_str());
+    }
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();
     span.record("status", status);
+    span.record("http.response.status_code", status);
+    if let Some(route) = response.request().match_pattern() {
+        trace_context::rename(&span, format!("{} {route}", response.request().method()));
+        span.record("http.route", route.as_str());
+    }
     let elapsed_ms = started.elapsed().as_millis() as u64;
     span.in_scope(|| {
         if status >= 500 {
@@ -123,26 +132,6 @@ pub async fn refuse_nul(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparent_headers_are_read_by_the_w3c_rules() {
-        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        assert_eq!(
-            trace_id_of(&format!("00-{id}-00f067aa0ba902b7-01")).as_deref(),
-            Some(id)
-        );
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "garbage",
-        ] {
-            assert_eq!(trace_id_of(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn sampling_follows_the_rate_and_is_stable_per_trace() {

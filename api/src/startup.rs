@@ -128,14 +128,17 @@ impl Application {
             default: (settings.engine.default == "local").then(|| measured("local", engine)),
             library: Some(Arc::new(PgAnswerLibrary::new(tenants.clone()))),
         };
-        let bus = Arc::new(CommandBus::new(
-            tenants.clone(),
-            engines,
-            settings.answering(),
-            clock,
-            settings.idempotency(),
-            Duration::from_millis(settings.flags.cache_ttl_ms),
-        ));
+        let bus = Arc::new(
+            CommandBus::new(
+                tenants.clone(),
+                engines,
+                settings.answering(),
+                clock,
+                settings.idempotency(),
+                Duration::from_millis(settings.flags.cache_ttl_ms),
+            )
+            .with_trace_context(Arc::new(trace_context::current)),
+        );
         metrics
             .adopt(|| bus.metrics().collectors())
             .context("could not register the command side's metrics")?;

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use tracing::Instrument;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
@@ -57,7 +58,13 @@ pub struct CommandBus {
     idempotency: IdempotencyStore,
     clock: Arc<dyn Clock>,
     metrics: Arc<crate::metrics::BusMetrics>,
+    trace_context: Option<TraceContext>,
 }
+
+/// The W3C `traceparent` of the current span, when tracing is on: stored with each event so
+/// the relay and the projections continue the request's trace. The service provides it (the
+/// command side knows no tracing backend).
+pub type TraceContext = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Conversations and sources live under their tenant (`domain::ScopedId`), so one tenant can
 /// never address another's aggregates.
@@ -123,7 +130,14 @@ impl CommandBus {
             idempotency: IdempotencyStore::new(pool, idempotency),
             clock,
             metrics: Arc::new(crate::metrics::BusMetrics::new()),
+            trace_context: None,
         }
+    }
+
+    /// Stores the current span's trace context with every event (docs/observability.md).
+    pub fn with_trace_context(mut self, trace_context: TraceContext) -> Self {
+        self.trace_context = Some(trace_context);
+        self
     }
 
     /// The command side's metrics, to register with the service's registry.
@@ -559,6 +573,10 @@ impl CommandBus {
         let started = std::time::Instant::now();
         let mut context = store
             .load_aggregate(aggregate_id)
+            .instrument(tracing::info_span!(
+                "event_store.load",
+                aggregate_type = A::TYPE
+            ))
             .await
             .map_err(CommandError::from_aggregate)?;
         self.metrics
@@ -582,9 +600,23 @@ impl CommandBus {
             causation_id: ctx.causation_id.clone(),
             idempotency_key: ctx.idempotency_key.clone(),
             occurred_at: Some(self.clock.now()),
+            traceparent: None,
+        };
+        let append = tracing::info_span!(
+            "event_store.append",
+            aggregate_type = A::TYPE,
+            events = events.len()
+        );
+        // The events carry the append's own span: the relay's publish is its child.
+        let metadata = EventMetadata {
+            traceparent: append.in_scope(|| self.trace_context.as_ref().and_then(|f| f())),
+            ..metadata
         };
         let started = std::time::Instant::now();
-        let committed = store.commit(events, context, metadata.into_map()).await;
+        let committed = store
+            .commit(events, context, metadata.into_map())
+            .instrument(append)
+            .await;
         self.metrics
             .store_seconds
             .with_label_values(&["commit"])

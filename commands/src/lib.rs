@@ -16,7 +16,7 @@ mod outcome;
 mod sweeper;
 
 pub use answering::{AnsweringSettings, Engines, FALLBACK_ENGINE, REUSE_ENGINE};
-pub use bus::{AskQuestion, CommandBus};
+pub use bus::{AskQuestion, CommandBus, TraceContext};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::CommandContext;
 pub use error::{CommandError, Rejection};

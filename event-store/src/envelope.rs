@@ -49,6 +49,9 @@ pub struct EnvelopeMetadata {
     pub causation_id: Option<String>,
     /// The command's `Idempotency-Key`, when it had one.
     pub idempotency_key: Option<String>,
+    /// The W3C trace context of the append, when tracing was on (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl From<&StoredEvent> for Envelope {
@@ -71,6 +74,11 @@ impl From<&StoredEvent> for Envelope {
                 correlation_id: e.correlation_id.clone(),
                 causation_id: e.causation_id.clone(),
                 idempotency_key: e.idempotency_key.clone(),
+                traceparent: e
+                    .metadata
+                    .get(crate::EventMetadata::TRACEPARENT)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string),
             },
         }
     }

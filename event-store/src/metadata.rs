@@ -21,6 +21,9 @@ pub struct EventMetadata {
     pub idempotency_key: Option<String>,
     /// When the command was accepted, by the command side's clock; the database's `now()` when absent.
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` of the span that appended the event, when tracing is on: the relay
+    /// and the projections continue that trace (docs/observability.md).
+    pub traceparent: Option<String>,
 }
 
 /// Why stored metadata could not be read back.
@@ -52,6 +55,8 @@ impl EventMetadata {
     pub const IDEMPOTENCY_KEY: &'static str = "idempotency_key";
     /// Key of [`Self::occurred_at`] in the map.
     pub const OCCURRED_AT: &'static str = "occurred_at";
+    /// Key of [`Self::traceparent`] in the map.
+    pub const TRACEPARENT: &'static str = "traceparent";
 
     /// The map cqrs-es carries to the repository.
     pub fn into_map(self) -> HashMap<String, String> {
@@ -69,6 +74,9 @@ impl EventMetadata {
         }
         if let Some(v) = self.occurred_at {
             map.insert(Self::OCCURRED_AT.to_string(), v.to_rfc3339());
+        }
+        if let Some(v) = self.traceparent {
+            map.insert(Self::TRACEPARENT.to_string(), v);
         }
         map
     }
@@ -94,6 +102,7 @@ impl EventMetadata {
             causation_id: get(Self::CAUSATION_ID),
             idempotency_key: get(Self::IDEMPOTENCY_KEY),
             occurred_at,
+            traceparent: get(Self::TRACEPARENT),
         })
     }
 }

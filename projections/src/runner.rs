@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use sqlx::PgPool;
 
@@ -116,14 +117,35 @@ impl<S: EventSource> ProjectionRunner<S> {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(projection = self.projection.name(),
-        channel = %delivery.origin.channel, partition = delivery.origin.partition,
-        offset = delivery.origin.offset), err)]
+    /// Applies one delivery in a span that continues the trace it carries.
     async fn handle(&self, delivery: &Delivery) -> Result<(), RunnerError> {
+        let span = tracing::info_span!(
+            "projection.apply",
+            projection = self.projection.name(),
+            channel = %delivery.origin.channel,
+            partition = delivery.origin.partition,
+            offset = delivery.origin.offset,
+            position = tracing::field::Empty,
+            aggregate_id = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+        );
+        trace_context::continue_from(&span, delivery.traceparent.as_deref());
+        let result = self.handle_in(delivery).instrument(span.clone()).await;
+        if let Err(error) = &result {
+            tracing::error!(parent: &span, %error, "the delivery could not be handled");
+        }
+        result
+    }
+
+    async fn handle_in(&self, delivery: &Delivery) -> Result<(), RunnerError> {
         let event = match Projected::decode_bytes(&delivery.payload) {
             Ok(event) => event,
             Err(e) => return self.dead_letter(delivery, None, &e).await,
         };
+        let span = tracing::Span::current();
+        span.record("position", event.meta.position);
+        span.record("aggregate_id", event.meta.aggregate_id.as_str());
+        span.record("tenant", event.meta.tenant.as_str());
         match apply_one(&self.pool, self.projection.as_ref(), &event).await {
             Ok(applied) => {
                 tracing::debug!(aggregate_id = %event.meta.aggregate_id, sequence = event.meta.sequence, applied, "handled");

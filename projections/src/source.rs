@@ -16,6 +16,9 @@ pub struct Delivery {
     pub key: Option<String>,
     /// Where it came from: topic/partition/offset for Kafka, `store`/0/position for the store.
     pub origin: Origin,
+    /// The W3C trace context it carries (a Kafka header, or the stored event's metadata):
+    /// applying it continues the trace of the request that caused it.
+    pub traceparent: Option<String>,
 }
 
 /// Where a delivery came from.
@@ -163,6 +166,7 @@ impl EventSource for StoreFollower {
                             position: envelope.position,
                         };
                         let delivery = Delivery {
+                            traceparent: envelope.metadata.traceparent.clone(),
                             payload: serde_json::to_vec(&envelope)?,
                             key: Some(envelope.aggregate_id.clone()),
                             origin: Origin {

@@ -5,8 +5,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// A W3C `traceparent` that puts every event of one request into one trace: the trace id is
-/// derived from the correlation id, the span id from the event id.
+/// When tracing is off (no trace context stored with the event): a W3C `traceparent` that
+/// still puts every event of one request into one trace: the trace id is derived from the
+/// correlation id, the span id from the event id.
 pub fn traceparent(correlation_id: &str, event_id: Uuid) -> String {
     let trace = hex::encode(&Sha256::digest(correlation_id.as_bytes())[..16]);
     let span = hex::encode(&event_id.as_bytes()[8..]);
@@ -14,15 +15,17 @@ pub fn traceparent(correlation_id: &str, event_id: Uuid) -> String {
 }
 
 /// Kafka headers: routing and tracing facts a consumer can read without parsing the value,
-/// named after the CloudEvents Kafka binding where one exists (docs/streaming.md).
-pub fn headers(envelope: &Envelope) -> OwnedHeaders {
+/// named after the CloudEvents Kafka binding where one exists (docs/streaming.md). `trace` is
+/// the publishing span's `traceparent`, when tracing is on.
+pub fn headers(envelope: &Envelope, trace: Option<String>) -> OwnedHeaders {
     let event_id = envelope.event_id.to_string();
     let time = envelope.recorded_at.to_rfc3339();
     let source = format!(
         "/tenants/{}/{}",
         envelope.tenant_id, envelope.aggregate_type
     );
-    let trace = traceparent(&envelope.metadata.correlation_id, envelope.event_id);
+    let trace =
+        trace.unwrap_or_else(|| traceparent(&envelope.metadata.correlation_id, envelope.event_id));
     let pairs: [(&str, &str); 10] = [
         ("ce_specversion", "1.0"),
         ("ce_id", &event_id),

@@ -81,7 +81,17 @@ impl EventSource for KafkaSource {
 
     async fn next(&mut self) -> Result<Delivery, SourceError> {
         let message = self.consumer()?.recv().await?;
+        let traceparent = message.headers().and_then(|headers| {
+            use rdkafka::message::Headers;
+            headers
+                .iter()
+                .find(|h| h.key == "traceparent")
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_string)
+        });
         Ok(Delivery {
+            traceparent,
             payload: message.payload().unwrap_or_default().to_vec(),
             key: message
                 .key()

@@ -196,14 +196,27 @@ impl Relay {
     /// waits for every acknowledgement.
     async fn publish(&self, batch: &[StoredEvent]) -> Result<(), RelayError> {
         let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(batch.len());
+        // One span per event, in the trace of the request that appended it; it ends when the
+        // batch is acknowledged.
+        let mut spans = Vec::with_capacity(batch.len());
         for event in batch {
             let envelope = Envelope::from(event);
+            let span = tracing::info_span!(
+                "relay.publish",
+                event_type = %event.event_type,
+                aggregate_type = %event.aggregate_type,
+                tenant = %envelope.tenant_id,
+                position = event.position,
+            );
+            trace_context::continue_from(&span, envelope.metadata.traceparent.as_deref());
+            let trace = trace_context::of(&span);
+            spans.push(span);
             let value = serde_json::to_vec(&envelope)?;
             let topic = self.settings.topic(&event.aggregate_type);
             let mut record = FutureRecord::to(&topic)
                 .key(event.aggregate_id.as_bytes())
                 .payload(&value)
-                .headers(envelope::headers(&envelope));
+                .headers(envelope::headers(&envelope, trace));
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {

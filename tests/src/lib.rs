@@ -216,7 +216,7 @@ impl TestAppBuilder {
         if std::env::var_os("TEST_LOG").is_some() {
             let mut log = self.settings.log.clone();
             log.format = "pretty".into();
-            answers_api::telemetry::init(&log);
+            let _ = answers_api::telemetry::init(&log, &self.settings.tracing);
         }
         let engine = self
             .engine

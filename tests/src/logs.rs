@@ -4,6 +4,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use tracing_subscriber::Layer;
 
 /// The captured output of the process's subscriber.
 #[derive(Clone, Default)]
@@ -28,6 +29,25 @@ impl CapturedLogs {
             .json()
             .with_max_level(tracing::Level::TRACE)
             .with_writer(move || writer.clone())
+            .init();
+        captured
+    }
+
+    /// Installs the process-wide subscriber with the service's OpenTelemetry layer over
+    /// `provider` beside the JSON log layer writing here.
+    pub fn install_with_traces(provider: &opentelemetry_sdk::trace::SdkTracerProvider) -> Self {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let captured = Self::default();
+        let writer = captured.clone();
+        tracing_subscriber::registry()
+            .with(answers_api::telemetry::trace_layer(provider))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || writer.clone())
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            )
             .init();
         captured
     }

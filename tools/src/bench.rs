@@ -344,8 +344,53 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
     write_stdout(&report)
 }
 
-/// Commands with metrics on and off, side by side: a second instance of the service on the same
-/// database with `metrics.enabled = false`, driven on, off, on again like the RLS runs.
+/// Whether the benchmark's spans go to the OpenTelemetry layer (switched between runs).
+static TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A trace exporter that counts and drops: the cost measured is the service's (span creation,
+/// the OpenTelemetry layer, the batch processor), not a collector's network.
+#[derive(Debug)]
+struct CountingExporter(Arc<std::sync::atomic::AtomicU64>);
+
+impl opentelemetry_sdk::trace::SpanExporter for CountingExporter {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The service's OpenTelemetry layer, as `tracing.exporter = "otlp"` installs it (batch
+/// processor, every trace sampled), switched by [`TRACING`]. Returns the spans-exported count.
+fn install_tracing() -> Option<(
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    Arc<std::sync::atomic::AtomicU64>,
+)> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let exported = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(CountingExporter(exported.clone()))
+        .build();
+    let layer = answers_api::telemetry::trace_layer(&provider).with_filter(
+        tracing_subscriber::filter::dynamic_filter_fn(|_, _| {
+            TRACING.load(std::sync::atomic::Ordering::Relaxed)
+        }),
+    );
+    tracing_subscriber::registry()
+        .with(layer)
+        .try_init()
+        .ok()
+        .map(|()| (provider, exported))
+}
+
+/// Commands with metrics and tracing on and off, side by side: a second instance of the
+/// service on the same database with `metrics.enabled = false`, driven on, off, on again like
+/// the RLS runs, with the process's spans exported (on) or not (off).
 async fn instrumentation(
     mut settings: Settings,
     args: &BenchArgs,
@@ -377,8 +422,9 @@ async fn instrumentation(
             }
         }
     };
+    let tracing = install_tracing();
     let mut out = format!(
-        "\ninstrumentation, side by side (metrics on / off)\n\n{}",
+        "\ninstrumentation, side by side (metrics and tracing on / off)\n\n{}",
         header()
     );
     let mut on = Vec::new();
@@ -388,8 +434,9 @@ async fn instrumentation(
         ("off", off_address.clone()),
         ("on again", on_address.to_string()),
     ] {
+        TRACING.store(label != "off", std::sync::atomic::Ordering::Relaxed);
         let m = drive(
-            &format!("add a source, metrics {label}"),
+            &format!("add a source, metrics+tracing {label}"),
             args.clients,
             args.commands,
             add(address),
@@ -402,11 +449,22 @@ async fn instrumentation(
             on.push(m.per_second());
         }
     }
+    TRACING.store(false, std::sync::atomic::Ordering::Relaxed);
     let on_rate = on.iter().sum::<f64>() / on.len() as f64;
     out.push_str(&format!(
-        "\nmetrics on / off: {:.1}% of the throughput\n",
+        "\nmetrics and tracing on / off: {:.1}% of the throughput\n",
         100.0 * on_rate / off_rate
     ));
+    match tracing {
+        Some((provider, exported)) => {
+            let _ = provider.force_flush();
+            out.push_str(&format!(
+                "spans exported while on: {}\n",
+                exported.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+        }
+        None => out.push_str("(tracing not measured: a subscriber was already installed)\n"),
+    }
     Ok(out)
 }
 

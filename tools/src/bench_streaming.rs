@@ -89,7 +89,7 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
         let mut record = FutureRecord::to(&ceiling_topic)
             .key(envelope.aggregate_id.as_bytes())
             .payload(&value)
-            .headers(streaming::headers(envelope));
+            .headers(streaming::headers(envelope, None));
         loop {
             match producer.send_result(record) {
                 Ok(d) => {

@@ -19,6 +19,7 @@ pub fn serialized<A: Aggregate>(
     correlation_id: String,
 ) -> anyhow::Result<SerializedEvent> {
     let metadata = EventMetadata {
+        traceparent: None,
         tenant_id: tenant.to_string(),
         user_id: actor.to_string(),
         role: "operator".into(),

@@ -25,6 +25,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(reactivate);
 }
 
+/// The tenant from its read model, in a transaction of the tenant the caller may go on reading
+/// in.
+async fn read_tenant(
+    tenants: &event_store::TenantPool,
+    tenant_id: &domain::TenantId,
+) -> Result<
+    (
+        sqlx::Transaction<'static, sqlx::Postgres>,
+        domain::tenant::Tenant,
+        u64,
+    ),
+    ApiError,
+> {
+    let mut tx = super::tenant_tx(tenants, tenant_id).await?;
+    let found = projections::tenants::get(&mut tx, tenant_id)
+        .await
+        .map_err(crate::routes::conversations::read_error)?;
+    let (tenant, version) = found.ok_or_else(|| {
+        ApiError::new(
+            Code::TenantNotFound,
+            "this tenant has not been created yet (or its creation has not reached the read model)",
+        )
+    })?;
+    Ok((tx, tenant, version))
+}
+
 async fn send(
     bus: &CommandBus,
     caller: &Caller,
@@ -63,17 +89,8 @@ pub async fn get_tenant(
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let tenant_id = auth.0.tenant_id;
-    let mut tx = super::tenant_tx(&tenants, &tenant_id).await?;
-    let found = projections::tenants::get(&mut tx, &tenant_id)
-        .await
-        .map_err(crate::routes::conversations::read_error)?;
+    let (tx, tenant, version) = read_tenant(&tenants, &tenant_id).await?;
     super::end_read(tx);
-    let (tenant, version) = found.ok_or_else(|| {
-        ApiError::new(
-            Code::TenantNotFound,
-            "this tenant has not been created yet (or its creation has not reached the read model)",
-        )
-    })?;
     Ok(HttpResponse::Ok().json(TenantView::new(tenant_id.to_string(), tenant, version)))
 }
 
@@ -316,16 +333,7 @@ pub async fn quality(
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let tenant_id = auth.0.tenant_id;
-    let mut tx = super::tenant_tx(&tenants, &tenant_id).await?;
-    let found = projections::tenants::get(&mut tx, &tenant_id)
-        .await
-        .map_err(crate::routes::conversations::read_error)?;
-    let Some((tenant, _)) = found else {
-        return Err(ApiError::new(
-            Code::TenantNotFound,
-            "this tenant has not been created yet (or its creation has not reached the read model)",
-        ));
-    };
+    let (mut tx, tenant, _) = read_tenant(&tenants, &tenant_id).await?;
     let objectives = tenant.quality;
     let measured = crate::quality::measure(&mut *tx, &tenant_id, objectives.window_days)
         .await
