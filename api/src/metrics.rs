@@ -60,6 +60,9 @@ pub struct Metrics {
     tenant_rate_limited: IntCounterVec,
     pool_size: IntGaugeVec,
     pool_idle: IntGaugeVec,
+    pool_pending: IntGauge,
+    tenant_engine_calls: IntCounterVec,
+    tenant_engine_failures: IntCounterVec,
     projection_lag_events: IntGaugeVec,
     projection_lag_seconds: prometheus::GaugeVec,
     projection_applied: IntGaugeVec,
@@ -77,6 +80,7 @@ pub struct Metrics {
     latency_threshold_seconds: f64,
     tenants: TenantLabels,
     pools: Vec<(&'static str, PgPool)>,
+    api_pool: Option<event_store::TenantPool>,
     tracked: Tracked,
 }
 
@@ -107,6 +111,7 @@ impl Metrics {
     pub fn new(
         tenant_label_cap: usize,
         pools: Vec<(&'static str, PgPool)>,
+        api_pool: Option<event_store::TenantPool>,
         slo: &crate::config::SloSettings,
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
@@ -182,6 +187,24 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("db_pool_idle_connections", "Idle connections of a database pool"),
                     &["pool"],
+                )?,
+            )?,
+            pool_pending: register(
+                r,
+                IntGauge::new("db_pool_pending_acquires", "Transactions of the API's pool being opened now: waiting for a connection or for their BEGIN (the pool's waiters)")?,
+            )?,
+            tenant_engine_calls: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_tenant_engine_calls_total", "Answer engine calls per tenant (capped tenant labels)"),
+                    &["tenant"],
+                )?,
+            )?,
+            tenant_engine_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("answers_tenant_engine_failures_total", "Answer engine calls per tenant that did not answer (capped tenant labels)"),
+                    &["tenant"],
                 )?,
             )?,
             projection_lag_events: register(
@@ -296,6 +319,7 @@ impl Metrics {
                 seen: Mutex::new(HashSet::new()),
             },
             pools,
+            api_pool,
             tracked,
         })
     }
@@ -421,6 +445,9 @@ impl Metrics {
             self.pool_idle
                 .with_label_values(&[name])
                 .set(i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
+        }
+        if let Some(api) = &self.api_pool {
+            self.pool_pending.set(api.opening());
         }
         let families = self.tracked.registry.gather();
         let mut out = Vec::new();
@@ -623,6 +650,7 @@ impl domain::engine::AnswerEngine for MeasuredEngine {
         chunks: Option<std::sync::Arc<dyn domain::engine::ChunkSink>>,
     ) -> Result<domain::engine::EngineAnswer, domain::engine::EngineFailure> {
         let started = Instant::now();
+        let tenant = request.tenant_id.clone();
         let result = self.inner.answer(request, chunks).await;
         let elapsed = started.elapsed().as_secs_f64();
         let outcome = match &result {
@@ -641,6 +669,14 @@ impl domain::engine::AnswerEngine for MeasuredEngine {
                 .engine_latency
                 .with_label_values(&[self.name])
                 .observe(elapsed);
+            let label = [metrics.tenant_label(&tenant)];
+            metrics.tenant_engine_calls.with_label_values(&label).inc();
+            if result.is_err() {
+                metrics
+                    .tenant_engine_failures
+                    .with_label_values(&label)
+                    .inc();
+            }
         }
         result
     }

@@ -104,6 +104,7 @@ impl Application {
             crate::metrics::Metrics::new(
                 settings.metrics.tenant_label_cap,
                 vec![("owner", pool.clone()), ("api", tenants.unscoped().clone())],
+                Some(tenants.clone()),
                 &settings.slo,
             )
             .context("could not set up the metrics registry")?,

@@ -16,12 +16,32 @@ pub const TENANT_SETTING: &str = "app.tenant_id";
 #[derive(Clone, Debug)]
 pub struct TenantPool {
     pool: PgPool,
+    /// Transactions being opened now (waiting for a connection, or for their `BEGIN`): the
+    /// pool's waiters, which sqlx does not count (`db_pool_pending_acquires`).
+    opening: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Counts one transaction being opened while it lives (a cancelled request included).
+struct Opening<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl TenantPool {
     /// Wraps the pool of the API's role (`database.api_*`, docs/isolation.md).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            opening: Default::default(),
+        }
+    }
+
+    /// Transactions being opened now (waiting for a connection or their `BEGIN`).
+    pub fn opening(&self) -> i64 {
+        self.opening.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A transaction in which only `tenant`'s rows exist. `BEGIN` and the setting travel in one
@@ -30,6 +50,9 @@ impl TenantPool {
         &self,
         tenant: &TenantId,
     ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.opening
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _opening = Opening(&self.opening);
         self.pool
             .begin_with(format!(
                 "BEGIN; SELECT set_config('{TENANT_SETTING}', '{}', true)",

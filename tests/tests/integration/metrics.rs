@@ -316,6 +316,18 @@ async fn engine_calls_are_counted_by_outcome_and_timed_and_answers_by_status() {
         value(&text, "answers_answers_total", &[("status", "failed")]),
         Some(failed)
     );
+    // Per tenant, under the capped label.
+    let tenant = [("tenant", "acme")];
+    assert_eq!(
+        value(&text, "answers_tenant_engine_calls_total", &tenant),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(&text, "answers_tenant_engine_failures_total", &tenant),
+        Some(failed)
+    );
+    // Nothing is waiting for the API's pool once the requests are answered.
+    assert_eq!(value(&text, "db_pool_pending_acquires", &[]), Some(0.0));
 }
 
 #[tokio::test]
