@@ -101,7 +101,7 @@ impl Cli {
             Command::Relay => {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
-                let fatal = startup::run_relay(pool, settings.kafka.clone())?.await;
+                let fatal = startup::run_relay(pool, settings.kafka.clone(), None)?.await;
                 return Err(anyhow::Error::new(fatal).context("the relay stopped"));
             }
             Command::Project => {

@@ -69,6 +69,7 @@ pub struct Metrics {
     projection_dead_letters: IntGaugeVec,
     relay_lag_events: IntGaugeVec,
     relay_published: IntGaugeVec,
+    relay_lag_seconds: prometheus::GaugeVec,
     engine_calls: IntCounterVec,
     engine_latency: HistogramVec,
     engine_breakers: IntGaugeVec,
@@ -246,6 +247,13 @@ impl Metrics {
                 r,
                 IntGaugeVec::new(
                     Opts::new("answers_relay_published_events", "Events the relay has published (its checkpoint's count)"),
+                    &["relay"],
+                )?,
+            )?,
+            relay_lag_seconds: register(
+                r,
+                prometheus::GaugeVec::new(
+                    Opts::new("answers_relay_lag_seconds", "How long the oldest committed event the relay has not published has waited; 0 when none waits"),
                     &["relay"],
                 )?,
             )?,
@@ -433,6 +441,9 @@ impl Metrics {
             self.relay_published
                 .with_label_values(&name)
                 .set(relay.published);
+            self.relay_lag_seconds
+                .with_label_values(&name)
+                .set(relay.lag_seconds.unwrap_or(0.0));
         }
     }
 

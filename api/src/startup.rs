@@ -81,11 +81,16 @@ impl Application {
                 )
             })?;
         let port = listener.local_addr()?.port();
-        let mut background = if settings.kafka.enabled {
-            spawn_streaming(&pool, &settings.kafka)?
-        } else {
-            Vec::new()
-        };
+        let metrics = Arc::new(
+            crate::metrics::Metrics::new(
+                settings.metrics.tenant_label_cap,
+                vec![("owner", pool.clone()), ("api", tenants.unscoped().clone())],
+                Some(tenants.clone()),
+                &settings.slo,
+            )
+            .context("could not set up the metrics registry")?,
+        );
+
         if settings.engine.pseudonym_key.expose_secret() == crate::config::DEV_PSEUDONYM_KEY {
             tracing::warn!("engine.pseudonym_key is the development default; set APP__ENGINE__PSEUDONYM_KEY in production");
         }
@@ -100,15 +105,15 @@ impl Application {
         } else {
             None
         };
-        let metrics = Arc::new(
-            crate::metrics::Metrics::new(
-                settings.metrics.tenant_label_cap,
-                vec![("owner", pool.clone()), ("api", tenants.unscoped().clone())],
-                Some(tenants.clone()),
-                &settings.slo,
-            )
-            .context("could not set up the metrics registry")?,
-        );
+        let mut background = if settings.kafka.enabled {
+            spawn_streaming(
+                &pool,
+                &settings.kafka,
+                settings.metrics.enabled.then_some(&*metrics),
+            )?
+        } else {
+            Vec::new()
+        };
         let metrics_on = settings.metrics.enabled;
         let slis = settings
             .slo
@@ -483,10 +488,11 @@ pub fn topics(kafka: &KafkaSettings) -> Vec<String> {
 pub fn spawn_streaming(
     pool: &PgPool,
     kafka: &KafkaSettings,
+    metrics: Option<&crate::metrics::Metrics>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if kafka.relay.in_process {
-        let relay = run_relay(pool.clone(), kafka.clone())?;
+        let relay = run_relay(pool.clone(), kafka.clone(), metrics)?;
         // A fatal relay error is logged by the relay; commands go on being stored, and the
         // status route shows the relay no longer moving.
         tasks.push(tokio::spawn(async move {
@@ -508,8 +514,14 @@ pub fn spawn_streaming(
 pub fn run_relay(
     pool: PgPool,
     kafka: KafkaSettings,
+    metrics: Option<&crate::metrics::Metrics>,
 ) -> anyhow::Result<impl std::future::Future<Output = streaming::RelayError> + Send> {
     let relay = Relay::new(pool, kafka.clone()).context("invalid Kafka producer configuration")?;
+    if let Some(metrics) = metrics {
+        metrics
+            .adopt(|| relay.collectors())
+            .context("could not register the relay's metrics")?;
+    }
     Ok(async move {
         let topics = topics(&kafka);
         while let Err(e) = streaming::ensure_topics(&kafka, &topics).await {

@@ -41,6 +41,17 @@ impl RelayError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, RelayError::UnreadableCheckpoint { .. })
     }
+
+    /// The metric label of the error's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RelayError::Database(_) => "database",
+            RelayError::Kafka(_) => "producer",
+            RelayError::LostLock => "lock_lost",
+            RelayError::Encode(_) => "encode",
+            RelayError::UnreadableCheckpoint { .. } => "unreadable_checkpoint",
+        }
+    }
 }
 
 /// Where the relay stands, for the status API.
@@ -51,6 +62,8 @@ pub struct RelayStatus {
     pub published: i64,
     /// Committed events not yet published.
     pub lag_events: i64,
+    /// How long the oldest of them has waited, seconds (`None` when none waits).
+    pub lag_seconds: Option<f64>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -58,6 +71,36 @@ pub struct Relay {
     pool: PgPool,
     producer: FutureProducer,
     settings: KafkaSettings,
+    metrics: RelayMetrics,
+}
+
+/// What this relay process counts (docs/metrics.md); the service registers them when the
+/// relay runs inside it.
+#[derive(Clone)]
+struct RelayMetrics {
+    published: prometheus::IntCounterVec,
+    errors: prometheus::IntCounterVec,
+}
+
+impl RelayMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            published: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "answers_relay_events_published_total",
+                    "Events this process's relay published to Kafka (acknowledged), by relay",
+                ),
+                &["relay"],
+            )?,
+            errors: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "answers_relay_errors_total",
+                    "Relay rounds that failed, by relay and kind (`producer`: Kafka refused or lost a message; `database`; `lock_lost`; ...)",
+                ),
+                &["relay", "kind"],
+            )?,
+        })
+    }
 }
 
 impl Relay {
@@ -66,7 +109,17 @@ impl Relay {
             producer: settings.producer_config().create()?,
             pool,
             settings,
+            metrics: RelayMetrics::new()
+                .map_err(|e| KafkaError::ClientCreation(format!("the relay's metrics: {e}")))?,
         })
+    }
+
+    /// The relay's own metrics, to register with the service's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.metrics.published.clone()),
+            Box::new(self.metrics.errors.clone()),
+        ]
     }
 
     /// Publishes until a fatal error: takes the lock when it can, relays, and starts over
@@ -74,7 +127,14 @@ impl Relay {
     /// unreadable checkpoint) is returned: retrying it would never succeed.
     pub async fn run(self) -> RelayError {
         loop {
-            match self.lead().await {
+            let result = self.lead().await;
+            if let Err(e) = &result {
+                self.metrics
+                    .errors
+                    .with_label_values(&[&self.settings.relay.name, e.kind()])
+                    .inc();
+            }
+            match result {
                 Err(e) if e.is_fatal() => {
                     tracing::error!(error = %e, "relay stopped");
                     return e;
@@ -140,6 +200,10 @@ impl Relay {
             return Ok(0);
         }
         self.publish(&batch).await?;
+        self.metrics
+            .published
+            .with_label_values(&[&self.settings.relay.name])
+            .inc_by(batch.len() as u64);
         if checkpoint {
             let last = batch.last().map(StoredEvent::checkpoint).unwrap_or(from);
             let moved = sqlx::query!(
@@ -247,7 +311,9 @@ impl Relay {
             RelayStatus,
             r#"SELECT c.relay_name AS name, c.position, c.published, c.updated_at,
                  (SELECT count(*) FROM events e
-                   WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS "lag_events!"
+                   WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS "lag_events!",
+                 (SELECT extract(epoch FROM now() - min(e.recorded_at))::float8 FROM events e
+                   WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)) AS lag_seconds
                FROM relay_checkpoints c WHERE c.relay_name = $1"#,
             name,
         )

@@ -320,10 +320,10 @@ pub async fn details(
             })
             .collect::<Vec<_>>();
         let relay = relay.map(|r| LagHealth {
-            status: behind(r.lag_events, 0.0).into(),
+            status: behind(r.lag_events, r.lag_seconds.unwrap_or(0.0)).into(),
             name: r.name,
             lag_events: r.lag_events,
-            lag_seconds: None,
+            lag_seconds: r.lag_seconds,
             open_dead_letters: None,
         });
         (projections, relay)

@@ -367,6 +367,19 @@ async fn commands_go_on_while_the_broker_is_down_and_the_read_model_converges_af
         asked,
         "every conversation reached the read model"
     );
+    // Every event was published at least once by this process's relay, and none waits now.
+    let stored = app.event_count().await as f64;
+    let metrics = app.operator_get("/metrics").await.text().await.unwrap();
+    let value = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let published = value("answers_relay_events_published_total{").unwrap_or(0.0);
+    assert!(published >= stored, "{published} published of {stored}");
+    assert_eq!(value("answers_relay_lag_seconds{"), Some(0.0), "{metrics}");
 }
 
 /// A checkpoint that cannot be read must stop the relay: reading it as 0 would republish the
@@ -402,9 +415,26 @@ async fn an_unreadable_checkpoint_stops_the_relay_instead_of_republishing_the_st
         matches!(err, streaming::RelayError::UnreadableCheckpoint { ref value, .. } if value == "garbage"),
         "{err}"
     );
-    // The supervised loop does not retry it forever: it stops with that error.
+    // The supervised loop does not retry it forever: it stops with that error, counted.
+    let registry = prometheus::Registry::new();
+    for c in relay.collectors() {
+        registry.register(c).unwrap();
+    }
     let fatal = tokio::time::timeout(Duration::from_secs(30), relay.run())
         .await
         .expect("the relay stops by itself");
     assert!(fatal.is_fatal(), "{fatal}");
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let counted = format!(
+        "answers_relay_errors_total{{kind=\"unreadable_checkpoint\",relay=\"{}\"}} 1",
+        settings.kafka.relay.name
+    );
+    assert!(text.lines().any(|l| l == counted), "{counted} in\n{text}");
 }
