@@ -67,6 +67,7 @@ pub struct Metrics {
     projection_lag_seconds: prometheus::GaugeVec,
     projection_applied: IntGaugeVec,
     projection_dead_letters: IntGaugeVec,
+    projection_rebuild: prometheus::GaugeVec,
     relay_lag_events: IntGaugeVec,
     relay_published: IntGaugeVec,
     relay_lag_seconds: prometheus::GaugeVec,
@@ -233,6 +234,13 @@ impl Metrics {
                 r,
                 IntGaugeVec::new(
                     Opts::new("answers_projection_dead_letters_open", "Dead letters of a projection not yet resolved"),
+                    &["projection"],
+                )?,
+            )?,
+            projection_rebuild: register(
+                r,
+                prometheus::GaugeVec::new(
+                    Opts::new("answers_projection_rebuild_progress_ratio", "A running rebuild's progress, 0 to 1 (the store position read over the one it reads up to); absent when none runs"),
                     &["projection"],
                 )?,
             )?,
@@ -432,6 +440,15 @@ impl Metrics {
             self.projection_dead_letters
                 .with_label_values(&name)
                 .set(p.open_dead_letters);
+            match &p.rebuild {
+                Some(rebuild) => self
+                    .projection_rebuild
+                    .with_label_values(&name)
+                    .set(rebuild.progress),
+                None => {
+                    let _ = self.projection_rebuild.remove_label_values(&name);
+                }
+            }
         }
         if let Some(relay) = relay {
             let name = [relay.name.as_str()];

@@ -75,6 +75,9 @@ pub async fn rebuild(
         if let Err(status) = record_error(pool, projection.name(), &report).await {
             tracing::warn!(error = %status, %report, "could not record the failed rebuild in the status");
         }
+        if let Err(status) = crate::status::rebuild_abandoned(pool, projection.name()).await {
+            tracing::warn!(error = %status, "could not clear the failed rebuild's progress");
+        }
     }
     let unlocked =
         sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
@@ -128,6 +131,18 @@ async fn rebuild_locked(
         .await?;
     }
     tx.commit().await?;
+    let types: Vec<&str> = projection
+        .aggregate_types()
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    let target: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(position), 0) FROM events WHERE aggregate_type = ANY($1)",
+    )
+    .bind(&types)
+    .fetch_one(pool)
+    .await?;
+    crate::status::rebuild_started(pool, projection.name(), target).await?;
     let mut source = StoreSource::new(projection.aggregate_types(), REBUILD_BATCH);
     let mut applied = 0;
     // The bulk of the history, without blocking anyone.
@@ -139,6 +154,8 @@ async fn rebuild_locked(
         };
         applied += n;
         tx.commit().await?;
+        crate::status::rebuild_progressed(pool, projection.name(), source.position(), applied)
+            .await?;
         // The copy starts empty: without fresh statistics the lookups a projection makes in
         // it keep a plan made for an empty table (a sequential scan), and the rebuild slows
         // down quadratically as the table fills.

@@ -54,6 +54,57 @@ pub async fn record_error(pool: &PgPool, projection: &str, error: &str) -> Resul
     Ok(())
 }
 
+/// A rebuild started: it reads up to `target` before the swap.
+pub async fn rebuild_started(
+    pool: &PgPool,
+    projection: &str,
+    target: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO projection_status (projection, rebuild_started_at, rebuild_target,
+                                        rebuild_position, rebuild_applied)
+         VALUES ($1, now(), $2, 0, 0)
+         ON CONFLICT (projection) DO UPDATE SET rebuild_started_at = now(), rebuild_target = $2,
+           rebuild_position = 0, rebuild_applied = 0",
+        projection,
+        target,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A rebuild's progress after a batch.
+pub async fn rebuild_progressed(
+    pool: &PgPool,
+    projection: &str,
+    position: i64,
+    applied: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE projection_status SET rebuild_position = $2, rebuild_applied = $3
+          WHERE projection = $1",
+        projection,
+        position,
+        applied as i64,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A rebuild ended without its swap (failed): no progress to show any more.
+pub async fn rebuild_abandoned(pool: &PgPool, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE projection_status SET rebuild_started_at = NULL, rebuild_target = NULL,
+           rebuild_position = NULL, rebuild_applied = NULL WHERE projection = $1",
+        projection,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// After a rebuild: the counts start over from what the rebuild applied.
 pub async fn mark_rebuilt(
     conn: &mut PgConnection,
@@ -64,7 +115,9 @@ pub async fn mark_rebuilt(
     sqlx::query!(
         "INSERT INTO projection_status (projection, applied_events, last_position, rebuilt_at)
          VALUES ($1, $2, $3, now()) ON CONFLICT (projection) DO UPDATE SET applied_events = $2,
-           last_position = $3, rebuilt_at = now(), last_error = NULL, last_error_at = NULL",
+           last_position = $3, rebuilt_at = now(), last_error = NULL, last_error_at = NULL,
+           rebuild_started_at = NULL, rebuild_target = NULL, rebuild_position = NULL,
+           rebuild_applied = NULL",
         projection,
         applied as i64,
         position,
@@ -106,6 +159,24 @@ pub struct ProjectionStatus {
     pub rebuilt_at: Option<DateTime<Utc>>,
     /// Dead letters not yet resolved.
     pub open_dead_letters: i64,
+    /// The rebuild running now, if one is.
+    pub rebuild: Option<RebuildProgress>,
+}
+
+/// How far a running rebuild got.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RebuildProgress {
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Events applied to the copy so far.
+    pub applied_events: i64,
+    /// The store position read so far.
+    pub position: i64,
+    /// The store's last position of the projection's events when it started (it catches up
+    /// with later ones in the swap).
+    pub target_position: i64,
+    /// `position / target_position`, 0 to 1.
+    pub progress: f64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -117,6 +188,10 @@ struct StatusRow {
     last_error: Option<String>,
     last_error_at: Option<DateTime<Utc>>,
     rebuilt_at: Option<DateTime<Utc>>,
+    rebuild_started_at: Option<DateTime<Utc>>,
+    rebuild_target: Option<i64>,
+    rebuild_position: Option<i64>,
+    rebuild_applied: Option<i64>,
     stored: i64,
     open: i64,
 }
@@ -129,6 +204,7 @@ impl ProjectionStatus {
             StatusRow,
             r#"SELECT s.applied_events AS "applied_events?", s.last_position AS "last_position?",
                  s.last_applied_at, s.last_recorded_at, s.last_error, s.last_error_at, s.rebuilt_at,
+                 s.rebuild_started_at, s.rebuild_target, s.rebuild_position, s.rebuild_applied,
                  (SELECT count(*) FROM events WHERE aggregate_type = ANY($2)) AS "stored!",
                  (SELECT count(*) FROM dead_letters d
                    WHERE d.projection = $1 AND d.resolved_at IS NULL) AS "open!"
@@ -157,6 +233,21 @@ impl ProjectionStatus {
             last_error_at: row.last_error_at,
             rebuilt_at: row.rebuilt_at,
             open_dead_letters: row.open,
+            rebuild: row.rebuild_started_at.map(|started_at| {
+                let target = row.rebuild_target.unwrap_or(0);
+                let position = row.rebuild_position.unwrap_or(0);
+                RebuildProgress {
+                    started_at,
+                    applied_events: row.rebuild_applied.unwrap_or(0),
+                    position,
+                    target_position: target,
+                    progress: if target > 0 {
+                        (position as f64 / target as f64).clamp(0.0, 1.0)
+                    } else {
+                        1.0
+                    },
+                }
+            }),
         })
     }
 }

@@ -426,3 +426,81 @@ async fn the_command_side_counts_appends_replays_store_round_trips_and_objective
         Some(0.95)
     );
 }
+
+#[tokio::test]
+async fn a_running_rebuild_shows_its_progress_and_a_finished_one_none() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    app.ask(&admin, "Something to rebuild").await;
+    // A rebuild a quarter of the way through (as its batches record it).
+    sqlx::query(
+        "INSERT INTO projection_status (projection, rebuild_started_at, rebuild_target,
+                                        rebuild_position, rebuild_applied)
+         VALUES ('audit', now(), 200, 50, 40)
+         ON CONFLICT (projection) DO UPDATE SET rebuild_started_at = now(), rebuild_target = 200,
+           rebuild_position = 50, rebuild_applied = 40",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let status: serde_json::Value = app
+        .operator_get("/v1/admin/projections")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let audit = status["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["projection"] == "audit")
+        .unwrap()
+        .clone();
+    assert_eq!(audit["rebuild"]["progress"], 0.25, "{audit}");
+    assert_eq!(audit["rebuild"]["applied_events"], 40);
+    assert_eq!(audit["rebuild"]["target_position"], 200);
+    let text = scrape(&app).await;
+    assert_eq!(
+        value(
+            &text,
+            "answers_projection_rebuild_progress_ratio",
+            &[("projection", "audit")]
+        ),
+        Some(0.25)
+    );
+    // A real rebuild runs, swaps and leaves no progress behind.
+    let response = app
+        .client
+        .post(format!(
+            "{}/v1/admin/projections/audit/rebuild",
+            app.address
+        ))
+        .bearer_auth(&app.platform_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    integration_tests::wait_for(
+        "the rebuild swapped in",
+        std::time::Duration::from_secs(30),
+        || async {
+            let done: Option<(Option<chrono::DateTime<chrono::Utc>>, Option<i64>)> = sqlx::query_as(
+            "SELECT rebuilt_at, rebuild_position FROM projection_status WHERE projection = 'audit'",
+        )
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+            matches!(done, Some((Some(_), None))).then_some(())
+        },
+    )
+    .await;
+    let text = scrape(&app).await;
+    assert_eq!(
+        value(
+            &text,
+            "answers_projection_rebuild_progress_ratio",
+            &[("projection", "audit")]
+        ),
+        None
+    );
+}
