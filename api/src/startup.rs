@@ -148,6 +148,9 @@ impl Application {
         metrics
             .adopt(|| bus.metrics().collectors())
             .context("could not register the command side's metrics")?;
+        metrics
+            .adopt(|| bus.flags().collectors())
+            .context("could not register the flag cache's metrics")?;
         if let Some(kapa) = &kapa {
             metrics
                 .adopt(|| kapa.collectors())

@@ -51,6 +51,19 @@ pub trait FlagProvider: Send + Sync {
 type Loader =
     Arc<dyn Fn(TenantId) -> futures::future::BoxFuture<'static, Option<Tenant>> + Send + Sync>;
 
+/// Lookups of an in-process cache by result: the hit rate is `hit / (hit + miss)`.
+#[allow(clippy::expect_used)] // constant name and labels, checked by the tests
+fn cache_lookups() -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "answers_cache_lookups_total",
+            "Lookups of an in-process cache, by cache and result (hit, miss)",
+        ),
+        &["cache", "result"],
+    )
+    .expect("a valid counter")
+}
+
 /// A tenant's overrides, shared between the cache and evaluations.
 type Overrides = Arc<std::collections::BTreeMap<String, FlagOverride>>;
 
@@ -64,6 +77,8 @@ pub struct TenantFlags {
     load: Loader,
     cache: Mutex<HashMap<TenantId, (Instant, Overrides)>>,
     exposures: Exposures,
+    /// `answers_cache_lookups_total{cache="feature_flags", result}` (docs/metrics.md).
+    lookups: prometheus::IntCounterVec,
 }
 
 impl TenantFlags {
@@ -74,7 +89,13 @@ impl TenantFlags {
             load,
             cache: Mutex::new(HashMap::new()),
             exposures: Exposures::default(),
+            lookups: cache_lookups(),
         }
+    }
+
+    /// The cache's hit and miss counter, to register with the service's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.lookups.clone())]
     }
 
     /// Evaluates against a tenant already loaded (the command side): no round trip.
@@ -122,10 +143,16 @@ impl TenantFlags {
         if let Ok(cache) = self.cache.lock() {
             if let Some((at, overrides)) = cache.get(tenant) {
                 if at.elapsed() < self.ttl {
+                    self.lookups
+                        .with_label_values(&["feature_flags", "hit"])
+                        .inc();
                     return Some(overrides.clone());
                 }
             }
         }
+        self.lookups
+            .with_label_values(&["feature_flags", "miss"])
+            .inc();
         let loaded = (self.load)(tenant.clone()).await?;
         let overrides = Arc::new(loaded.feature_flags);
         if let Ok(mut cache) = self.cache.lock() {
@@ -263,5 +290,13 @@ mod tests {
             )),
             Some(&3)
         );
+        // Three lookups of one tenant within the TTL (an unknown flag needs none): one miss
+        // (the load), two hits.
+        let lookups = |result: &str| {
+            p.lookups
+                .with_label_values(&["feature_flags", result])
+                .get()
+        };
+        assert_eq!((lookups("miss"), lookups("hit")), (1, 2));
     }
 }
