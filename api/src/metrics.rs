@@ -604,12 +604,20 @@ pub async fn record(
 
 /// Counts an authenticated request of `tenant` (once per request, however many credential
 /// checks it makes).
-pub fn count_tenant(req: &actix_web::HttpRequest, tenant: &str) {
+pub fn count_tenant(req: &actix_web::HttpRequest, tenant: &str, user: &str) {
     if req.extensions().contains::<TenantCounted>() {
         return;
     }
-    // The request's span (logs and the exported trace) names the tenant too.
-    tracing::Span::current().record("tenant", tenant);
+    // The request's span (logs and the exported trace) names the tenant too, and the user by
+    // the pseudonym the engine knows them by (never the id a provider gave them).
+    let span = tracing::Span::current();
+    span.record("tenant", tenant);
+    if let (Some(bus), Ok(tenant_id)) = (
+        req.app_data::<web::Data<commands::CommandBus>>(),
+        domain::TenantId::parse(tenant),
+    ) {
+        span.record("user", bus.pseudonym(&tenant_id, user).as_str());
+    }
     if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
         metrics.tenant_request(tenant);
     }

@@ -69,6 +69,7 @@ pub async fn correlate(
         span_id = tracing::field::Empty,
         status = tracing::field::Empty,
         tenant = tracing::field::Empty,
+        user = tracing::field::Empty,
         // OpenTelemetry's names for the exported span.
         "otel.kind" = "server",
         "http.request.method" = %req.method(),

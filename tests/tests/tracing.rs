@@ -152,6 +152,10 @@ async fn one_command_is_one_trace_through_the_api_the_store_kafka_and_the_projec
         })
         .expect("the request's line");
     assert_eq!(line["span"]["trace_id"], trace);
+    // The tenant by its id, the user by a pseudonym, never the id they signed in with.
+    assert_eq!(line["span"]["tenant"], "traced");
+    let user = line["span"]["user"].as_str().unwrap();
+    assert!(user.starts_with("u_") && !user.contains("alice"), "{user}");
     assert_eq!(
         line["span"]["span_id"],
         request.span_context.span_id().to_string()

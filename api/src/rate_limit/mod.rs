@@ -290,7 +290,7 @@ impl RateLimiter {
     /// Every authenticated request: per user and per tenant.
     pub async fn caller(&self, req: &HttpRequest, claims: &Claims) -> Result<(), ApiError> {
         let tenant = claims.tenant_id.as_str();
-        crate::metrics::count_tenant(req, tenant);
+        crate::metrics::count_tenant(req, tenant, claims.sub.as_str());
         let drawn = self
             .draw(
                 req,
