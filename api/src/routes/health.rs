@@ -208,6 +208,75 @@ pub struct LagHealth {
     pub open_dead_letters: Option<i64>,
 }
 
+/// One database pool's saturation.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PoolUse {
+    pub name: String,
+    pub open: u32,
+    pub idle: usize,
+    pub max: u32,
+    /// Transactions waiting for a connection (the API's pool only).
+    pub pending: Option<i64>,
+}
+
+/// What the process uses (Linux: from /proc, as the `process_*` metrics).
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ResourceUse {
+    /// CPU time used since start, whole seconds (as `process_cpu_seconds_total`).
+    pub cpu_seconds: Option<f64>,
+    pub resident_memory_bytes: Option<f64>,
+    pub open_fds: Option<f64>,
+    pub max_fds: Option<f64>,
+    pub threads: Option<f64>,
+    pub pools: Vec<PoolUse>,
+}
+
+impl ResourceUse {
+    fn now(pool: &PgPool, tenants: &event_store::TenantPool) -> Self {
+        let mut out = Self::default();
+        #[cfg(target_os = "linux")]
+        {
+            use prometheus::core::Collector;
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            for family in process.collect() {
+                let value = family.get_metric().first().map(|m| {
+                    if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                        m.get_counter().get_value()
+                    } else {
+                        m.get_gauge().get_value()
+                    }
+                });
+                match family.name() {
+                    "process_cpu_seconds_total" => out.cpu_seconds = value,
+                    "process_resident_memory_bytes" => out.resident_memory_bytes = value,
+                    "process_open_fds" => out.open_fds = value,
+                    "process_max_fds" => out.max_fds = value,
+                    "process_threads" => out.threads = value,
+                    _ => {}
+                }
+            }
+        }
+        let api = tenants.unscoped();
+        out.pools = vec![
+            PoolUse {
+                name: "owner".into(),
+                open: pool.size(),
+                idle: pool.num_idle(),
+                max: pool.options().get_max_connections(),
+                pending: None,
+            },
+            PoolUse {
+                name: "api".into(),
+                open: api.size(),
+                idle: api.num_idle(),
+                max: api.options().get_max_connections(),
+                pending: Some(tenants.opening()),
+            },
+        ];
+        out
+    }
+}
+
 /// Everything an operator looks at first.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct HealthDetails {
@@ -220,6 +289,8 @@ pub struct HealthDetails {
     /// The relay, when it has published anything.
     pub relay: Option<LagHealth>,
     pub projections: Vec<LagHealth>,
+    /// The process and its pools now (the broker's lag is `relay`).
+    pub resources: ResourceUse,
 }
 
 impl DependencyHealth {
@@ -349,5 +420,6 @@ pub async fn details(
         dependencies,
         relay,
         projections,
+        resources: ResourceUse::now(&pool, &tenants),
     }))
 }

@@ -88,6 +88,25 @@ async fn details_show_each_dependency_and_the_read_side_lag_to_operators_only() 
     assert_eq!(all["status"], "up", "{all}");
     assert!(all["uptime_seconds"].as_f64().unwrap() > 0.0);
     assert!(!all["version"].as_str().unwrap().is_empty());
+    // What the process and its pools use now.
+    let resources = &all["resources"];
+    assert!(
+        resources["resident_memory_bytes"].as_f64().unwrap() > 1e6,
+        "{resources}"
+    );
+    assert!(resources["open_fds"].as_f64().unwrap() > 0.0, "{resources}");
+    // Whole seconds, as the process collector counts them.
+    assert!(
+        resources["cpu_seconds"].as_f64().unwrap() >= 0.0,
+        "{resources}"
+    );
+    let pools = resources["pools"].as_array().unwrap();
+    let api = pools.iter().find(|p| p["name"] == "api").unwrap();
+    assert_eq!(api["max"], app.settings.database.api_max_connections);
+    assert_eq!(api["pending"], 0);
+    let owner = pools.iter().find(|p| p["name"] == "owner").unwrap();
+    assert_eq!(owner["max"], app.settings.database.max_connections);
+    assert!(owner["open"].as_u64().unwrap() >= 1);
     let deps = &all["dependencies"];
     for name in ["postgres (owner)", "postgres (api role)", "redis"] {
         assert_eq!(named(deps, name)["status"], "up", "{name}");
