@@ -488,6 +488,37 @@ where
         .ok_or_else(|| serde::de::Error::custom(format!("`{n}` is not a whole number in range")))
 }
 
+/// A tenant's answer-quality objectives (docs/observability.md).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QualityObjectivesRequest {
+    /// Share of votes that are upvotes (the seed's 0.8).
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub helpful_rate: f64,
+    /// Share of questions answered (the seed's 0.95).
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub answered_rate: f64,
+    /// The rolling window, in days; a whole number.
+    #[schema(minimum = 1, maximum = 90)]
+    #[serde(deserialize_with = "whole_number")]
+    pub window_days: u32,
+    /// Fewer votes (or questions) than this in the window decide nothing; a whole number.
+    #[schema(minimum = 1, maximum = 100000)]
+    #[serde(deserialize_with = "whole_number")]
+    pub min_sample: u32,
+}
+
+impl From<QualityObjectivesRequest> for domain::quality::QualityObjectives {
+    fn from(r: QualityObjectivesRequest) -> Self {
+        Self {
+            helpful_rate: r.helpful_rate,
+            answered_rate: r.answered_rate,
+            window_days: r.window_days,
+            min_sample: r.min_sample,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailSyncRequest {

@@ -287,16 +287,18 @@ pub async fn reactivate(
 
 /// Set the tenant's answer-quality objectives (Admin): helpful-answer and answered rates, the
 /// rolling window and the smallest sample that decides (docs/observability.md).
-#[utoipa::path(put, path = "/v1/tenant/quality-objectives", tag = "tenant", request_body = domain::quality::QualityObjectives,
+#[utoipa::path(put, path = "/v1/tenant/quality-objectives", tag = "tenant", request_body = QualityObjectivesRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, unique per user", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = CommandOutcome), CommandProblems), security(("bearer" = [])))]
 #[put("/tenant/quality-objectives")]
 pub async fn set_quality_objectives(
     bus: web::Data<CommandBus>,
     caller: Caller,
-    body: web::Json<domain::quality::QualityObjectives>,
+    body: web::Json<QualityObjectivesRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let command = TenantCommand::SetQualityObjectives { objectives: *body };
+    let command = TenantCommand::SetQualityObjectives {
+        objectives: body.clone().into(),
+    };
     Ok(HttpResponse::Ok().json(send(&bus, &caller, &*body, command).await?))
 }
 
