@@ -43,6 +43,7 @@ pub struct Settings {
     pub slo: SloSettings,
     pub quality: QualitySettings,
     pub tracing: TracingSettings,
+    pub embedded: EmbeddedSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -170,6 +171,17 @@ pub struct SloSettings {
     pub freshness_threshold_seconds: f64,
     /// Share of samples in which the read models were fresh.
     pub freshness_target: f64,
+}
+
+/// The embedded transport (docs/streaming.md): projections follow the event store itself in
+/// this process, no broker and no relay. One transport at a time: this or `kafka.enabled`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddedSettings {
+    pub enabled: bool,
+    /// Events read from the store at a time.
+    pub batch_size: i64,
+    /// How long a caught-up projection waits before looking again.
+    pub idle_ms: u64,
 }
 
 /// Trace export (docs/observability.md).
@@ -372,6 +384,9 @@ impl Settings {
             .set_default("log.slow_request_ms", 1000)?
             .set_default("health.max_lag_events", 10_000)?
             .set_default("health.max_lag_seconds", 60.0)?
+            .set_default("embedded.enabled", false)?
+            .set_default("embedded.batch_size", 500)?
+            .set_default("embedded.idle_ms", 20)?
             .set_default("tracing.exporter", "none")?
             .set_default("tracing.otlp_endpoint", "http://127.0.0.1:4317")?
             .set_default("tracing.sample_ratio", 1.0)?
@@ -583,6 +598,14 @@ impl Settings {
                  freshness_threshold_seconds positive"
                     .to_string(),
             );
+        }
+        if self.embedded.enabled && self.kafka.enabled {
+            problems.push(
+                "one transport at a time: embedded.enabled or kafka.enabled, not both".to_string(),
+            );
+        }
+        if self.embedded.batch_size < 1 || self.embedded.idle_ms == 0 {
+            problems.push("embedded.batch_size and embedded.idle_ms must be positive".to_string());
         }
         if !matches!(self.tracing.exporter.as_str(), "none" | "otlp")
             || !(0.0..=1.0).contains(&self.tracing.sample_ratio)

@@ -111,6 +111,8 @@ impl Application {
                 &settings.kafka,
                 settings.metrics.enabled.then_some(&*metrics),
             )?
+        } else if settings.embedded.enabled {
+            spawn_embedded(&pool, &settings.embedded)
         } else {
             Vec::new()
         };
@@ -473,6 +475,27 @@ fn unreachable_message(target: &str) -> String {
         "cannot reach PostgreSQL at {target}. Is it running? Set APP__DATABASE__URL to point \
          elsewhere (see README, Configuration)"
     )
+}
+
+/// Starts every projection on the embedded transport: each follows the event store in
+/// commit-safe order from the checkpoint kept in its status, moved with each apply.
+pub fn spawn_embedded(
+    pool: &PgPool,
+    embedded: &crate::config::EmbeddedSettings,
+) -> Vec<JoinHandle<()>> {
+    projections::all()
+        .into_iter()
+        .map(|projection| {
+            let source = projections::StoreFollower::for_projection(
+                pool.clone(),
+                projection.as_ref(),
+                embedded.batch_size,
+                Duration::from_millis(embedded.idle_ms),
+            );
+            let runner = projections::ProjectionRunner::new(pool.clone(), projection, source);
+            tokio::spawn(runner.run_supervised())
+        })
+        .collect()
 }
 
 /// Every topic the relay writes to.

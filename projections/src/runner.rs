@@ -146,14 +146,36 @@ impl<S: EventSource> ProjectionRunner<S> {
         span.record("position", event.meta.position);
         span.record("aggregate_id", event.meta.aggregate_id.as_str());
         span.record("tenant", event.meta.tenant.as_str());
-        match apply_one(&self.pool, self.projection.as_ref(), &event).await {
+        match self.apply_and_checkpoint(&event, delivery).await {
             Ok(applied) => {
                 tracing::debug!(aggregate_id = %event.meta.aggregate_id, sequence = event.meta.sequence, applied, "handled");
                 Ok(())
             }
-            Err(e) if e.is_poison() => self.dead_letter(delivery, Some(&event), &e).await,
-            Err(e) => Err(e.into()),
+            Err(RunnerError::Apply(e)) if e.is_poison() => {
+                self.dead_letter(delivery, Some(&event), &e).await
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    /// Applies the event and moves the source's own checkpoint (if it keeps one) in one
+    /// transaction: a crash between the two cannot happen.
+    async fn apply_and_checkpoint(
+        &self,
+        event: &Projected,
+        delivery: &Delivery,
+    ) -> Result<bool, RunnerError> {
+        let mut tx = self.pool.begin().await?;
+        let applied = self.projection.apply(&mut tx, event).await?;
+        if applied {
+            mark_applied(&mut tx, self.projection.name(), &event.meta).await?;
+        }
+        self.source
+            .checkpoint_in(&mut tx, delivery)
+            .await
+            .map_err(RunnerError::Source)?;
+        tx.commit().await?;
+        Ok(applied)
     }
 
     async fn dead_letter(
@@ -171,6 +193,12 @@ impl<S: EventSource> ProjectionRunner<S> {
         )
         .await?;
         self.source.publish_dead_letter(delivery).await;
+        // Past the dead letter too (its own statement: the letter is the record).
+        let mut conn = self.pool.acquire().await?;
+        self.source
+            .checkpoint_in(&mut conn, delivery)
+            .await
+            .map_err(RunnerError::Source)?;
         Ok(())
     }
 }

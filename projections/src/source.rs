@@ -49,6 +49,15 @@ pub trait EventSource: Send + Sync {
     /// Also publishes a dead letter where other tools see it (Kafka: the dead-letter topic).
     /// The dead-letter table is the record; this is best effort.
     async fn publish_dead_letter(&self, _delivery: &Delivery) {}
+    /// Moves a checkpoint the source keeps in the database past `delivery`, in `conn`: the
+    /// transaction that applies it (the store follower; Kafka keeps its offsets itself).
+    async fn checkpoint_in(
+        &self,
+        _conn: &mut PgConnection,
+        _delivery: &Delivery,
+    ) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// The event store from a checkpoint on, in commit-safe order, for the given aggregate types.
@@ -119,6 +128,8 @@ pub struct StoreFollower {
     buffer: std::collections::VecDeque<(Checkpoint, Delivery)>,
     in_flight: Option<Checkpoint>,
     acked: Checkpoint,
+    /// The projection whose status row keeps the checkpoint (the embedded transport), if any.
+    persisted: Option<&'static str>,
 }
 
 impl StoreFollower {
@@ -137,13 +148,88 @@ impl StoreFollower {
             buffer: Default::default(),
             in_flight: None,
             acked: from,
+            persisted: None,
         }
+    }
+
+    /// The embedded transport's follower of `projection`: it starts after the checkpoint kept
+    /// in the projection's status (the store's start the first time) and moves it in the
+    /// transaction that applies each event.
+    pub fn for_projection(
+        pool: sqlx::PgPool,
+        projection: &dyn crate::Projection,
+        batch_size: i64,
+        idle: std::time::Duration,
+    ) -> Self {
+        let mut follower = Self::new(
+            pool,
+            projection.aggregate_types(),
+            batch_size,
+            Checkpoint::START,
+            idle,
+        );
+        follower.persisted = Some(projection.name());
+        follower
+    }
+}
+
+/// The checkpoint the embedded transport keeps for `projection` (the store's start if none).
+pub async fn stored_checkpoint(
+    pool: &sqlx::PgPool,
+    projection: &str,
+) -> Result<Checkpoint, SourceError> {
+    let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT store_transaction_id::text, store_position FROM projection_status
+          WHERE projection = $1",
+    )
+    .bind(projection)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some((Some(transaction_id), Some(position))) => Ok(Checkpoint {
+            transaction_id: transaction_id.parse().map_err(|e| {
+                format!("projection `{projection}`: unreadable store checkpoint `{transaction_id}`: {e}")
+            })?,
+            position,
+        }),
+        _ => Ok(Checkpoint::START),
     }
 }
 
 #[async_trait]
 impl EventSource for StoreFollower {
     async fn open(&mut self) -> Result<(), SourceError> {
+        if let Some(projection) = self.persisted {
+            // Where the last committed apply left it: a restarted process resumes there.
+            let from = stored_checkpoint(&self.pool, projection).await?;
+            self.buffer.clear();
+            self.in_flight = None;
+            self.acked = from;
+            self.reader.checkpoint = from;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint_in(
+        &self,
+        conn: &mut PgConnection,
+        _delivery: &Delivery,
+    ) -> Result<(), SourceError> {
+        let (Some(projection), Some(checkpoint)) = (self.persisted, self.in_flight) else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO projection_status (projection, store_transaction_id, store_position)
+             VALUES ($1, $2::text::xid8, $3)
+             ON CONFLICT (projection) DO UPDATE
+                SET store_transaction_id = excluded.store_transaction_id,
+                    store_position = excluded.store_position",
+        )
+        .bind(projection)
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.position)
+        .execute(conn)
+        .await?;
         Ok(())
     }
 

@@ -174,6 +174,14 @@ impl TestAppBuilder {
         self
     }
 
+    /// The embedded transport: every projection follows the event store in this process, no
+    /// broker.
+    pub fn embedded(mut self) -> Self {
+        self.settings.kafka.enabled = false;
+        self.settings.embedded.enabled = true;
+        self
+    }
+
     /// Changes the settings before the start.
     pub fn configure(mut self, change: impl FnOnce(&mut Settings)) -> Self {
         change(&mut self.settings);

@@ -6,6 +6,7 @@ mod bad_input;
 mod commands_round_trip;
 mod concurrency;
 mod deploy_assets;
+mod embedded;
 mod flags;
 mod hardening;
 mod health;

@@ -1,0 +1,148 @@
+//! The embedded transport (docs/streaming.md): projections follow the event store in the
+//! service's own process, no broker, no relay, each keeping its checkpoint in its status row in
+//! the transaction that applies the event.
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::{
+    applied_conversation_events, read_model, stored_conversation_events, wait_for,
+    wait_until_projected, TestApp,
+};
+use projections::conversations::Conversations;
+use projections::{Folded, Projection, ProjectionRunner, StoreFollower};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn every_read_model_follows_the_commands_without_a_broker() {
+    let app = TestApp::builder().embedded().spawn().await;
+    assert!(!app.settings.kafka.enabled);
+    let admin = app.create_tenant("acme", "alice").await;
+    let mut asked = Vec::new();
+    for i in 0..5 {
+        asked.push(app.ask(&admin, &format!("Embedded question {i}")).await);
+    }
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/sources",
+            &admin,
+            Some(json!({"kind": "docs", "name": "Docs", "location": "https://docs.test"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    wait_until_projected(&app.pool, Duration::from_secs(30)).await;
+    assert_eq!(read_model(&app.pool).await.len(), 5);
+    // Every projection catches up with the store: nothing is behind in the details.
+    let details = wait_for(
+        "every projection caught up",
+        Duration::from_secs(30),
+        || async {
+            let details: serde_json::Value = app
+                .operator_get("/health/details")
+                .await
+                .json()
+                .await
+                .unwrap();
+            details["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["lag_events"] == 0)
+                .then_some(details)
+        },
+    )
+    .await;
+    assert_eq!(
+        details["relay"],
+        serde_json::Value::Null,
+        "no relay: {details}"
+    );
+    // Read through the API, from the read models.
+    let (status, list) = app
+        .call(Method::GET, "/v1/conversations", &admin, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(5), "{list}");
+    let (status, sources) = app.call(Method::GET, "/v1/sources", &admin, None).await;
+    assert_eq!(status, 200, "{sources}");
+    // Each follower's checkpoint is the last event of its aggregate types.
+    let (checkpoint, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT store_position FROM projection_status WHERE projection = 'conversations'),
+                (SELECT max(position) FROM events)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        checkpoint.is_some() && checkpoint <= last,
+        "{checkpoint:?} {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_follower_killed_again_and_again_resumes_from_its_checkpoint_and_applies_each_event_once()
+{
+    // The service stores commands only; this test runs the conversations projection itself
+    // and kills it (the task, at any await) while writers go on.
+    let app = TestApp::spawn().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    let follower = || {
+        let projection: Arc<dyn Projection> = Arc::new(Folded(Conversations));
+        let source = StoreFollower::for_projection(
+            app.pool.clone(),
+            projection.as_ref(),
+            7,
+            Duration::from_millis(5),
+        );
+        tokio::spawn(ProjectionRunner::new(app.pool.clone(), projection, source).run_supervised())
+    };
+    for round in 0..6 {
+        let task = follower();
+        for i in 0..4 {
+            app.ask(&admin, &format!("Round {round}, question {i}"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(15 * round)).await;
+        task.abort();
+        let _ = task.await;
+        // Never more applied than stored, whenever it died.
+        assert!(
+            applied_conversation_events(&app.pool).await
+                <= stored_conversation_events(&app.pool).await
+        );
+    }
+    // The first conversation's row is taken away: a follower that started over from the
+    // store's beginning would write it again; one that resumes from its checkpoint does not.
+    let task = follower();
+    wait_until_projected(&app.pool, Duration::from_secs(30)).await;
+    task.abort();
+    let _ = task.await;
+    let first: uuid::Uuid = sqlx::query_scalar(
+        "SELECT conversation_id FROM rm_conversations ORDER BY created_at LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM rm_conversations WHERE conversation_id = $1")
+        .bind(first)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let task = follower();
+    app.ask(&admin, "After the last restart").await;
+    wait_until_projected(&app.pool, Duration::from_secs(30)).await;
+    task.abort();
+    let rows = read_model(&app.pool).await;
+    assert_eq!(
+        rows.len(),
+        6 * 4,
+        "the taken row stays away, the new one arrived"
+    );
+    assert!(rows.iter().all(|r| r["version"] == 2), "{rows:?}");
+    assert_eq!(
+        applied_conversation_events(&app.pool).await,
+        stored_conversation_events(&app.pool).await,
+        "every event applied exactly once"
+    );
+}
