@@ -354,6 +354,11 @@ impl Application {
         &self.tenants
     }
 
+    /// Stops the server (and with it every background task) from elsewhere.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         for task in &self.background {

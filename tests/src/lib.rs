@@ -33,6 +33,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// The platform operator credential this app was configured with.
     pub platform_token: String,
+    server: actix_web::dev::ServerHandle,
+    running: std::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
 }
 
 /// Settings for a fresh, uniquely named database and a free port.
@@ -239,8 +241,11 @@ impl TestAppBuilder {
         let address = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool().clone();
         let tenant_pool = app.tenant_pool().clone();
-        tokio::spawn(app.run_until_stopped());
+        let server = app.handle();
+        let running = tokio::spawn(app.run_until_stopped());
         TestApp {
+            server,
+            running: std::sync::Mutex::new(Some(running)),
             address,
             pool,
             tenant_pool,
@@ -258,6 +263,23 @@ impl TestAppBuilder {
 }
 
 impl TestApp {
+    /// Stops the application as a shutdown would: the server, then every background task
+    /// (relay, projections, workers), aborted where they stand. The database stays.
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+        let running = self.running.lock().unwrap().take();
+        if let Some(running) = running {
+            let _ = running.await;
+        }
+    }
+
+    /// A builder for another application on this one's database (a restart, a switch of
+    /// transport), with its own port.
+    pub fn builder_on_same_database(&self) -> TestAppBuilder {
+        let url = self.settings.database.url.clone();
+        TestApp::builder().configure(move |s| s.database.url = url)
+    }
+
     /// Where the fake providers send the browser back (any URL: tests call the callback).
     pub const REDIRECT: &'static str = "https://app.test/callback";
 
