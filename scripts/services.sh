@@ -3,6 +3,7 @@
 #   scripts/services.sh up     PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 (rate
 #                              limits, inbound webhook replays) and a Kafka-compatible broker
 #                              (tansu) on 127.0.0.1:9092, each started only when down
+#   scripts/services.sh up --no-broker   the same without the broker
 #   scripts/services.sh down   stops the broker if `up` started it
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -132,7 +133,10 @@ case "${1:-up}" in
     postgres_up
     drop_test_databases
     redis_up
-    kafka_up
+    # `up --no-broker`: the embedded transport needs no broker (scripts/serve.sh).
+    if [ "${2:-}" != "--no-broker" ]; then
+      kafka_up
+    fi
     ;;
   down)
     kafka_down
