@@ -30,10 +30,12 @@ pub async fn run(settings: &Settings, args: &BenchArgs, fresh: Fresh) -> anyhow:
     let _ = Postgres::force_drop_database(&store_db).await;
     let mut report = result?;
 
-    let (latency_settings, latency_db) = fresh(settings, args.clients);
-    let result = latency_bench(latency_settings, args).await;
-    let _ = Postgres::force_drop_database(&latency_db).await;
-    report.push_str(&result?);
+    for transport in [Transport::Embedded, Transport::Kafka] {
+        let (latency_settings, latency_db) = fresh(settings, args.clients);
+        let result = latency_bench(latency_settings, args, transport).await;
+        let _ = Postgres::force_drop_database(&latency_db).await;
+        report.push_str(&result?);
+    }
     write_stdout(&report)
 }
 
@@ -177,11 +179,35 @@ async fn seed_conversations(pool: &PgPool, conversations: i64) -> anyhow::Result
     crate::events::append_conversations(pool, &tenant, usize::try_from(conversations)?).await
 }
 
-/// Commands at a steady rate on a running service with the relay and projections inside; the
-/// time from sending each command until its conversation is in the read model.
-async fn latency_bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<String> {
-    settings.kafka.enabled = true;
-    settings.kafka.relay.idle_ms = 5;
+/// How the projections get their events.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    /// Following the event store in the service (docs/streaming.md).
+    Embedded,
+    /// The relay and Kafka consumers in the service.
+    Kafka,
+}
+
+/// Commands at a steady rate on a running service with the projections inside (on
+/// `transport`); the time from sending each command until its conversation is in the read
+/// model.
+async fn latency_bench(
+    mut settings: Settings,
+    args: &BenchArgs,
+    transport: Transport,
+) -> anyhow::Result<String> {
+    match transport {
+        Transport::Kafka => {
+            settings.kafka.enabled = true;
+            settings.kafka.relay.idle_ms = 5;
+            settings.embedded.enabled = false;
+        }
+        Transport::Embedded => {
+            settings.kafka.enabled = false;
+            settings.embedded.enabled = true;
+            settings.embedded.idle_ms = 5;
+        }
+    }
     let keys = JwtKeys::new(&settings.auth)?;
     // The benchmark measures the service, not its rate limits (which would refuse the load).
     let mut settings = settings;
@@ -260,8 +286,14 @@ async fn latency_bench(mut settings: Settings, args: &BenchArgs) -> anyhow::Resu
         )
     };
     let mut out = format!(
-        "\ncommand -> read model, {} commands at {}/s (polled every 2 ms)\n\n{:<40} {:>9} {:>9} {:>9}\n",
-        total, args.rate, "latency", "p50 ms", "p95 ms", "p99 ms"
+        "\ncommand -> read model ({} transport), {} commands at {}/s (polled every 2 ms)\n\n{:<40} {:>9} {:>9} {:>9}\n",
+        format!("{transport:?}").to_lowercase(),
+        total,
+        args.rate,
+        "latency",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms"
     );
     out.push_str(&line("command accepted -> visible in read model", &visible));
     out.push_str(&line("ceiling: the command's own HTTP latency", &command));
