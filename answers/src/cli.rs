@@ -112,6 +112,9 @@ impl Cli {
                         streaming::KafkaSource::for_projection(settings.kafka.clone(), p.as_ref());
                     tokio::spawn(
                         projections::ProjectionRunner::new(pool.clone(), p, source)
+                            .with_stall_detection(std::time::Duration::from_millis(
+                                settings.health.stall_after_ms,
+                            ))
                             .run_supervised(),
                     )
                 });

@@ -147,6 +147,9 @@ pub struct HealthSettings {
     pub max_lag_events: i64,
     /// A projection whose newest applied event is older than this while behind is `behind`.
     pub max_lag_seconds: f64,
+    /// A projection with events waiting and none delivered for this long is stalled: logged,
+    /// counted and its consumer recreated (docs/projections.md).
+    pub stall_after_ms: u64,
 }
 
 /// Service level objectives and the indicators recorded for them (docs/observability.md).
@@ -384,6 +387,7 @@ impl Settings {
             .set_default("log.slow_request_ms", 1000)?
             .set_default("health.max_lag_events", 10_000)?
             .set_default("health.max_lag_seconds", 60.0)?
+            .set_default("health.stall_after_ms", 60_000)?
             .set_default("embedded.enabled", false)?
             .set_default("embedded.batch_size", 500)?
             .set_default("embedded.idle_ms", 20)?

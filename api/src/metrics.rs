@@ -68,6 +68,7 @@ pub struct Metrics {
     projection_applied: IntGaugeVec,
     projection_dead_letters: IntGaugeVec,
     projection_rebuild: prometheus::GaugeVec,
+    projection_stalls: IntGaugeVec,
     relay_lag_events: IntGaugeVec,
     relay_published: IntGaugeVec,
     relay_lag_seconds: prometheus::GaugeVec,
@@ -241,6 +242,13 @@ impl Metrics {
                 r,
                 prometheus::GaugeVec::new(
                     Opts::new("answers_projection_rebuild_progress_ratio", "A running rebuild's progress, 0 to 1 (the store position read over the one it reads up to); absent when none runs"),
+                    &["projection"],
+                )?,
+            )?,
+            projection_stalls: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("answers_projection_stall_recoveries", "Times a projection's consumer was found stalled (events waiting, none delivered for health.stall_after_ms) and recreated"),
                     &["projection"],
                 )?,
             )?,
@@ -440,6 +448,9 @@ impl Metrics {
             self.projection_dead_letters
                 .with_label_values(&name)
                 .set(p.open_dead_letters);
+            self.projection_stalls
+                .with_label_values(&name)
+                .set(p.stall_recoveries);
             match &p.rebuild {
                 Some(rebuild) => self
                     .projection_rebuild

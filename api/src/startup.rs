@@ -110,9 +110,14 @@ impl Application {
                 &pool,
                 &settings.kafka,
                 settings.metrics.enabled.then_some(&*metrics),
+                Duration::from_millis(settings.health.stall_after_ms),
             )?
         } else if settings.embedded.enabled {
-            spawn_embedded(&pool, &settings.embedded)
+            spawn_embedded(
+                &pool,
+                &settings.embedded,
+                Duration::from_millis(settings.health.stall_after_ms),
+            )
         } else {
             Vec::new()
         };
@@ -487,6 +492,7 @@ fn unreachable_message(target: &str) -> String {
 pub fn spawn_embedded(
     pool: &PgPool,
     embedded: &crate::config::EmbeddedSettings,
+    stall_after: Duration,
 ) -> Vec<JoinHandle<()>> {
     projections::all()
         .into_iter()
@@ -497,7 +503,8 @@ pub fn spawn_embedded(
                 embedded.batch_size,
                 Duration::from_millis(embedded.idle_ms),
             );
-            let runner = projections::ProjectionRunner::new(pool.clone(), projection, source);
+            let runner = projections::ProjectionRunner::new(pool.clone(), projection, source)
+                .with_stall_detection(stall_after);
             tokio::spawn(runner.run_supervised())
         })
         .collect()
@@ -520,6 +527,7 @@ pub fn spawn_streaming(
     pool: &PgPool,
     kafka: &KafkaSettings,
     metrics: Option<&crate::metrics::Metrics>,
+    stall_after: Duration,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if kafka.relay.in_process {
@@ -533,7 +541,8 @@ pub fn spawn_streaming(
     if kafka.projections_in_process {
         for projection in projections::all() {
             let source = streaming::KafkaSource::for_projection(kafka.clone(), projection.as_ref());
-            let runner = projections::ProjectionRunner::new(pool.clone(), projection, source);
+            let runner = projections::ProjectionRunner::new(pool.clone(), projection, source)
+                .with_stall_detection(stall_after);
             tasks.push(tokio::spawn(runner.run_supervised()));
         }
     }

@@ -14,7 +14,7 @@ use crate::dead_letters;
 use crate::event::Projected;
 use crate::projection::{error_chain, ApplyError, Projection};
 use crate::source::{Delivery, EventSource, SourceError};
-use crate::status::{self, mark_applied, record_error};
+use crate::status::{self, mark_applied, record_error, ProjectionStatus};
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,14 @@ pub enum RunnerError {
     /// Applying an event failed for a reason that may pass.
     #[error("applying an event failed")]
     Apply(#[from] ApplyError),
+    /// Events are waiting and none arrived for the stall time: the consumer is recreated.
+    #[error("stalled: {lag_events} events waiting and none delivered for {waited:?}")]
+    Stalled {
+        /// Events of its aggregate types it has not applied.
+        lag_events: i64,
+        /// How long it waited for one.
+        waited: Duration,
+    },
 }
 
 /// Applies one event and moves the projection's status in one transaction.
@@ -61,6 +69,8 @@ pub struct ProjectionRunner<S> {
     /// Events handled (applied, skipped or dead-lettered) since start: restarts that made
     /// progress reset the backoff.
     handled: AtomicU64,
+    /// No delivery for this long while events wait is a stall (`None`: never checked).
+    stall_after: Option<Duration>,
 }
 
 impl<S: EventSource> ProjectionRunner<S> {
@@ -71,7 +81,16 @@ impl<S: EventSource> ProjectionRunner<S> {
             projection,
             source,
             handled: AtomicU64::new(0),
+            stall_after: None,
         }
+    }
+
+    /// Detects a stalled consumer: no delivery for `after` while the store holds events it
+    /// has not applied. The run then ends (logged at `warn` with the lag, counted in the
+    /// status) and the supervisor recreates the consumer, which rejoins its group.
+    pub fn with_stall_detection(mut self, after: Duration) -> Self {
+        self.stall_after = Some(after);
+        self
     }
 
     /// Runs until stopped, restarting after every failure: the pause grows exponentially (with
@@ -87,6 +106,19 @@ impl<S: EventSource> ProjectionRunner<S> {
             }
             attempt = attempt.saturating_add(1);
             let pause = backoff(attempt, Duration::from_secs(30), rand::random::<f64>());
+            if let Err(RunnerError::Stalled { lag_events, waited }) = &result {
+                tracing::warn!(projection = self.projection.name(), lag_events, waited_ms = waited.as_millis() as u64,
+                    "projection stalled: events waiting and none delivered; recreating its consumer");
+                if let Err(status) =
+                    status::stall_recovered(&self.pool, self.projection.name()).await
+                {
+                    tracing::warn!(projection = self.projection.name(), error = %status,
+                        "could not count the stall in the projection status");
+                }
+                // A stall is no fault of the events: recreate at once.
+                attempt = 0;
+                continue;
+            }
             if let Err(e) = result {
                 let report = error_chain(&e);
                 tracing::warn!(projection = self.projection.name(), error = %report, attempt,
@@ -107,7 +139,25 @@ impl<S: EventSource> ProjectionRunner<S> {
         status::ensure(&self.pool, self.projection.name()).await?;
         tracing::info!(projection = self.projection.name(), "projection consuming");
         loop {
-            let delivery = self.source.next().await.map_err(RunnerError::Source)?;
+            let delivery = match self.stall_after {
+                None => self.source.next().await,
+                Some(after) => match tokio::time::timeout(after, self.source.next()).await {
+                    Ok(delivery) => delivery,
+                    Err(_) => {
+                        let lag = ProjectionStatus::load(&self.pool, self.projection.as_ref())
+                            .await?
+                            .lag_events;
+                        if lag > 0 {
+                            return Err(RunnerError::Stalled {
+                                lag_events: lag,
+                                waited: after,
+                            });
+                        }
+                        continue; // caught up: quiet is fine
+                    }
+                },
+            }
+            .map_err(RunnerError::Source)?;
             self.handle(&delivery).await?;
             self.source
                 .ack(&delivery)

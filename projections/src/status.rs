@@ -54,6 +54,20 @@ pub async fn record_error(pool: &PgPool, projection: &str, error: &str) -> Resul
     Ok(())
 }
 
+/// A stalled consumer was recreated.
+pub async fn stall_recovered(pool: &PgPool, projection: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO projection_status (projection, stall_recoveries, last_stall_at)
+         VALUES ($1, 1, now())
+         ON CONFLICT (projection) DO UPDATE
+            SET stall_recoveries = projection_status.stall_recoveries + 1, last_stall_at = now()",
+        projection,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A rebuild started: it reads up to `target` before the swap.
 pub async fn rebuild_started(
     pool: &PgPool,
@@ -161,6 +175,10 @@ pub struct ProjectionStatus {
     pub open_dead_letters: i64,
     /// The rebuild running now, if one is.
     pub rebuild: Option<RebuildProgress>,
+    /// How often its consumer was found stalled and recreated.
+    pub stall_recoveries: i64,
+    /// When that last happened.
+    pub last_stall_at: Option<DateTime<Utc>>,
 }
 
 /// How far a running rebuild got.
@@ -192,6 +210,8 @@ struct StatusRow {
     rebuild_target: Option<i64>,
     rebuild_position: Option<i64>,
     rebuild_applied: Option<i64>,
+    stall_recoveries: Option<i64>,
+    last_stall_at: Option<DateTime<Utc>>,
     stored: i64,
     open: i64,
 }
@@ -205,6 +225,7 @@ impl ProjectionStatus {
             r#"SELECT s.applied_events AS "applied_events?", s.last_position AS "last_position?",
                  s.last_applied_at, s.last_recorded_at, s.last_error, s.last_error_at, s.rebuilt_at,
                  s.rebuild_started_at, s.rebuild_target, s.rebuild_position, s.rebuild_applied,
+                 s.stall_recoveries AS "stall_recoveries?", s.last_stall_at,
                  (SELECT count(*) FROM events WHERE aggregate_type = ANY($2)) AS "stored!",
                  (SELECT count(*) FROM dead_letters d
                    WHERE d.projection = $1 AND d.resolved_at IS NULL) AS "open!"
@@ -233,6 +254,8 @@ impl ProjectionStatus {
             last_error_at: row.last_error_at,
             rebuilt_at: row.rebuilt_at,
             open_dead_letters: row.open,
+            stall_recoveries: row.stall_recoveries.unwrap_or(0),
+            last_stall_at: row.last_stall_at,
             rebuild: row.rebuild_started_at.map(|started_at| {
                 let target = row.rebuild_target.unwrap_or(0);
                 let position = row.rebuild_position.unwrap_or(0);

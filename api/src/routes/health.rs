@@ -206,6 +206,9 @@ pub struct LagHealth {
     pub lag_events: i64,
     pub lag_seconds: Option<f64>,
     pub open_dead_letters: Option<i64>,
+    /// How often its consumer was found stalled and recreated (projections).
+    pub stall_recoveries: Option<i64>,
+    pub last_stall_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One database pool's saturation.
@@ -388,6 +391,8 @@ pub async fn details(
                 lag_events: p.lag_events,
                 lag_seconds: Some(p.lag_seconds),
                 open_dead_letters: Some(p.open_dead_letters),
+                stall_recoveries: Some(p.stall_recoveries),
+                last_stall_at: p.last_stall_at,
             })
             .collect::<Vec<_>>();
         let relay = relay.map(|r| LagHealth {
@@ -396,6 +401,8 @@ pub async fn details(
             lag_events: r.lag_events,
             lag_seconds: r.lag_seconds,
             open_dead_letters: None,
+            stall_recoveries: None,
+            last_stall_at: None,
         });
         (projections, relay)
     };

@@ -207,3 +207,119 @@ async fn eight_racing_writers_reach_the_read_model_once_each_on_the_embedded_tra
     assert_eq!(rows.len(), 80);
     assert!(rows.iter().all(|r| r["version"] == 2), "{rows:?}");
 }
+
+/// Delivers the store's conversation events; on its first run it goes quiet after `quiet_after`
+/// of them, as a consumer whose group session silently broke would.
+struct GoesQuiet {
+    inner: StoreFollower,
+    quiet_after: usize,
+    delivered: usize,
+    runs: usize,
+}
+
+#[async_trait::async_trait]
+impl projections::EventSource for GoesQuiet {
+    async fn open(&mut self) -> Result<(), projections::SourceError> {
+        self.runs += 1;
+        self.delivered = 0;
+        self.inner.open().await
+    }
+    async fn next(&mut self) -> Result<projections::Delivery, projections::SourceError> {
+        if self.runs == 1 && self.delivered >= self.quiet_after {
+            std::future::pending::<()>().await;
+        }
+        self.delivered += 1;
+        self.inner.next().await
+    }
+    async fn ack(&mut self, d: &projections::Delivery) -> Result<(), projections::SourceError> {
+        self.inner.ack(d).await
+    }
+    async fn close(&mut self) {
+        self.inner.close().await
+    }
+    async fn checkpoint_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        d: &projections::Delivery,
+    ) -> Result<(), projections::SourceError> {
+        self.inner.checkpoint_in(conn, d).await
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_consumer_is_detected_counted_and_recreated_without_a_person() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    for i in 0..3 {
+        app.ask(&admin, &format!("Waiting question {i}")).await;
+    }
+    let projection: Arc<dyn Projection> = Arc::new(Folded(Conversations));
+    let source = GoesQuiet {
+        inner: StoreFollower::for_projection(
+            app.pool.clone(),
+            projection.as_ref(),
+            100,
+            Duration::from_millis(5),
+        ),
+        quiet_after: 2,
+        delivered: 0,
+        runs: 0,
+    };
+    let runner = ProjectionRunner::new(app.pool.clone(), projection, source)
+        .with_stall_detection(Duration::from_millis(300));
+    let task = tokio::spawn(runner.run_supervised());
+    wait_until_projected(&app.pool, Duration::from_secs(30)).await;
+    task.abort();
+    let (recoveries, at): (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT stall_recoveries, last_stall_at FROM projection_status WHERE projection = 'conversations'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(recoveries, 1, "one stall, one recovery");
+    assert!(at.is_some());
+    // Operators see it in the details and the metrics.
+    let details: serde_json::Value = app
+        .operator_get("/health/details")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let conversations = details["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "conversations")
+        .unwrap()
+        .clone();
+    assert_eq!(conversations["stall_recoveries"], 1, "{conversations}");
+    let metrics = app.operator_get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "answers_projection_stall_recoveries{projection=\"conversations\"} 1"),
+        "{metrics}"
+    );
+    // A caught-up projection that hears nothing is not stalled.
+    let projection: Arc<dyn Projection> = Arc::new(Folded(Conversations));
+    let source = StoreFollower::for_projection(
+        app.pool.clone(),
+        projection.as_ref(),
+        100,
+        Duration::from_millis(5),
+    );
+    let quiet = tokio::spawn(
+        ProjectionRunner::new(app.pool.clone(), projection, source)
+            .with_stall_detection(Duration::from_millis(100))
+            .run_supervised(),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    quiet.abort();
+    let recoveries: i64 = sqlx::query_scalar(
+        "SELECT stall_recoveries FROM projection_status WHERE projection = 'conversations'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(recoveries, 1);
+}
