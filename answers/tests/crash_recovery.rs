@@ -1,0 +1,304 @@
+//! The whole service killed with SIGKILL under load, again and again, then started once more:
+//! with no one touching anything, every read model converges with the store, no accepted
+//! command is missing, nothing is applied twice and no question is left pending (issue 12,
+//! docs/projections.md). The real binary, a real process kill, the embedded transport.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::PgPool;
+
+fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+struct Service {
+    env: Vec<(String, String)>,
+    port: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Embedded,
+    Kafka,
+}
+
+impl Service {
+    fn new(db: &str, transport: Transport) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let env = [
+            ("APP__DATABASE__URL", format!("{}/{db}", server_url())),
+            ("APP__SERVER__PORT", port.to_string()),
+            (
+                "APP__KAFKA__ENABLED",
+                matches!(transport, Transport::Kafka).to_string(),
+            ),
+            (
+                "APP__EMBEDDED__ENABLED",
+                matches!(transport, Transport::Embedded).to_string(),
+            ),
+            // Topics and consumer groups of this run only (Kafka).
+            (
+                "APP__KAFKA__TOPIC_PREFIX",
+                format!("c{}", &db[db.len() - 12..]),
+            ),
+            (
+                "APP__KAFKA__CONSUMER_GROUP",
+                format!("g{}", &db[db.len() - 12..]),
+            ),
+            (
+                "APP__KAFKA__BOOTSTRAP_SERVERS",
+                std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+            ),
+            ("APP__RATE_LIMITS__ENABLED", "false".into()),
+            // A question whose answer never came (the process died between asking and
+            // recording) is failed by the sweeper after this long.
+            ("APP__ENGINE__SWEEP_AFTER_MS", "1500".into()),
+            ("APP__KAPA__TOTAL_TIMEOUT_MS", "1000".into()),
+            ("APP__ENGINE__SWEEP_INTERVAL_MS", "200".into()),
+            ("APP__HEALTH__STALL_AFTER_MS", "2000".into()),
+            ("APP__LOG__FILTER", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Self { env, port }
+    }
+
+    fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_answers"));
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    fn start(&self) -> Child {
+        self.command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the service starts")
+    }
+
+    fn token(&self) -> String {
+        let out = self
+            .command()
+            .args([
+                "token", "--tenant", "acme", "--role", "admin", "--user", "alice",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    async fn ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = client
+                .get(format!("{}/health/ready", self.address()))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the service did not become ready");
+    }
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn killed_with_sigkill_under_load_it_converges_by_itself_on_the_embedded_transport() {
+    killed_again_and_again(Transport::Embedded).await;
+}
+
+#[tokio::test]
+async fn killed_with_sigkill_under_load_it_converges_by_itself_over_kafka() {
+    killed_again_and_again(Transport::Kafka).await;
+}
+
+async fn killed_again_and_again(transport: Transport) {
+    let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
+    let service = Service::new(&db, transport);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = service.token();
+    assert!(!token.is_empty());
+
+    let mut child = service.start();
+    service.ready(&client).await;
+    let created = client
+        .post(format!("{}/v1/tenant", service.address()))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // Eight clients asking all along; the ids of the questions the service accepted.
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|c| {
+            let (client, token, address) = (client.clone(), token.clone(), service.address());
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let sent = client
+                        .post(format!("{address}/v1/conversations"))
+                        .bearer_auth(&token)
+                        .json(&json!({"question": format!("Client {c}, question {n}")}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 201 => {
+                            let body: serde_json::Value = r.json().await.unwrap_or_default();
+                            if let Some(id) = body["id"].as_str() {
+                                accepted.lock().unwrap().push(id.to_string());
+                            }
+                        }
+                        // Refused connections and cut requests while the service is down.
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200 + 300 * round)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        child = service.start();
+        service.ready(&client).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let last_start = Instant::now();
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() > 20,
+        "the load ran: {} accepted",
+        accepted.len()
+    );
+
+    let pool = PgPool::connect(&format!("{}/{db}", server_url()))
+        .await
+        .unwrap();
+    // Every accepted question is in the store.
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT split_part(aggregate_id, '/', 2) FROM events
+          WHERE event_type = 'QuestionAsked'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let missing: Vec<&String> = accepted.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(missing.is_empty(), "accepted but not stored: {missing:?}");
+
+    // Converges within 60 s of the last start, with nothing done by hand.
+    let converged = loop {
+        let asked = scalar(
+            &pool,
+            "SELECT count(*) FROM events WHERE event_type = 'QuestionAsked'",
+        )
+        .await;
+        let settled = scalar(
+            &pool,
+            "SELECT count(*) FROM events WHERE event_type IN ('AnswerRecorded', 'AnswerFailed', 'QuestionBlocked')",
+        )
+        .await;
+        let conversation_events = scalar(
+            &pool,
+            "SELECT count(*) FROM events WHERE aggregate_type = 'conversation'",
+        )
+        .await;
+        let applied = scalar(
+            &pool,
+            "SELECT coalesce((SELECT applied_events FROM projection_status WHERE projection = 'conversations'), 0)",
+        )
+        .await;
+        assert!(
+            applied <= conversation_events,
+            "applied {applied} > stored {conversation_events}"
+        );
+        let rows = scalar(&pool, "SELECT count(*) FROM rm_conversations").await;
+        let conversations = scalar(
+            &pool,
+            "SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'conversation'",
+        )
+        .await;
+        let lagging = scalar(
+            &pool,
+            "SELECT count(*) FROM projection_status p
+              WHERE p.applied_events < (SELECT count(*) FROM events e WHERE e.aggregate_type = ANY(
+                CASE p.projection WHEN 'sources' THEN ARRAY['knowledge_source']
+                                  WHEN 'tenants' THEN ARRAY['tenant']
+                                  WHEN 'conversations' THEN ARRAY['conversation']
+                                  ELSE ARRAY['conversation', 'knowledge_source', 'tenant', 'account'] END))
+                AND p.projection IN ('conversations', 'tenants')",
+        )
+        .await;
+        if asked == settled
+            && applied == conversation_events
+            && rows == conversations
+            && lagging == 0
+        {
+            eprintln!(
+                "{transport:?}: converged {:?} after the last start ({} questions accepted)",
+                last_start.elapsed(),
+                accepted.len()
+            );
+            break true;
+        }
+        if last_start.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let details = client
+        .get(format!("{}/health/ready", service.address()))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    child.kill().ok();
+    child.wait().ok();
+    pool.close().await;
+    let admin = PgPool::connect(&format!("{}/postgres", server_url()))
+        .await
+        .unwrap();
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    assert!(
+        converged,
+        "the read models did not converge within 60 s of the last start"
+    );
+    assert_eq!(details, 200);
+}
