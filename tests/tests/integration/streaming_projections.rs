@@ -492,7 +492,17 @@ async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
 
 #[tokio::test]
 async fn a_rebuild_from_zero_equals_the_live_model_while_reads_keep_answering() {
-    let app = TestApp::builder().streaming().spawn().await;
+    rebuild_while_reading(TestApp::builder().streaming().spawn().await).await;
+}
+
+#[tokio::test]
+async fn a_rebuild_while_serving_on_the_embedded_transport_equals_the_live_model() {
+    rebuild_while_reading(TestApp::builder().embedded().spawn().await).await;
+}
+
+/// A rebuild of the conversations projection while four readers hammer the API, on whichever
+/// transport `app` runs: every read answered in full, the rebuilt model equal row for row.
+async fn rebuild_while_reading(app: TestApp) {
     let admin = app.create_tenant("acme", "alice").await;
     activity(&app, &admin, 12).await;
     wait_until_projected(&app.pool, Duration::from_secs(60)).await;
