@@ -80,7 +80,6 @@ pub struct Metrics {
     sli_total: IntCounterVec,
     sli_good: IntCounterVec,
     _slo_target: prometheus::GaugeVec,
-    latency_threshold_seconds: f64,
     tenants: TenantLabels,
     pools: Vec<(&'static str, PgPool)>,
     api_pool: Option<event_store::TenantPool>,
@@ -337,7 +336,6 @@ impl Metrics {
                 }
                 g
             },
-            latency_threshold_seconds: slo.latency_threshold_ms as f64 / 1000.0,
             tenants: TenantLabels {
                 cap: tenant_label_cap,
                 seen: Mutex::new(HashSet::new()),
@@ -551,6 +549,10 @@ pub async fn record(
     if metrics.is_none() && slis.is_none() {
         return next.call(req).await;
     }
+    // The latency objective's threshold, from the SLO settings the application serves.
+    let threshold = req
+        .app_data::<web::Data<crate::config::SloSettings>>()
+        .map_or(0.5, |s| s.latency_threshold_ms as f64 / 1000.0);
     let started = Instant::now();
     let method = req.method().clone();
     if let Some(m) = &metrics {
@@ -565,22 +567,8 @@ pub async fn record(
         ),
         Err(e) => (None, e.as_response_error().status_code().as_u16()),
     };
-    let Some(metrics) = metrics else {
-        if let Some(slis) = &slis {
-            let threshold = slis.settings().latency_threshold_ms as f64 / 1000.0;
-            let judged = crate::slo::judge(
-                threshold,
-                method.as_str(),
-                route.as_deref(),
-                status,
-                elapsed,
-            );
-            slis.request(&judged, elapsed);
-        }
-        return result;
-    };
     let judged = crate::slo::judge(
-        metrics.latency_threshold_seconds,
+        threshold,
         method.as_str(),
         route.as_deref(),
         status,
@@ -589,6 +577,9 @@ pub async fn record(
     if let Some(slis) = &slis {
         slis.request(&judged, elapsed);
     }
+    let Some(metrics) = metrics else {
+        return result;
+    };
     if let Some((series, good)) = judged.availability {
         metrics.sli(series, good);
     }

@@ -62,6 +62,19 @@ pub enum Distribution {
 }
 
 impl Distribution {
+    pub const ALL: [Distribution; 3] = [
+        Distribution::HttpLatency,
+        Distribution::EngineLatency,
+        Distribution::ProjectionLag,
+    ];
+
+    fn parse(stored: &str) -> Result<Self, SloError> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == stored)
+            .ok_or_else(|| SloError::Unreadable(format!("unknown distribution `{stored}`")))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Distribution::HttpLatency => "http_latency_seconds",
@@ -124,7 +137,7 @@ impl Histogram {
 }
 
 /// The start of the minute `at` falls in.
-fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
+pub fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
     let secs = at.timestamp();
     DateTime::from_timestamp(secs - secs.rem_euclid(60), 0).unwrap_or(at)
 }
@@ -537,26 +550,21 @@ pub async fn trend(
     for (series, period, good, total) in counts {
         tallies.insert((Series::parse(&series)?, period), Tally { good, total });
     }
-    let rows: Vec<(String, DateTime<Utc>, Vec<i64>, f64)> = sqlx::query_as(
-        "SELECT series, minute, counts, max
+    // Periods as the counts' (the same `date_bin`); the buckets are added here, after each
+    // minute's layout is checked.
+    type Row = (String, DateTime<Utc>, DateTime<Utc>, Vec<i64>, f64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT series, minute, date_bin(make_interval(secs => $3), minute, $1), counts, max
            FROM distribution_minutes WHERE minute >= $1 AND minute < $2",
     )
     .bind(from)
     .bind(to)
+    .bind(step_secs)
     .fetch_all(pool)
     .await?;
     let mut summed: HashMap<(Distribution, DateTime<Utc>), Summed> = HashMap::new();
-    let step_delta =
-        TimeDelta::from_std(step).map_err(|e| SloError::Unreadable(format!("trend step: {e}")))?;
-    for (series, minute, row, max) in rows {
-        let distribution = [
-            Distribution::HttpLatency,
-            Distribution::EngineLatency,
-            Distribution::ProjectionLag,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == series)
-        .ok_or_else(|| SloError::Unreadable(format!("unknown distribution `{series}`")))?;
+    for (series, minute, period, row, max) in rows {
+        let distribution = Distribution::parse(&series)?;
         let buckets = distribution.bounds().len() + 1;
         if row.len() != buckets {
             return Err(SloError::Unreadable(format!(
@@ -564,8 +572,6 @@ pub async fn trend(
                 row.len()
             )));
         }
-        let offset = (minute - from).num_seconds() / step_delta.num_seconds().max(1);
-        let period = from + step_delta * i32::try_from(offset).unwrap_or(i32::MAX);
         let entry = summed.entry((distribution, period)).or_insert(Summed {
             counts: vec![0; buckets],
             max: 0.0,

@@ -592,6 +592,11 @@ impl CommandBus {
             .await
             .map_err(|e| CommandError::Rejected(e.into()))?;
         let events = sink.collect().await;
+        let append = tracing::info_span!(
+            "event_store.append",
+            aggregate_type = A::TYPE,
+            events = events.len()
+        );
         let metadata = EventMetadata {
             tenant_id: ctx.tenant_id.to_string(),
             user_id: ctx.user_id.to_string(),
@@ -600,17 +605,8 @@ impl CommandBus {
             causation_id: ctx.causation_id.clone(),
             idempotency_key: ctx.idempotency_key.clone(),
             occurred_at: Some(self.clock.now()),
-            traceparent: None,
-        };
-        let append = tracing::info_span!(
-            "event_store.append",
-            aggregate_type = A::TYPE,
-            events = events.len()
-        );
-        // The events carry the append's own span: the relay's publish is its child.
-        let metadata = EventMetadata {
+            // The events carry the append's own span: the relay's publish is its child.
             traceparent: append.in_scope(|| self.trace_context.as_ref().and_then(|f| f())),
-            ..metadata
         };
         let started = std::time::Instant::now();
         let committed = store

@@ -45,11 +45,21 @@ pub async fn apply_one(
     event: &Projected,
 ) -> Result<bool, ApplyError> {
     let mut tx = pool.begin().await?;
-    let applied = projection.apply(&mut tx, event).await?;
-    if applied {
-        mark_applied(&mut tx, projection.name(), &event.meta).await?;
-    }
+    let applied = apply_in(&mut tx, projection, event).await?;
     tx.commit().await?;
+    Ok(applied)
+}
+
+/// Applies one event and moves the projection's status in `conn`'s transaction.
+async fn apply_in(
+    conn: &mut sqlx::PgConnection,
+    projection: &dyn Projection,
+    event: &Projected,
+) -> Result<bool, ApplyError> {
+    let applied = projection.apply(&mut *conn, event).await?;
+    if applied {
+        mark_applied(conn, projection.name(), &event.meta).await?;
+    }
     Ok(applied)
 }
 
@@ -216,10 +226,7 @@ impl<S: EventSource> ProjectionRunner<S> {
         delivery: &Delivery,
     ) -> Result<bool, RunnerError> {
         let mut tx = self.pool.begin().await?;
-        let applied = self.projection.apply(&mut tx, event).await?;
-        if applied {
-            mark_applied(&mut tx, self.projection.name(), &event.meta).await?;
-        }
+        let applied = apply_in(&mut tx, self.projection.as_ref(), event).await?;
         self.source
             .checkpoint_in(&mut tx, delivery)
             .await

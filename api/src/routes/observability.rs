@@ -224,8 +224,7 @@ pub async fn trends(
     let (span, step) = range.span_and_step();
     let now = Utc::now();
     // Periods end at the next minute boundary, so the current minute is in the last one.
-    let to = DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60) + 60, 0)
-        .unwrap_or(now);
+    let to = slo::minute_of(now) + TimeDelta::minutes(1);
     let from = to - span;
     let (tallies, summed) = slo::trend(&pool, from, to, step).await.map_err(slo_error)?;
     let step_delta = TimeDelta::from_std(step).unwrap_or(TimeDelta::hours(1));
