@@ -154,6 +154,21 @@ pub async fn wait_until_projected(pool: &PgPool, timeout: Duration) {
     .await
 }
 
+/// The value of the Prometheus series `name` whose labels include every pair of `labels`, in
+/// the text exposition `text`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// How a test's application is made: a fresh database and a free port, then whatever the test
 /// changes (streaming on, settings, the answer engine, the clock).
 pub struct TestAppBuilder {

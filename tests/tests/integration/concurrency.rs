@@ -52,12 +52,12 @@ async fn twenty_racing_commands_on_one_aggregate_leave_gapless_sequences_and_409
     // Each lost race for the sequence is counted (an answer's recording that lost one to a
     // later command would add to them: at most one per winner).
     let text = app.operator_get("/metrics").await.text().await.unwrap();
-    let conflicts = text
-        .lines()
-        .find(|l| l.starts_with("answers_event_store_conflicts_total{aggregate=\"conversation\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
+    let conflicts = integration_tests::metric_value(
+        &text,
+        "answers_event_store_conflicts_total",
+        &[("aggregate", "conversation")],
+    )
+    .unwrap_or(0.0) as usize;
     let raced = losers
         .iter()
         .filter(|(_, body)| body["code"] == "concurrent_modification")

@@ -13,6 +13,18 @@ use projections::{Folded, Projection, ProjectionRunner, StoreFollower};
 use reqwest::Method;
 use serde_json::json;
 
+/// The conversations projection and its embedded-transport follower, `batch` events a read.
+fn conversations_follower(pool: &sqlx::PgPool, batch: i64) -> (Arc<dyn Projection>, StoreFollower) {
+    let projection: Arc<dyn Projection> = Arc::new(Folded(Conversations));
+    let source = StoreFollower::for_projection(
+        pool.clone(),
+        projection.as_ref(),
+        batch,
+        Duration::from_millis(5),
+    );
+    (projection, source)
+}
+
 #[tokio::test]
 async fn every_read_model_follows_the_commands_without_a_broker() {
     let app = TestApp::builder().embedded().spawn().await;
@@ -88,13 +100,7 @@ async fn a_follower_killed_again_and_again_resumes_from_its_checkpoint_and_appli
     let app = TestApp::spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     let follower = || {
-        let projection: Arc<dyn Projection> = Arc::new(Folded(Conversations));
-        let source = StoreFollower::for_projection(
-            app.pool.clone(),
-            projection.as_ref(),
-            7,
-            Duration::from_millis(5),
-        );
+        let (projection, source) = conversations_follower(&app.pool, 7);
         tokio::spawn(ProjectionRunner::new(app.pool.clone(), projection, source).run_supervised())
     };
     for round in 0..6 {
@@ -253,14 +259,9 @@ async fn a_stalled_consumer_is_detected_counted_and_recreated_without_a_person()
     for i in 0..3 {
         app.ask(&admin, &format!("Waiting question {i}")).await;
     }
-    let projection: Arc<dyn Projection> = Arc::new(Folded(Conversations));
+    let (projection, inner) = conversations_follower(&app.pool, 100);
     let source = GoesQuiet {
-        inner: StoreFollower::for_projection(
-            app.pool.clone(),
-            projection.as_ref(),
-            100,
-            Duration::from_millis(5),
-        ),
+        inner,
         quiet_after: 2,
         delivered: 0,
         runs: 0,
@@ -294,20 +295,17 @@ async fn a_stalled_consumer_is_detected_counted_and_recreated_without_a_person()
         .clone();
     assert_eq!(conversations["stall_recoveries"], 1, "{conversations}");
     let metrics = app.operator_get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "answers_projection_stall_recoveries{projection=\"conversations\"} 1"),
+    assert_eq!(
+        integration_tests::metric_value(
+            &metrics,
+            "answers_projection_stall_recoveries",
+            &[("projection", "conversations")]
+        ),
+        Some(1.0),
         "{metrics}"
     );
     // A caught-up projection that hears nothing is not stalled.
-    let projection: Arc<dyn Projection> = Arc::new(Folded(Conversations));
-    let source = StoreFollower::for_projection(
-        app.pool.clone(),
-        projection.as_ref(),
-        100,
-        Duration::from_millis(5),
-    );
+    let (projection, source) = conversations_follower(&app.pool, 100);
     let quiet = tokio::spawn(
         ProjectionRunner::new(app.pool.clone(), projection, source)
             .with_stall_detection(Duration::from_millis(100))

@@ -318,8 +318,11 @@ async fn transient_failures_are_retried_and_429_waits_for_retry_after() {
     // Each retry is counted by what failed.
     let metrics = app.operator_get("/metrics").await.text().await.unwrap();
     for reason in ["503", "429"] {
-        let line = format!("kapa_retries_total{{reason=\"{reason}\"}} 1");
-        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        assert_eq!(
+            integration_tests::metric_value(&metrics, "kapa_retries_total", &[("reason", reason)]),
+            Some(1.0),
+            "{reason}: {metrics}"
+        );
     }
 }
 
@@ -983,10 +986,13 @@ async fn the_fallback_answers_from_the_tenants_own_upvoted_answers_only_and_reus
         "Kapa was asked both times"
     );
     let metrics = app.operator_get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "answer_engine_fallbacks_total{kind=\"unavailable\"} 1"),
+    assert_eq!(
+        integration_tests::metric_value(
+            &metrics,
+            "answer_engine_fallbacks_total",
+            &[("kind", "unavailable")]
+        ),
+        Some(1.0),
         "one fallback counted: {metrics}"
     );
 

@@ -33,11 +33,7 @@ async fn vote(app: &TestApp, token: &str, conversation: &str, answer: &str, reac
 }
 
 fn breached_tenants(metrics: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("answers_quality_breached_tenants "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    integration_tests::metric_value(metrics, "answers_quality_breached_tenants", &[])
 }
 
 #[tokio::test]
