@@ -250,6 +250,16 @@ async fn personal_data_is_redacted_before_kapa_sees_it_and_blocked_questions_nev
         1,
         "blocked questions never left"
     );
+    // The guardrails' decisions are counted: four blocked, one answered.
+    let metrics = app.operator_get("/metrics").await.text().await.unwrap();
+    let answers = |status: &str| {
+        integration_tests::metric_value(&metrics, "answers_answers_total", &[("status", status)])
+    };
+    assert_eq!(
+        (answers("blocked"), answers("answered")),
+        (Some(4.0), Some(1.0)),
+        "{metrics}"
+    );
     // What was redacted is counted per rule in the stored event, never stored itself.
     let stored: String = sqlx::query_scalar(
         "SELECT string_agg(payload::text, ' ') FROM events WHERE aggregate_type = 'conversation'",
@@ -465,6 +475,13 @@ async fn the_breaker_opens_after_failures_refuses_without_calling_and_closes_aft
     let status = engine_status(&app).await;
     assert_eq!(status["breakers"][0]["project_id"], "p1");
     assert_eq!(status["breakers"][0]["state"], "open", "{status}");
+    // The breaker's state is a gauge operators alert on.
+    let metrics = app.operator_get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        integration_tests::metric_value(&metrics, "answer_engine_breakers", &[("state", "open")]),
+        Some(1.0),
+        "{metrics}"
+    );
 
     tokio::time::sleep(Duration::from_millis(700)).await;
     let probe = ask(&app, &admin, "How do I export my data?").await;
