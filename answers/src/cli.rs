@@ -8,7 +8,7 @@ use domain::Role;
 use answers_api::auth::JwtKeys;
 use answers_api::config::Profile;
 use answers_api::{openapi, startup, telemetry, Application, Settings};
-use answers_tools::{bench, seed, write_stdout};
+use answers_tools::{bench, loadtest, seed, write_stdout};
 
 #[derive(Debug, Parser)]
 #[command(name = "answers", version, about = "The AI answers platform backend")]
@@ -55,6 +55,9 @@ pub enum Command {
     Openapi,
     /// Drive a freshly started service with concurrent clients and compare it with plain inserts.
     Bench(bench::BenchArgs),
+    /// A mixed scenario at a target rate: throughput, errors and latency per route, a JSON
+    /// report, performance budgets (`--budgets perf/budgets.toml`) and a latency sweep.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 impl Cli {
@@ -134,6 +137,7 @@ impl Cli {
             Command::Seed(args) => seed::run(settings, args).await?,
             Command::Openapi => write_stdout(&openapi::document()?)?,
             Command::Bench(args) => bench::run(settings, args).await?,
+            Command::Loadtest(args) => loadtest::run(settings, args).await?,
         }
         Ok(())
     }

@@ -154,7 +154,7 @@ where
 
 /// Settings for a fresh database of its own, on the configured server, a free port, and topics
 /// and consumer groups of its own.
-fn fresh(settings: &Settings, clients: usize) -> (Settings, String) {
+pub(crate) fn fresh(settings: &Settings, clients: usize) -> (Settings, String) {
     let mut settings = settings.clone();
     let base = settings.database.url.expose_secret().to_string();
     let server = base

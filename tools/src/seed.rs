@@ -39,7 +39,7 @@ pub struct SeedArgs {
     pub seed: u64,
 }
 
-const TOPICS: [&str; 8] = [
+pub(crate) const TOPICS: [&str; 8] = [
     "export",
     "billing",
     "sso",
@@ -49,7 +49,7 @@ const TOPICS: [&str; 8] = [
     "integrations",
     "reports",
 ];
-const QUESTIONS: [&str; 10] = [
+pub(crate) const QUESTIONS: [&str; 10] = [
     "How do I set up {t}?",
     "How to configure {t} for my team",
     "{t} fails with error 500",
