@@ -44,6 +44,7 @@ pub struct Settings {
     pub quality: QualitySettings,
     pub tracing: TracingSettings,
     pub embedded: EmbeddedSettings,
+    pub read_cache: crate::read_cache::ReadCacheSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -388,6 +389,10 @@ impl Settings {
             .set_default("health.max_lag_events", 10_000)?
             .set_default("health.max_lag_seconds", 60.0)?
             .set_default("health.stall_after_ms", 60_000)?
+            .set_default("read_cache.enabled", true)?
+            .set_default("read_cache.redis_url", "redis://127.0.0.1:6379")?
+            .set_default("read_cache.timeout_ms", 50)?
+            .set_default("read_cache.ttl_secs", 3600)?
             .set_default("embedded.enabled", false)?
             .set_default("embedded.batch_size", 500)?
             .set_default("embedded.idle_ms", 20)?
@@ -608,6 +613,7 @@ impl Settings {
                 "one transport at a time: embedded.enabled or kafka.enabled, not both".to_string(),
             );
         }
+        problems.extend(self.read_cache.problems());
         if self.embedded.batch_size < 1 || self.embedded.idle_ms == 0 {
             problems.push("embedded.batch_size and embedded.idle_ms must be positive".to_string());
         }

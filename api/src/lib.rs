@@ -12,6 +12,8 @@ pub mod openapi;
 pub mod problem;
 pub mod quality;
 pub mod rate_limit;
+pub mod read_cache;
+pub mod redis_link;
 pub mod routes;
 pub mod sign_in;
 pub mod slo;

@@ -158,6 +158,13 @@ impl Application {
         metrics
             .adopt(|| bus.flags().collectors())
             .context("could not register the flag cache's metrics")?;
+        let read_cache = Arc::new(
+            crate::read_cache::ReadCache::new(&settings.read_cache)
+                .context("invalid read_cache settings")?,
+        );
+        metrics
+            .adopt(|| read_cache.collectors())
+            .context("could not register the read cache's metrics")?;
         if let Some(kapa) = &kapa {
             metrics
                 .adopt(|| kapa.collectors())
@@ -201,6 +208,7 @@ impl Application {
         }
         let bus = web::Data::from(bus);
         let engine_status = web::Data::new(EngineStatus { kapa });
+        let read_cache = web::Data::from(read_cache);
         let flag_settings = web::Data::new(settings.flags.clone());
         let identity_store = identity::store::IdentityStore::new(pool.clone());
         let auth = web::Data::new(Auth::new(
@@ -324,6 +332,7 @@ impl Application {
                 .app_data(tenant_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())
+                .app_data(read_cache.clone())
                 .app_data(flag_settings.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::fallback::unmatched))

@@ -61,6 +61,23 @@ impl TenantPool {
             .await
     }
 
+    /// A read-only transaction of `tenant` on one snapshot (repeatable read): every statement
+    /// sees the same state, e.g. the read cache's versions and the answer computed after them.
+    pub async fn begin_snapshot(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.opening
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _opening = Opening(&self.opening);
+        self.pool
+            .begin_with(format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT set_config('{TENANT_SETTING}', '{}', true)",
+                tenant.as_str()
+            ))
+            .await
+    }
+
     /// The pool itself, for the isolation tests and the start-up check: nothing in the API
     /// queries through it without a tenant.
     pub fn unscoped(&self) -> &PgPool {

@@ -14,8 +14,14 @@ pub async fn mark_applied(
     projection: &str,
     meta: &EventMeta,
 ) -> Result<(), sqlx::Error> {
+    // One round trip: the status and the tenant's read-model version (the read cache's key,
+    // docs/read-cache.md) move together, in the transaction that applied the event.
     sqlx::query!(
-        "INSERT INTO projection_status (projection, applied_events, last_position, last_event_id,
+        "WITH version AS (
+           INSERT INTO read_model_versions (tenant_id, projection, version)
+           VALUES ($5, $1, nextval('read_model_version_seq'))
+           ON CONFLICT (tenant_id, projection) DO UPDATE SET version = EXCLUDED.version)
+         INSERT INTO projection_status (projection, applied_events, last_position, last_event_id,
            last_recorded_at, last_applied_at) VALUES ($1, 1, $2, $3, $4, now())
          ON CONFLICT (projection) DO UPDATE SET applied_events = projection_status.applied_events + 1,
            last_position = GREATEST(projection_status.last_position, $2), last_event_id = $3,
@@ -24,6 +30,7 @@ pub async fn mark_applied(
         meta.position,
         meta.event_id,
         meta.recorded_at,
+        meta.tenant.as_str(),
     )
     .execute(conn)
     .await?;
@@ -126,6 +133,23 @@ pub async fn mark_rebuilt(
     applied: u64,
     position: i64,
 ) -> Result<(), sqlx::Error> {
+    // Every tenant's answers may differ after a rebuild: every tenant with events gets a new
+    // version of this projection (docs/read-cache.md). The tenants come from the events' tenant
+    // index by skipping from one to the next, not by reading every event under the swap's lock.
+    sqlx::query!(
+        "INSERT INTO read_model_versions (tenant_id, projection, version)
+         WITH RECURSIVE t AS (
+           SELECT min(tenant_id) AS tenant_id FROM events
+           UNION ALL
+           SELECT (SELECT min(tenant_id) FROM events WHERE tenant_id > t.tenant_id)
+             FROM t WHERE t.tenant_id IS NOT NULL)
+         SELECT t.tenant_id, $1, nextval('read_model_version_seq') FROM t
+          WHERE t.tenant_id IS NOT NULL
+         ON CONFLICT (tenant_id, projection) DO UPDATE SET version = EXCLUDED.version",
+        projection,
+    )
+    .execute(&mut *conn)
+    .await?;
     sqlx::query!(
         "INSERT INTO projection_status (projection, applied_events, last_position, rebuilt_at)
          VALUES ($1, $2, $3, now()) ON CONFLICT (projection) DO UPDATE SET applied_events = $2,

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
+use crate::redis_link::RedisLink;
+
 /// One budget a request draws on.
 #[derive(Debug, Clone)]
 pub struct Limit {
@@ -108,62 +110,30 @@ end
 return out
 "#;
 
-/// Redis, connected lazily (the service starts without it) and reconnected at most once a
-/// second after a failure.
+/// The budgets in Redis ([`RedisLink`]: connected lazily, reconnected at most once a second).
 pub struct RedisBudgets {
-    client: redis::Client,
+    link: RedisLink,
     prefix: String,
     timeout: Duration,
-    connection: tokio::sync::Mutex<(Option<ConnectionManager>, Option<Instant>)>,
     script: redis::Script,
 }
 
 impl RedisBudgets {
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> redis::RedisResult<Self> {
         Ok(Self {
-            client: redis::Client::open(url)?,
+            link: RedisLink::new(url, timeout)?,
             prefix: prefix.to_string(),
             timeout,
-            connection: tokio::sync::Mutex::new((None, None)),
             script: redis::Script::new(SCRIPT),
         })
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {
-        let mut guard = self.connection.lock().await;
-        if let Some(c) = &guard.0 {
-            return Some(c.clone());
-        }
-        if guard
-            .1
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
-        {
-            return None;
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(0);
-        match tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        {
-            Ok(Ok(c)) => {
-                *guard = (Some(c.clone()), None);
-                Some(c)
-            }
-            _ => {
-                guard.1 = Some(Instant::now());
-                None
-            }
-        }
+        self.link.connection().await
     }
 
     async fn forget_connection(&self) {
-        let mut guard = self.connection.lock().await;
-        *guard = (None, Some(Instant::now()));
+        self.link.forget_connection().await;
     }
 
     /// Whether Redis answers a `PING` within the timeout (health details).

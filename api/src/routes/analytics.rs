@@ -1,19 +1,20 @@
 //! Per-tenant analytics (any role): volume and trends, outcomes, feedback, funnel, intents and
 //! topics, coverage gaps, sources, and cost allocation.
 use actix_web::{get, web, HttpResponse};
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, DurationRound, Utc};
 use domain::Code;
 use event_store::TenantPool;
 use projections::analytics::{self, Analytics, CostRow, Window};
 use serde::Deserialize;
 use sqlx::PgConnection;
 
-use super::{end_read, tenant_tx};
+use super::{end_read, snapshot_tx};
 use utoipa::IntoParams;
 
 use crate::auth::Authenticated;
 use crate::dto::Moment;
 use crate::problem::ApiError;
+use crate::read_cache::{ReadCache, View};
 use crate::routes::conversations::read_error;
 use crate::routes::{parse_word, CommandProblems};
 
@@ -49,13 +50,14 @@ domain::text_enum! {
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WindowQuery {
-    /// `24h`, `7d` (default) or `30d`, ending now; ignored when `from` is given.
+    /// `24h`, `7d` (default) or `30d`, ending at the end of the current minute; ignored when
+    /// `from` is given.
     #[param(value_type = Option<RangeWord>, inline)]
     pub range: Option<String>,
     /// Custom window start (RFC 3339, inclusive).
     #[param(value_type = Option<Moment>, inline)]
     pub from: Option<Moment>,
-    /// Custom window end (RFC 3339, exclusive; default now).
+    /// Custom window end (RFC 3339, exclusive; default: the end of the current minute).
     #[param(value_type = Option<Moment>, inline)]
     pub to: Option<Moment>,
     /// `hour`, `day` or `week` (default: hour for 24h, else day).
@@ -75,7 +77,10 @@ async fn window(
     conn: &mut PgConnection,
     q: &WindowQuery,
 ) -> Result<(Window, Option<CostFormat>), ApiError> {
-    let now = Utc::now();
+    // Ranges end at the end of the current minute: no event is recorded later than now, so the
+    // figures are those up to now, and every request of the minute asks the same question (one
+    // cached answer serves them all, docs/read-cache.md).
+    let now = end_of_minute(Utc::now());
     let format: Option<CostFormat> = parse_word(q.format.as_deref(), Code::InvalidFormat)?;
     let range: Option<RangeWord> = parse_word(q.range.as_deref(), Code::InvalidRange)?;
     let (from, to, default_bucket) = match (q.from.map(|m| m.0), range) {
@@ -114,51 +119,164 @@ async fn window(
     ))
 }
 
+fn unserialisable(e: serde_json::Error) -> ApiError {
+    ApiError::infrastructure(Code::InternalError, "the answer could not be written", &e)
+}
+
+/// The end of `t`'s minute (`t` itself when it is a whole minute).
+fn end_of_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    let start = t.duration_trunc(Duration::minutes(1)).unwrap_or(t);
+    if start == t {
+        t
+    } else {
+        start + Duration::minutes(1)
+    }
+}
+
+/// The request as the cache's key sees it: the checked window, whatever words asked for it.
+fn described(w: &Window, format: Option<CostFormat>) -> String {
+    format!(
+        "{}|{}|{}|{}|{}",
+        w.from.to_rfc3339(),
+        w.to.to_rfc3339(),
+        w.bucket,
+        w.tz,
+        format.map_or("json", |f| f.as_str())
+    )
+}
+
+/// Reads `view` through the cache: the cached body when the read models are still at the
+/// versions it was computed from, else `compute`'s answer (kept for the next reader). The
+/// versions and the computation share the transaction's snapshot.
+async fn cached<F>(
+    cache: &ReadCache,
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: &domain::TenantId,
+    view: View,
+    query: String,
+    compute: F,
+) -> Result<(String, &'static str), ApiError>
+where
+    F: AsyncFnOnce(&mut PgConnection) -> Result<String, ApiError>,
+{
+    let key = cache
+        .key(tx, tenant, view, &query)
+        .await
+        .map_err(read_error)?;
+    if let Some(key) = &key {
+        if let Some(body) = cache.get(view, key).await {
+            return Ok((body, "hit"));
+        }
+    }
+    let body = compute(tx).await?;
+    match key {
+        Some(key) => {
+            cache.put(key, body.clone());
+            Ok((body, "miss"))
+        }
+        None => Ok((body, "off")),
+    }
+}
+
 /// Every dashboard figure of the caller's tenant for one window.
 #[utoipa::path(get, path = "/v1/analytics", tag = "analytics", params(WindowQuery),
-    responses((status = 200, body = Analytics), CommandProblems), security(("bearer" = [])))]
+    responses((status = 200, body = Analytics, headers(("X-Cache" = String,
+        description = "`hit`: served from the read cache; `miss`: computed and cached; `off`: no cache")))
+        , CommandProblems), security(("bearer" = [])))]
 #[get("/analytics")]
 pub async fn overview(
     tenants: web::Data<TenantPool>,
+    cache: web::Data<ReadCache>,
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let tenant = &auth.0.tenant_id;
+    let mut tx = snapshot_tx(&tenants, tenant).await?;
     let (w, _) = window(&mut tx, &query).await?;
-    let result = analytics::compute(&mut tx, &auth.0.tenant_id, &w)
-        .await
-        .map_err(read_error)?;
+    let (body, cache_result) = cached(
+        &cache,
+        &mut tx,
+        tenant,
+        View::Analytics,
+        described(&w, None),
+        async |conn: &mut PgConnection| {
+            let result = analytics::compute(conn, tenant, &w)
+                .await
+                .map_err(read_error)?;
+            serde_json::to_string(&result).map_err(unserialisable)
+        },
+    )
+    .await?;
     end_read(tx);
-    Ok(HttpResponse::Ok().json(result))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header(("X-Cache", cache_result))
+        .body(body))
 }
 
 /// Cost allocation per period: questions, engine calls, characters in and out, sync runs.
 #[utoipa::path(get, path = "/v1/analytics/cost", tag = "analytics", params(WindowQuery),
     responses((status = 200, description = "JSON, or CSV with format=csv",
-        content((Vec<CostRow> = "application/json"), (String = "text/csv"))), CommandProblems),
+        content((Vec<CostRow> = "application/json"), (String = "text/csv")),
+        headers(("X-Cache" = String, description = "`hit`, `miss` or `off`, as on `/v1/analytics`"))),
+        CommandProblems),
     security(("bearer" = [])))]
 #[get("/analytics/cost")]
 pub async fn cost(
     tenants: web::Data<TenantPool>,
+    cache: web::Data<ReadCache>,
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
+    let tenant = &auth.0.tenant_id;
+    let mut tx = snapshot_tx(&tenants, tenant).await?;
     let (w, format) = window(&mut tx, &query).await?;
     let csv = format == Some(CostFormat::Csv);
-    let rows = analytics::cost(&mut tx, &auth.0.tenant_id, &w)
-        .await
-        .map_err(read_error)?;
+    let (body, cache_result) = cached(
+        &cache,
+        &mut tx,
+        tenant,
+        View::Cost,
+        described(&w, format),
+        async |conn: &mut PgConnection| {
+            let rows = analytics::cost(conn, tenant, &w)
+                .await
+                .map_err(read_error)?;
+            if csv {
+                let mut body = analytics::COST_CSV_HEADER.to_string();
+                for r in &rows {
+                    body.push_str(&r.csv_line());
+                }
+                Ok(body)
+            } else {
+                serde_json::to_string(&rows).map_err(unserialisable)
+            }
+        },
+    )
+    .await?;
     end_read(tx);
-    if csv {
-        let mut body = analytics::COST_CSV_HEADER.to_string();
-        for r in &rows {
-            body.push_str(&r.csv_line());
-        }
-        Ok(HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .body(body))
-    } else {
-        Ok(HttpResponse::Ok().json(rows))
+    Ok(HttpResponse::Ok()
+        .content_type(if csv {
+            "text/csv; charset=utf-8"
+        } else {
+            "application/json"
+        })
+        .insert_header(("X-Cache", cache_result))
+        .body(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ranges_end_at_the_end_of_the_current_minute() {
+        let at = |h, m, s, ms| {
+            Utc.with_ymd_and_hms(2026, 11, 26, h, m, s).unwrap() + Duration::milliseconds(ms)
+        };
+        assert_eq!(end_of_minute(at(19, 21, 7, 250)), at(19, 22, 0, 0));
+        assert_eq!(end_of_minute(at(19, 59, 59, 999)), at(20, 0, 0, 0));
+        assert_eq!(end_of_minute(at(19, 22, 0, 0)), at(19, 22, 0, 0));
     }
 }

@@ -205,6 +205,17 @@ pub async fn tenant_tx(
         .map_err(conversations::read_error)
 }
 
+/// A read-only [`tenant_tx`] on one snapshot (`TenantPool::begin_snapshot`).
+pub async fn snapshot_tx(
+    tenants: &event_store::TenantPool,
+    tenant: &domain::TenantId,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    tenants
+        .begin_snapshot(tenant)
+        .await
+        .map_err(conversations::read_error)
+}
+
 /// Ends a [`tenant_tx`] that only read. Dropped, not committed: the `ROLLBACK` sqlx queues
 /// travels with the check it makes as the connection returns to the pool, off the request's
 /// path (one round trip fewer than a `COMMIT`).

@@ -48,6 +48,7 @@ fn plants() -> Vec<(&'static str, &'static str)> {
         ("webhook_endpoints", "INSERT INTO webhook_endpoints (tenant_id, endpoint_id, url, topics, secret) VALUES ($1, 'planted', 'https://x.test', '{}', 's')"),
         ("webhook_deliveries", "INSERT INTO webhook_deliveries (tenant_id, delivery_id, endpoint_id, event_id, topic, body) VALUES ($1, gen_random_uuid(), 'planted', gen_random_uuid(), 't', '{}')"),
         ("inbound_secrets", "INSERT INTO inbound_secrets (tenant_id, secret) VALUES ($1, 's')"),
+        ("read_model_versions", "INSERT INTO read_model_versions (tenant_id, projection, version) VALUES ($1, 'planted', nextval('read_model_version_seq'))"),
     ];
     plants
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod openapi;
 mod quality;
 mod rate_limits;
+mod read_cache;
 mod read_models;
 mod reader;
 mod seed;

@@ -1,0 +1,207 @@
+//! The read cache (docs/read-cache.md): dashboard answers served from Redis while the read model
+//! holds exactly what they were computed from, recomputed as soon as an event of the tenant is
+//! applied or a rebuild swaps the model in, and computed uncached while Redis is down. Each test
+//! runs a Redis of its own (a real `redis-server`), so that it can stop it.
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::{metric_value, wait_for, TestApp};
+use reqwest::Method;
+use serde_json::Value;
+
+/// A `redis-server` of this test's own, on a free port, keeping nothing on disk.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or("redis-server".into()))
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian's redis-server package)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn cached_app(redis: &PrivateRedis) -> TestApp {
+    let url = redis.url();
+    TestApp::builder()
+        .embedded()
+        .configure(move |s| s.read_cache.redis_url = url)
+        .spawn()
+        .await
+}
+
+/// The dashboard of `token`'s tenant over 7 days: (X-Cache, body).
+async fn dashboard(app: &TestApp, token: &str) -> (String, Value) {
+    let response = app
+        .send(Method::GET, "/v1/analytics?range=7d", token, None)
+        .await;
+    assert_eq!(response.status(), 200);
+    let cache = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("absent")
+        .to_string();
+    (cache, response.json().await.unwrap())
+}
+
+fn answered(body: &Value) -> i64 {
+    body["outcomes"]["answered"].as_i64().unwrap_or(-1)
+        + body["outcomes"]["uncertain"].as_i64().unwrap_or(0)
+}
+
+/// Waits for the first dashboard showing `n` answered questions; returns how it was served.
+async fn first_showing(app: &TestApp, token: &str, n: i64) -> (String, Value) {
+    wait_for(
+        "the dashboard to show the answers",
+        Duration::from_secs(20),
+        || async {
+            let (cache, body) = dashboard(app, token).await;
+            assert!(answered(&body) <= n, "{body}");
+            (answered(&body) == n).then_some((cache, body))
+        },
+    )
+    .await
+}
+
+async fn lookups(app: &TestApp, result: &str) -> f64 {
+    let text = app.operator_get("/metrics").await.text().await.unwrap();
+    metric_value(
+        &text,
+        "answers_read_cache_lookups_total",
+        &[("view", "analytics"), ("result", result)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_dashboard_is_served_from_the_cache_until_an_event_of_its_tenant_is_applied() {
+    let redis = PrivateRedis::start();
+    let app = cached_app(&redis).await;
+    let acme = app.create_tenant("acme", "alice").await;
+    let globex = app.create_tenant("globex", "bob").await;
+    app.ask(&acme, "How do I export my data?").await;
+    let (first, shown) = first_showing(&app, &acme, 1).await;
+    assert_eq!(
+        first, "miss",
+        "computed at a version nobody asked for before"
+    );
+    let (again, cached) = dashboard(&app, &acme).await;
+    assert_eq!(again, "hit");
+    assert_eq!(cached, shown, "the cached answer is the computed one");
+
+    // Another tenant's question changes nothing of acme's, and acme's answer is not globex's.
+    app.ask(&globex, "How do I set up SSO?").await;
+    let (globex_first, globex_body) = first_showing(&app, &globex, 1).await;
+    assert_eq!(globex_first, "miss");
+    assert_eq!(globex_body["totals"]["questions"], 1);
+    assert_eq!(dashboard(&app, &acme).await.0, "hit");
+
+    // An applied event of acme's: the next answer is computed again, and shows it.
+    app.ask(&acme, "How do I export to CSV?").await;
+    let (after, body) = first_showing(&app, &acme, 2).await;
+    assert_eq!(
+        after, "miss",
+        "a cached answer older than the model was served"
+    );
+    assert_eq!(body["totals"]["questions"], 2);
+    assert_eq!(dashboard(&app, &acme).await, ("hit".to_string(), body));
+    assert!(lookups(&app, "hit").await >= 3.0);
+    assert!(lookups(&app, "miss").await >= 3.0);
+}
+
+#[tokio::test]
+async fn dashboards_are_computed_uncached_while_redis_is_down_and_cached_again_after() {
+    let mut redis = PrivateRedis::start();
+    let app = cached_app(&redis).await;
+    let acme = app.create_tenant("acme", "alice").await;
+    app.ask(&acme, "How do I export my data?").await;
+    first_showing(&app, &acme, 1).await;
+    assert_eq!(dashboard(&app, &acme).await.0, "hit");
+
+    redis.stop();
+    let (down, body) = dashboard(&app, &acme).await;
+    assert_eq!(down, "miss", "computed without the cache");
+    assert_eq!(answered(&body), 1);
+    // New events are shown at once: nothing stale is served from anywhere.
+    app.ask(&acme, "Which plans include billing exports?").await;
+    let (_, body) = first_showing(&app, &acme, 2).await;
+    assert_eq!(body["totals"]["questions"], 2);
+    assert!(
+        lookups(&app, "error").await >= 2.0,
+        "the failed lookups are counted"
+    );
+
+    redis.restart();
+    wait_for(
+        "the cache to serve again",
+        Duration::from_secs(15),
+        || async { (dashboard(&app, &acme).await.0 == "hit").then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rebuild_swapping_the_model_in_retires_the_cached_answers() {
+    let redis = PrivateRedis::start();
+    let app = cached_app(&redis).await;
+    let acme = app.create_tenant("acme", "alice").await;
+    app.ask(&acme, "How do I export my data?").await;
+    let (_, shown) = first_showing(&app, &acme, 1).await;
+    assert_eq!(dashboard(&app, &acme).await.0, "hit");
+
+    let questions = projections::find("questions").unwrap();
+    projections::rebuild(&app.pool, questions.as_ref())
+        .await
+        .unwrap();
+    let (after, body) = dashboard(&app, &acme).await;
+    assert_eq!(
+        after, "miss",
+        "the rebuilt model is read, not an answer from before"
+    );
+    assert_eq!(body, shown, "the same events give the same figures");
+    assert_eq!(dashboard(&app, &acme).await.0, "hit");
+}
