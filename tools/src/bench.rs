@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Also measure asking through the real Kapa client against a local fake Kapa.
     #[arg(long)]
     pub kapa: bool,
+    /// Also measure the read APIs over this many stored events of ten tenants, every
+    /// projection rebuilt from them (0: skip; the issue's figure is 1000000).
+    #[arg(long, default_value_t = 0)]
+    pub read_events: usize,
     /// Also stream an audit export of this many entries and measure peak memory (0: skip).
     #[arg(long, default_value_t = 0)]
     pub audit_export: usize,
@@ -192,6 +196,10 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         let report = crate::bench_kapa::run(&settings, args.commands, fresh).await?;
         write_stdout(&report)?;
     }
+    if args.read_events > 0 {
+        let report = crate::bench_reads::run(&settings, &args, fresh).await?;
+        write_stdout(&report)?;
+    }
     if args.audit_export > 0 {
         let report = crate::bench_audit::run(&settings, args.audit_export, fresh).await?;
         write_stdout(&report)?;
@@ -207,6 +215,7 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
     let base = settings.clone();
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}", app.port());
+    let tenant_pool = app.tenant_pool().clone();
     tokio::spawn(app.run_until_stopped());
 
     let token = keys.mint("bench-admin", "bench", Role::Admin, 3600)?;
@@ -243,6 +252,8 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
             }
         }
     };
+    // The service runs in this process: its resident memory (with the clients') under load.
+    let rss = crate::loadtest::RssSampler::start();
     let ask = drive(
         "ask a question (2 events)",
         args.clients,
@@ -263,6 +274,8 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
     )
     .await?;
 
+    let load_rss = rss.peak();
+    drop(rss);
     // The ceiling: the same Postgres, an identical table without our code in front of it.
     let pool = PgPoolOptions::new()
         .max_connections(args.clients as u32)
@@ -319,6 +332,9 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
     )
     .await?;
 
+    let (ours, postgres_es) =
+        crate::bench_store::compare(&pool, &tenant_pool, args.clients, args.commands).await?;
+
     let mut report = format!(
         "answers bench: {} clients, {} commands per workload, {} cores\n\n{}",
         args.clients,
@@ -333,6 +349,22 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
         "\nratio to the ceiling: ask {:.1}%, add source {:.1}%\n",
         100.0 * ask.per_second() / ceiling.per_second(),
         100.0 * add.per_second() / ceiling.per_second(),
+    ));
+    report.push_str(&format!(
+        "\nevent store against cqrs-es's postgres-es (same database, aggregate, events, {} clients)\n{}{}{}\
+         ours / postgres-es: {:.1}% of the appends per second, p99 {:.2} ms against {:.2} ms\n\n",
+        args.clients,
+        header(),
+        ours.line(),
+        postgres_es.line(),
+        100.0 * ours.per_second() / postgres_es.per_second(),
+        ms(ours.percentile(99.0)),
+        ms(postgres_es.percentile(99.0)),
+    ));
+    report.push_str(&format!(
+        "peak RSS of this process (service and clients) under the {}-client command load: {}\n",
+        args.clients,
+        load_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     ));
     let post_source = post(
         "/v1/sources",

@@ -120,7 +120,10 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
     seed_conversations(&pool, conversations).await?;
     let seeded = started.elapsed();
     let projection = projections::Folded(projections::conversations::Conversations);
+    let rss = crate::loadtest::RssSampler::start();
     let report = projections::rebuild(&pool, &projection).await?;
+    let rebuild_rss = rss.peak();
+    drop(rss);
     let rebuild_m = measurement(
         "rebuild conversations from 0",
         report.events_read as usize,
@@ -166,8 +169,9 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
         out.push_str(&m.line());
     }
     out.push_str(&format!(
-        "rebuild / read-only pass: {:.1}%\n",
-        100.0 * rebuild_m.per_second() / read_m.per_second()
+        "rebuild / read-only pass: {:.1}%\npeak RSS of this process during the rebuild: {}\n",
+        100.0 * rebuild_m.per_second() / read_m.per_second(),
+        rebuild_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     ));
     Ok(out)
 }

@@ -6,6 +6,8 @@
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_kapa;
+pub mod bench_reads;
+pub mod bench_store;
 pub mod bench_streaming;
 pub mod budgets;
 pub mod events;

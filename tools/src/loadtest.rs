@@ -142,7 +142,8 @@ const RECENT: usize = 500;
 /// A request's fate.
 #[derive(Debug, Clone)]
 enum Fate {
-    Done,
+    /// Answered with a success; for a cached view, whether the read cache served it.
+    Done { cache_hit: Option<bool> },
     /// The service answered with this status (not a success).
     Status(u16),
     /// No HTTP answer (connection refused, reset, timed out).
@@ -179,7 +180,7 @@ impl RouteStats {
         let mut failures = BTreeMap::new();
         for s in samples {
             let key = match s.fate {
-                Fate::Done => continue,
+                Fate::Done { .. } => continue,
                 Fate::Status(code) => code.to_string(),
                 Fate::Transport => "transport".into(),
                 Fate::Shed => "shed".into(),
@@ -237,6 +238,8 @@ struct StepReport {
     /// The largest resident set of this process during the step (MiB): the service and the
     /// load generator together when the service runs in-process.
     peak_rss_mib: Option<f64>,
+    /// Dashboard reads the read cache served, over those it could have (`X-Cache`).
+    read_cache_hit_rate: Option<f64>,
     all: RouteStats,
     routes: Vec<RouteStats>,
 }
@@ -345,13 +348,16 @@ async fn drive(
     );
     for step in &steps {
         text.push_str(&format!(
-            "\noffered {:.0}/s for {:.0} s: completed {:.1}/s ({:.1}% of offered), peak RSS {}\n",
+            "\noffered {:.0}/s for {:.0} s: completed {:.1}/s ({:.1}% of offered), peak RSS {}, \
+             read cache hit rate {}\n",
             step.offered_per_second,
             step.duration_secs,
             step.completed_per_second,
             100.0 * step.throughput_ratio,
             step.peak_rss_mib
-                .map_or("unknown".to_string(), |m| format!("{m:.0} MiB"))
+                .map_or("unknown".to_string(), |m| format!("{m:.0} MiB")),
+            step.read_cache_hit_rate
+                .map_or("-".to_string(), |r| format!("{:.1}%", 100.0 * r))
         ));
         text.push_str(&format!(
             "{:<56} {:>7} {:>6} {:>7} {:>7} {:>8} {:>8} {:>8}\n",
@@ -639,6 +645,15 @@ async fn load(
             (!of.is_empty()).then(|| RouteStats::of(route, &of, elapsed))
         })
         .collect();
+    let cacheable: Vec<bool> = samples
+        .iter()
+        .filter_map(|s| match s.fate {
+            Fate::Done { cache_hit } => cache_hit,
+            _ => None,
+        })
+        .collect();
+    let read_cache_hit_rate = (!cacheable.is_empty())
+        .then(|| cacheable.iter().filter(|hit| **hit).count() as f64 / cacheable.len() as f64);
     let all = RouteStats::of("all", &all, elapsed);
     let completed = all.count - all.errors;
     Ok(StepReport {
@@ -647,6 +662,7 @@ async fn load(
         completed_per_second: completed as f64 / elapsed.as_secs_f64(),
         throughput_ratio: completed as f64 / total as f64,
         peak_rss_mib,
+        read_cache_hit_rate,
         all,
         routes,
     })
@@ -659,7 +675,7 @@ fn record(
     fate: Fate,
     failures: &AtomicUsize,
 ) {
-    if !matches!(fate, Fate::Done) {
+    if !matches!(fate, Fate::Done { .. }) {
         failures.fetch_add(1, Ordering::Relaxed);
     }
     if let Ok(mut samples) = samples.lock() {
@@ -780,6 +796,15 @@ async fn perform(
         Err(_) => return (step.route(), Fate::Transport),
     };
     let status = response.status();
+    let cache_hit = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match v {
+            "hit" => Some(true),
+            "miss" => Some(false),
+            _ => None,
+        });
     if !status.is_success() {
         return (step.route(), Fate::Status(status.as_u16()));
     }
@@ -812,5 +837,5 @@ async fn perform(
     } else if response.bytes().await.is_err() {
         return (step.route(), Fate::Transport);
     }
-    (step.route(), Fate::Done)
+    (step.route(), Fate::Done { cache_hit })
 }
