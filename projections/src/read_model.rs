@@ -2,7 +2,7 @@
 //! load the aggregate's part of the model, skip what it has already applied, fold, save. The
 //! version check lives here, once, for every read model; so does the batching of rebuilds
 //! (each part loaded once and saved once per batch, however many of its events the batch has).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use async_trait::async_trait;
@@ -64,6 +64,33 @@ pub trait ReadModel: Send + Sync + 'static {
         key: &Self::Key,
         state: &Self::State,
     ) -> Result<(), ApplyError>;
+
+    /// Reads the parts of a rebuild's batch (locking them). One statement per part unless the
+    /// model reads them at once (the rebuild's round trips are its cost).
+    async fn load_many(
+        conn: &mut PgConnection,
+        keys: &[Self::Key],
+    ) -> Result<Vec<(Self::Key, Self::State)>, ApplyError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(state) = Self::load(conn, key).await? {
+                found.push((key.clone(), state));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes the parts a rebuild's batch changed; one statement per part unless the model
+    /// writes them at once.
+    async fn save_many(
+        conn: &mut PgConnection,
+        parts: &[(&Self::Key, &Self::State)],
+    ) -> Result<(), ApplyError> {
+        for (key, state) in parts {
+            Self::save(conn, key, state).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A [`ReadModel`] as a [`Projection`].
@@ -113,17 +140,30 @@ impl<M: ReadModel> Projection for Folded<M> {
         conn: &mut PgConnection,
         events: &[Projected],
     ) -> Result<u64, ApplyError> {
+        // Every part the batch touches, read at once; then the events folded in memory, in
+        // order; then every changed part written at once.
+        let mut keys: Vec<M::Key> = Vec::new();
         let mut states: HashMap<M::Key, Option<M::State>> = HashMap::new();
+        for event in events {
+            if M::select(&event.event).is_none() {
+                continue;
+            }
+            if let Ok(key) = M::key(&event.meta) {
+                if states.insert(key.clone(), None).is_none() {
+                    keys.push(key);
+                }
+            }
+        }
+        for (key, state) in M::load_many(conn, &keys).await? {
+            states.insert(key, Some(state));
+        }
         let mut touched: Vec<M::Key> = Vec::new();
+        let mut changed: HashSet<M::Key> = HashSet::new();
         let mut applied = 0;
         for event in events {
-            let step = async {
+            let step = (|| {
                 let payload = selected::<M>(event)?;
                 let key = M::key(&event.meta)?;
-                if !states.contains_key(&key) {
-                    let loaded = M::load(conn, &key).await?;
-                    states.insert(key.clone(), loaded);
-                }
                 let slot = states.get_mut(&key).ok_or_else(|| {
                     ApplyError::Poison("the state loaded for this key is gone".into())
                 })?;
@@ -135,11 +175,11 @@ impl<M: ReadModel> Projection for Folded<M> {
                 }
                 *slot = Some(M::fold(slot.clone(), &event.meta, payload)?);
                 Ok::<_, ApplyError>(Some(key))
-            };
-            match step.await {
+            })();
+            match step {
                 Ok(Some(key)) => {
                     applied += 1;
-                    if !touched.contains(&key) {
+                    if changed.insert(key.clone()) {
                         touched.push(key);
                     }
                 }
@@ -150,11 +190,11 @@ impl<M: ReadModel> Projection for Folded<M> {
                 Err(e) => return Err(e),
             }
         }
-        for key in touched {
-            if let Some(Some(state)) = states.get(&key) {
-                M::save(conn, &key, state).await?;
-            }
-        }
+        let parts: Vec<(&M::Key, &M::State)> = touched
+            .iter()
+            .filter_map(|key| Some((key, states.get(key)?.as_ref()?)))
+            .collect();
+        M::save_many(conn, &parts).await?;
         Ok(applied)
     }
 }

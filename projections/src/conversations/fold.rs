@@ -218,6 +218,20 @@ impl ReadModel for Conversations {
     ) -> Result<(), ApplyError> {
         super::storage::save(conn, key, state).await
     }
+
+    async fn load_many(
+        conn: &mut PgConnection,
+        keys: &[ScopedId],
+    ) -> Result<Vec<(ScopedId, ConversationRow)>, ApplyError> {
+        super::storage::load_many(conn, keys).await
+    }
+
+    async fn save_many(
+        conn: &mut PgConnection,
+        parts: &[(&ScopedId, &ConversationRow)],
+    ) -> Result<(), ApplyError> {
+        super::storage::save_many(conn, parts).await
+    }
 }
 
 #[cfg(test)]
