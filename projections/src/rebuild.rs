@@ -125,7 +125,7 @@ async fn rebuild_locked(
         .await?;
     for table in projection.tables() {
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
+            "CREATE UNLOGGED TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
         ))
         .execute(&mut *tx)
         .await?;
@@ -166,6 +166,14 @@ async fn rebuild_locked(
                     .await?;
             }
         }
+    }
+    // The copy was filled without write-ahead log (unlogged: a crash mid-rebuild loses only
+    // the copy, which the next rebuild drops anyway); made durable in one sequential pass
+    // before the swap, outside its locks, so the live tables are blocked no longer than before.
+    for table in projection.tables() {
+        sqlx::query(&format!("ALTER TABLE {schema}.{table} SET LOGGED"))
+            .execute(pool)
+            .await?;
     }
     // The swap: block the live tables, catch up what arrived meanwhile, move the copy in.
     let mut tx = pool.begin().await?;

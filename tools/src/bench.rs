@@ -366,6 +366,10 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
         args.clients,
         load_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     ));
+    // Out now: the sections below start more services and pools, which a high --clients can
+    // take past the server's connection limit.
+    write_stdout(&report)?;
+    report.clear();
     let post_source = post(
         "/v1/sources",
         |i| json!({"kind": "docs", "name": format!("RLS docs {i}"), "location": format!("https://rls{i}.example.test")}),

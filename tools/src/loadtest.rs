@@ -133,11 +133,24 @@ struct TenantLoad {
     operators: Vec<String>,
     viewer: String,
     /// Recent conversations with their last answer (rated and followed up by others).
-    conversations: Mutex<VecDeque<(Uuid, Option<Uuid>)>>,
+    conversations: Mutex<VecDeque<(Uuid, Option<Uuid>, Instant)>>,
     sources: Mutex<Vec<Uuid>>,
 }
 
 const RECENT: usize = 500;
+
+/// How long after its creation a conversation is read by someone who found it in the list.
+const LISTED_AFTER: Duration = Duration::from_secs(1);
+
+/// Which recent conversation a step needs.
+#[derive(Clone, Copy)]
+enum Pick {
+    Any,
+    /// One with an answer to rate.
+    Answered,
+    /// One the read model has had time to show.
+    Listed,
+}
 
 /// A request's fate.
 #[derive(Debug, Clone)]
@@ -699,13 +712,22 @@ async fn perform(
     i: usize,
 ) -> (&'static str, Fate) {
     let operator = &tenant.operators[person as usize % tenant.operators.len()];
-    let recent = |pick_answered: bool| {
+    // Who asked goes on at once (commands need no read model); a manager reading a conversation
+    // found it in the list, so only one the read model has had a second to show.
+    let recent = |pick: Pick| {
         tenant.conversations.lock().ok().and_then(|c| {
             let candidates: Vec<_> = c
                 .iter()
-                .filter(|(_, answer)| !pick_answered || answer.is_some())
+                .filter(|(_, answer, at)| match pick {
+                    Pick::Any => true,
+                    Pick::Answered => answer.is_some(),
+                    Pick::Listed => at.elapsed() >= LISTED_AFTER,
+                })
                 .collect();
-            (!candidates.is_empty()).then(|| *candidates[person as usize % candidates.len()])
+            (!candidates.is_empty()).then(|| {
+                let (c, a, _) = candidates[person as usize % candidates.len()];
+                (*c, *a)
+            })
         })
     };
     let source = || {
@@ -718,8 +740,9 @@ async fn perform(
     let question = crate::seed::QUESTIONS[i % crate::seed::QUESTIONS.len()]
         .replace("{t}", crate::seed::TOPICS[topic]);
     let step = match step {
-        Step::FollowUp | Step::ReadConversation if recent(false).is_none() => Step::Ask,
-        Step::Rate if recent(true).is_none() => Step::Ask,
+        Step::FollowUp if recent(Pick::Any).is_none() => Step::Ask,
+        Step::ReadConversation if recent(Pick::Listed).is_none() => Step::ListConversations,
+        Step::Rate if recent(Pick::Answered).is_none() => Step::Ask,
         Step::EditSource if source().is_none() => Step::AddSource,
         other => other,
     };
@@ -729,7 +752,7 @@ async fn perform(
             .bearer_auth(operator)
             .json(&json!({"question": question, "channel": "web"})),
         Step::FollowUp => {
-            let (conversation, _) = recent(false).unwrap_or_default();
+            let (conversation, _) = recent(Pick::Any).unwrap_or_default();
             client
                 .post(format!(
                     "{address}/v1/conversations/{conversation}/questions"
@@ -740,7 +763,7 @@ async fn perform(
                 )
         }
         Step::Rate => {
-            let (conversation, answer) = recent(true).unwrap_or_default();
+            let (conversation, answer) = recent(Pick::Answered).unwrap_or_default();
             let body = if person.is_multiple_of(5) {
                 json!({"reaction": "downvote", "reasons": ["unaddressed"], "comment": "missing a step"})
             } else {
@@ -758,7 +781,7 @@ async fn perform(
             .get(format!("{address}/v1/conversations?limit=20"))
             .bearer_auth(&tenant.viewer),
         Step::ReadConversation => {
-            let (conversation, _) = recent(false).unwrap_or_default();
+            let (conversation, _) = recent(Pick::Listed).unwrap_or_default();
             client
                 .get(format!("{address}/v1/conversations/{conversation}"))
                 .bearer_auth(&tenant.viewer)
@@ -825,8 +848,12 @@ async fn perform(
             }
             (_, Some(id)) => {
                 if let Ok(mut conversations) = tenant.conversations.lock() {
-                    conversations.retain(|(c, _)| *c != id);
-                    conversations.push_back((id, answer));
+                    let since = conversations
+                        .iter()
+                        .find(|(c, _, _)| *c == id)
+                        .map_or_else(Instant::now, |(_, _, at)| *at);
+                    conversations.retain(|(c, _, _)| *c != id);
+                    conversations.push_back((id, answer, since));
                     if conversations.len() > RECENT {
                         conversations.pop_front();
                     }

@@ -26,6 +26,23 @@ const RIGHT: f64 = 70.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 
+/// The whole decades (powers of ten, in ms) that hold `low` to `high`; at least one.
+fn decades(low: f64, high: f64) -> (i32, i32) {
+    let low = if low.is_finite() && low > 0.0 {
+        low
+    } else {
+        1.0
+    };
+    let high = if high.is_finite() && high > low {
+        high
+    } else {
+        low * 10.0
+    };
+    let a = low.log10().floor() as i32;
+    let b = (high.log10().ceil() as i32).max(a + 1);
+    (a, b)
+}
+
 /// A "nice" upper bound for an axis: 1, 2 or 5 times a power of ten, at least `max`.
 fn nice_ceiling(max: f64) -> f64 {
     if max <= 0.0 || !max.is_finite() {
@@ -50,11 +67,23 @@ pub fn latency_against_load(title: &str, points: &[Point]) -> String {
     let mut points = points.to_vec();
     points.sort_by(|a, b| a.offered.total_cmp(&b.offered));
     let x_max = nice_ceiling(points.iter().map(|p| p.offered).fold(0.0, f64::max));
-    let y_max = nice_ceiling(points.iter().map(|p| p.p99_ms).fold(0.0, f64::max));
+    // Latency on a log scale, whole decades: under load it spans milliseconds to seconds, and
+    // a linear axis flattens everything before the knee.
+    let (decade_low, decade_high) = decades(
+        points
+            .iter()
+            .map(|p| p.p50_ms)
+            .fold(f64::INFINITY, f64::min),
+        points.iter().map(|p| p.p99_ms).fold(0.0, f64::max),
+    );
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x = |v: f64| LEFT + plot_w * v / x_max;
-    let y = |v: f64| TOP + plot_h * (1.0 - v / y_max);
+    let span = f64::from(decade_high - decade_low);
+    let y = |v: f64| {
+        let v = v.max(10f64.powi(decade_low));
+        TOP + plot_h * (1.0 - (v.log10() - f64::from(decade_low)) / span)
+    };
     // The completed share on the right axis, 0-100 %.
     let y_share = |share: f64| TOP + plot_h * (1.0 - share.clamp(0.0, 1.0));
 
@@ -69,16 +98,23 @@ pub fn latency_against_load(title: &str, points: &[Point]) -> String {
         WIDTH / 2.0,
         escape(title)
     );
+    for decade in decade_low..=decade_high {
+        let gy = y(10f64.powi(decade));
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LEFT + plot_w,
+            LEFT - 8.0,
+            gy + 4.0,
+            10f64.powi(decade),
+        );
+    }
     for i in 0..=5 {
         let fraction = f64::from(i) / 5.0;
         let (gx, gy) = (LEFT + plot_w * fraction, TOP + plot_h * (1.0 - fraction));
         let _ = writeln!(
             svg,
-            r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><text x="{:.1}" y="{:.1}" text-anchor="start" fill="#2a7d2a">{}%</text><text x="{gx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            LEFT + plot_w,
-            LEFT - 8.0,
-            gy + 4.0,
-            y_max * fraction,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="start" fill="#2a7d2a">{}%</text><text x="{gx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
             LEFT + plot_w + 8.0,
             gy + 4.0,
             (fraction * 100.0).round(),
@@ -88,7 +124,7 @@ pub fn latency_against_load(title: &str, points: &[Point]) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#888"/><text x="{:.1}" y="{:.1}" text-anchor="middle">offered load (requests/s)</text><text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">latency (ms)</text><text transform="translate({:.1} {:.1}) rotate(90)" text-anchor="middle" fill="#2a7d2a">completed / offered</text>"##,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#888"/><text x="{:.1}" y="{:.1}" text-anchor="middle">offered load (requests/s)</text><text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">latency (ms, log scale)</text><text transform="translate({:.1} {:.1}) rotate(90)" text-anchor="middle" fill="#2a7d2a">completed / offered</text>"##,
         LEFT + plot_w / 2.0,
         HEIGHT - 16.0,
         TOP + plot_h / 2.0,
@@ -151,7 +187,7 @@ pub fn latency_against_load(title: &str, points: &[Point]) -> String {
         LEFT + 38.0,
         TOP + 68.0
     );
-    for p in points.iter().filter(|p| p.error_rate > 0.0) {
+    for p in points.iter().filter(|p| p.error_rate >= 0.0005) {
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#d62728" font-size="10">{:.1}% err</text>"##,
@@ -167,6 +203,14 @@ pub fn latency_against_load(title: &str, points: &[Point]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_spans_whole_decades() {
+        assert_eq!(decades(2.5, 2300.0), (0, 4));
+        assert_eq!(decades(0.4, 9.0), (-1, 1));
+        assert_eq!(decades(5.0, 5.0), (0, 2));
+        assert_eq!(decades(f64::INFINITY, 0.0), (0, 1));
+    }
 
     #[test]
     fn axes_end_on_round_numbers_above_the_data() {
