@@ -198,6 +198,111 @@ impl ReadModel for AuditTrail {
         }
         Ok(())
     }
+
+    /// One statement for a rebuild's batch: the last sequence of every object it touches.
+    async fn load_many(
+        conn: &mut PgConnection,
+        keys: &[ObjectKey],
+    ) -> Result<Vec<(ObjectKey, AuditHead)>, ApplyError> {
+        let tenants: Vec<String> = keys.iter().map(|k| k.0.as_str().to_string()).collect();
+        let types: Vec<String> = keys.iter().map(|k| k.1.as_str().to_string()).collect();
+        let ids: Vec<String> = keys.iter().map(|k| k.2.clone()).collect();
+        let rows = sqlx::query!(
+            r#"SELECT k.tenant_id AS "tenant_id!", k.object_type AS "object_type!",
+                 k.object_id AS "object_id!", max(r.sequence) AS "version!"
+               FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(tenant_id, object_type, object_id)
+               JOIN rm_audit r ON r.tenant_id = k.tenant_id AND r.object_type = k.object_type
+                 AND r.object_id = k.object_id
+               GROUP BY k.tenant_id, k.object_type, k.object_id"#,
+            &tenants,
+            &types,
+            &ids,
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        // Back to the keys asked for (no parsing of what was stored).
+        let asked: std::collections::HashMap<(&str, &str, &str), &ObjectKey> = keys
+            .iter()
+            .map(|k| ((k.0.as_str(), k.1.as_str(), k.2.as_str()), k))
+            .collect();
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let key = asked.get(&(
+                    r.tenant_id.as_str(),
+                    r.object_type.as_str(),
+                    r.object_id.as_str(),
+                ))?;
+                Some((
+                    (*key).clone(),
+                    AuditHead {
+                        version: r.version,
+                        pending: Vec::new(),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// One statement for a rebuild's batch: every new entry of every object.
+    async fn save_many(
+        conn: &mut PgConnection,
+        parts: &[(&ObjectKey, &AuditHead)],
+    ) -> Result<(), ApplyError> {
+        let entries: Vec<(&ObjectKey, &AuditEntry)> = parts
+            .iter()
+            .flat_map(|(key, head)| head.pending.iter().map(move |e| (*key, e)))
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let column = |f: &dyn Fn(&ObjectKey, &AuditEntry) -> String| -> Vec<String> {
+            entries.iter().map(|(k, e)| f(k, e)).collect()
+        };
+        let tenants = column(&|k, _| k.0.as_str().to_string());
+        let actors = column(&|_, e| e.actor_id.clone());
+        let roles = column(&|_, e| e.actor_role.clone());
+        let actions = column(&|_, e| e.action.clone());
+        let types = column(&|_, e| e.object_type.as_str().to_string());
+        let ids = column(&|_, e| e.object_id.clone());
+        let correlations = column(&|_, e| e.correlation_id.clone());
+        let outcomes = column(&|_, e| e.outcome.as_str().to_string());
+        let event_ids: Vec<uuid::Uuid> = entries.iter().map(|(_, e)| e.event_id).collect();
+        let positions: Vec<i64> = entries.iter().map(|(_, e)| e.position).collect();
+        let recorded: Vec<DateTime<Utc>> = entries.iter().map(|(_, e)| e.recorded_at).collect();
+        let sequences: Vec<i64> = entries.iter().map(|(_, e)| e.sequence).collect();
+        let causations: Vec<Option<String>> = entries
+            .iter()
+            .map(|(_, e)| e.causation_id.clone())
+            .collect();
+        let details: Vec<serde_json::Value> =
+            entries.iter().map(|(_, e)| e.details.clone()).collect();
+        sqlx::query!(
+            "INSERT INTO rm_audit (event_id, tenant_id, position, recorded_at, actor_id, actor_role, action,
+               object_type, object_id, sequence, correlation_id, causation_id, outcome, details)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[],
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::text[],
+               $13::text[], $14::jsonb[])
+             ON CONFLICT (event_id) DO NOTHING",
+            &event_ids,
+            &tenants,
+            &positions,
+            &recorded,
+            &actors,
+            &roles,
+            &actions,
+            &types,
+            &ids,
+            &sequences,
+            &correlations,
+            &causations as &[Option<String>],
+            &outcomes,
+            &details,
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
