@@ -1105,7 +1105,11 @@ async fn resolution_time_first_chunk_and_guardrail_counts_reach_the_analytics() 
             let (_, a) = app
                 .call(Method::GET, "/v1/analytics?range=24h", &admin, None)
                 .await;
-            a["outcomes"]["resolution_p50_ms"].as_f64().map(|_| a)
+            // Both conversations: over Kafka they are on partitions of their own, so the
+            // resolution of the first can be applied before the second question.
+            (a["totals"]["questions"] == 2)
+                .then_some(())
+                .and(a["outcomes"]["resolution_p50_ms"].as_f64().map(|_| a))
         },
     )
     .await;
