@@ -50,15 +50,7 @@ impl TenantPool {
         &self,
         tenant: &TenantId,
     ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.opening
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _opening = Opening(&self.opening);
-        self.pool
-            .begin_with(format!(
-                "BEGIN; SELECT set_config('{TENANT_SETTING}', '{}', true)",
-                tenant.as_str()
-            ))
-            .await
+        self.begin_as("BEGIN", tenant).await
     }
 
     /// A read-only transaction of `tenant` on one snapshot (repeatable read): every statement
@@ -67,12 +59,21 @@ impl TenantPool {
         &self,
         tenant: &TenantId,
     ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin_as("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", tenant)
+            .await
+    }
+
+    async fn begin_as(
+        &self,
+        begin: &str,
+        tenant: &TenantId,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.opening
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _opening = Opening(&self.opening);
         self.pool
             .begin_with(format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT set_config('{TENANT_SETTING}', '{}', true)",
+                "{begin}; SELECT set_config('{TENANT_SETTING}', '{}', true)",
                 tenant.as_str()
             ))
             .await

@@ -6,50 +6,15 @@ use sqlx::PgConnection;
 use super::{ConversationRow, ConversationState};
 use crate::projection::{stored, to_json, ApplyError, ReadError};
 
-#[derive(sqlx::FromRow)]
-struct Stored {
-    status: ConversationState,
-    escalated: bool,
-    started_by: String,
-    channel: String,
-    last_question: String,
-    created_at: chrono::DateTime<chrono::Utc>,
-    updated_at: chrono::DateTime<chrono::Utc>,
-    version: i64,
-    last_position: i64,
-    document: serde_json::Value,
-}
-
 /// Reads the part of the read model for `key`, locking it.
 pub async fn load(
     conn: &mut PgConnection,
     key: &ScopedId,
-) -> Result<Option<ConversationRow>, ReadError> {
-    let row = sqlx::query_as!(
-        Stored,
-        r#"SELECT status AS "status: ConversationState", escalated, started_by, channel,
-             last_question, created_at, updated_at, version, last_position, document
-           FROM rm_conversations WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE"#,
-        key.tenant.as_str(),
-        key.id,
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|r| {
-        Ok(ConversationRow {
-            status: r.status,
-            escalated: r.escalated,
-            started_by: r.started_by,
-            channel: r.channel,
-            last_question: r.last_question,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            version: r.version,
-            last_position: r.last_position,
-            document: stored("conversation document", r.document)?,
-        })
-    })
-    .transpose()
+) -> Result<Option<ConversationRow>, ApplyError> {
+    Ok(load_many(conn, std::slice::from_ref(key))
+        .await?
+        .pop()
+        .map(|(_, row)| row))
 }
 
 /// Writes the part of the read model for `key`.
