@@ -720,6 +720,21 @@ impl domain::engine::AnswerEngine for MeasuredEngine {
     }
 }
 
+/// The value of the Prometheus series `name` whose labels include every pair of `labels`, in
+/// the text exposition `text` (what `/metrics` serves): for the benchmark and the tests.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

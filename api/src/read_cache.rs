@@ -137,7 +137,6 @@ impl ReadCache {
         if self.link.is_none() {
             return Ok(None);
         }
-        let projections: Vec<String> = view.projections().iter().map(|p| p.to_string()).collect();
         // The database's identity is part of the key: versions restart from 1 in a new
         // database (a restore into a new one, every test), and an answer of another database
         // must not be found (docs/read-cache.md says what to do after restoring in place).
@@ -148,7 +147,7 @@ impl ReadCache {
              SELECT '#database', oid::bigint FROM pg_database WHERE datname = current_database()",
         )
         .bind(tenant.as_str())
-        .bind(&projections)
+        .bind(view.projections())
         .fetch_all(conn)
         .await?;
         // A projection that has applied nothing of the tenant's is at version 0: its first

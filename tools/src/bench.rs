@@ -253,7 +253,7 @@ async fn bench(settings: Settings, args: &BenchArgs, db_url: &str) -> anyhow::Re
         }
     };
     // The service runs in this process: its resident memory (with the clients') under load.
-    let rss = crate::loadtest::RssSampler::start();
+    let rss = crate::memory::RssSampler::start();
     let ask = drive(
         "ask a question (2 events)",
         args.clients,

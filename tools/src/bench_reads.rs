@@ -16,7 +16,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::Postgres;
 
 use crate::bench::{drive, header, ms, BenchArgs, Measurement};
-use crate::loadtest::RssSampler;
+use crate::memory::RssSampler;
 use answers_api::auth::JwtKeys;
 use answers_api::{Application, Settings};
 
@@ -42,20 +42,11 @@ pub async fn run(settings: &Settings, args: &BenchArgs, fresh: Fresh) -> anyhow:
 
 async fn reads(settings: Settings, args: &BenchArgs, operator: &str) -> anyhow::Result<String> {
     // The schema first (the service migrates on start; so does this).
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(settings.database.url.expose_secret())
-        .await;
-    let pool = match pool {
-        Ok(pool) => pool,
-        Err(_) => {
-            Postgres::create_database(settings.database.url.expose_secret()).await?;
-            PgPoolOptions::new()
-                .max_connections(4)
-                .connect(settings.database.url.expose_secret())
-                .await?
-        }
-    };
+    let url = settings.database.url.expose_secret();
+    if !Postgres::database_exists(url).await? {
+        Postgres::create_database(url).await?;
+    }
+    let pool = PgPoolOptions::new().max_connections(4).connect(url).await?;
     event_store::migrate(&pool).await?;
     let tenants: Vec<domain::TenantId> = (0..TENANTS)
         .map(|t| format!("reads{t}").parse())
@@ -236,16 +227,12 @@ async fn reads(settings: Settings, args: &BenchArgs, operator: &str) -> anyhow::
 /// hit / (hit + miss + error) of the analytics view, from a `/metrics` text.
 fn hit_rate(metrics: &str) -> Option<f64> {
     let value = |result: &str| {
-        let labels = [
-            "view=\"analytics\"".to_string(),
-            format!("result=\"{result}\""),
-        ];
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("answers_read_cache_lookups_total{"))
-            .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+        answers_api::metrics::metric_value(
+            metrics,
+            "answers_read_cache_lookups_total",
+            &[("view", "analytics"), ("result", result)],
+        )
+        .unwrap_or(0.0)
     };
     let (hit, all) = (value("hit"), value("hit") + value("miss") + value("error"));
     (all > 0.0).then(|| hit / all)

@@ -120,7 +120,7 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
     seed_conversations(&pool, conversations).await?;
     let seeded = started.elapsed();
     let projection = projections::Folded(projections::conversations::Conversations);
-    let rss = crate::loadtest::RssSampler::start();
+    let rss = crate::memory::RssSampler::start();
     let report = projections::rebuild(&pool, &projection).await?;
     let rebuild_rss = rss.peak();
     drop(rss);

@@ -12,6 +12,7 @@ pub mod bench_streaming;
 pub mod budgets;
 pub mod events;
 pub mod loadtest;
+pub mod memory;
 pub mod plot;
 pub mod seed;
 

@@ -520,59 +520,6 @@ async fn set_up(
     Ok(tenants)
 }
 
-/// The largest resident set of this process so far (Linux; `None` elsewhere).
-pub fn resident_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Samples [`resident_mib`] every 100 ms until dropped; `peak()` is the largest seen.
-pub struct RssSampler {
-    peak: Arc<Mutex<Option<f64>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RssSampler {
-    pub fn start() -> Self {
-        let peak = Arc::new(Mutex::new(resident_mib()));
-        let task = tokio::spawn({
-            let peak = peak.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let (Some(now), Ok(mut peak)) = (resident_mib(), peak.lock()) {
-                        *peak = Some(peak.map_or(now, |p: f64| p.max(now)));
-                    }
-                }
-            }
-        });
-        Self { peak, task }
-    }
-
-    pub fn peak(&self) -> Option<f64> {
-        let now = resident_mib();
-        let seen = self.peak.lock().ok().and_then(|p| *p);
-        match (seen, now) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// One step: `rate` requests per second for `args.duration` seconds.
 async fn load(
     client: &reqwest::Client,
@@ -596,7 +543,7 @@ async fn load(
     );
     progress.set_prefix(format!("{rate:.0}/s"));
     let failures = Arc::new(AtomicUsize::new(0));
-    let rss = RssSampler::start();
+    let rss = crate::memory::RssSampler::start();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {

@@ -1,10 +1,9 @@
 //! Rate limits and quotas against the real Redis (docs/security.md).
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use answers_api::Settings;
 use domain::Role;
-use integration_tests::{test_settings, TestApp};
+use integration_tests::{test_settings, PrivateRedis, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -232,56 +231,14 @@ async fn the_forwarded_address_counts_only_from_trusted_proxies() {
     );
 }
 
-/// A Redis of this test only, to stop under load.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn when_redis_stops_the_configured_choice_applies() {
     for mode in ["open", "closed"] {
-        let mut redis = PrivateRedis::start().await;
-        let port = redis.port;
+        let mut redis = PrivateRedis::start();
+        let url = redis.url();
         let app = TestApp::builder()
             .configure(move |s| {
-                s.rate_limits.redis_url = format!("redis://127.0.0.1:{port}");
+                s.rate_limits.redis_url = url;
                 s.rate_limits.on_redis_down = mode.into();
                 s.rate_limits.per_user_per_minute = 1000;
             })
@@ -309,8 +266,7 @@ async fn when_redis_stops_the_configured_choice_applies() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        redis.child.kill().unwrap();
-        redis.child.wait().unwrap();
+        redis.stop();
         let mut statuses = Vec::new();
         for task in load {
             statuses.extend(task.await.unwrap());

@@ -1,68 +1,12 @@
 //! The read cache (docs/read-cache.md): dashboard answers served from Redis while the read model
 //! holds exactly what they were computed from, recomputed as soon as an event of the tenant is
 //! applied or a rebuild swaps the model in, and computed uncached while Redis is down. Each test
-//! runs a Redis of its own (a real `redis-server`), so that it can stop it.
-use std::process::{Child, Command, Stdio};
+//! runs a Redis of its own (`PrivateRedis`, a real `redis-server`), so that it can stop it.
 use std::time::Duration;
 
-use integration_tests::{metric_value, wait_for, TestApp};
+use integration_tests::{metric_value, wait_for, PrivateRedis, TestApp};
 use reqwest::Method;
 use serde_json::Value;
-
-/// A `redis-server` of this test's own, on a free port, keeping nothing on disk.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or("redis-server".into()))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (Debian's redis-server package)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 async fn cached_app(redis: &PrivateRedis) -> TestApp {
     let url = redis.url();

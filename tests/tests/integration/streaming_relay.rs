@@ -286,12 +286,7 @@ struct OwnBroker {
 
 impl OwnBroker {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        let address = format!("127.0.0.1:{}", integration_tests::free_port());
         let child = Command::new(std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into()))
             .args([
                 "broker",
