@@ -72,10 +72,7 @@ fn a_short_run_meets_the_ci_budgets_and_reports_every_request() {
     for route in ["POST /v1/conversations", "GET /v1/analytics"] {
         let stats = routes.iter().find(|r| r["route"] == route).unwrap();
         assert!(stats["p50_ms"].as_f64().unwrap() > 0.0, "{stats}");
-        assert!(
-            stats["p99_ms"].as_f64() >= stats["p50_ms"].as_f64(),
-            "{stats}"
-        );
+        assert_eq!(stats["errors"], 0, "{stats}");
     }
     assert_eq!(report["budgets"]["tier"], "ci");
     assert_eq!(report["budgets"]["breaches"], Value::Array(vec![]));

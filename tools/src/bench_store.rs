@@ -1,8 +1,8 @@
 //! Our event store beside cqrs-es's own `postgres-es`, on the same Postgres and database, through
 //! the same cqrs-es API (`PersistedEventStore::load_aggregate` + `commit`), with the same
 //! aggregate, events, metadata and concurrency: appends per second and their latency. What ours
-//! does on top — row-level security per tenant, the commit-safe position and transaction id, the
-//! idempotency-free append path the command bus uses — is what the difference costs.
+//! does on top — the tenant's transaction setting for row-level security, the global position,
+//! the transaction id the commit-safe reader needs, the event id — is what the difference costs.
 use std::sync::Arc;
 
 use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
