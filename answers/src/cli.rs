@@ -111,8 +111,11 @@ impl Cli {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
                 let runners = projections::all().into_iter().map(|p| {
-                    let source =
-                        streaming::KafkaSource::for_projection(settings.kafka.clone(), p.as_ref());
+                    let source = streaming::KafkaSource::for_projection(
+                        settings.kafka.clone(),
+                        pool.clone(),
+                        p.as_ref(),
+                    );
                     tokio::spawn(
                         projections::ProjectionRunner::new(pool.clone(), p, source)
                             .with_stall_detection(std::time::Duration::from_millis(

@@ -1,7 +1,7 @@
 //! The whole service killed with SIGKILL under load, again and again, then started once more:
 //! with no one touching anything, every read model converges with the store, no accepted
 //! command is missing, nothing is applied twice and no question is left pending (issue 12,
-//! docs/projections.md). The real binary, a real process kill, the embedded transport.
+//! docs/projections.md). The real binary, a real process kill, on each transport.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -21,30 +21,53 @@ struct Service {
     port: u16,
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Embedded,
+    Kafka,
+}
+
 impl Service {
-    fn new(db: &str) -> Self {
+    fn new(db: &str, transport: Transport) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let env = [
-            ("APP__DATABASE__URL", format!("{}/{db}", server_url())),
-            ("APP__SERVER__PORT", port.to_string()),
-            ("APP__KAFKA__ENABLED", "false".into()),
-            ("APP__EMBEDDED__ENABLED", "true".into()),
-            ("APP__RATE_LIMITS__ENABLED", "false".into()),
-            // A question whose answer never came (the process died between asking and
-            // recording) is failed by the sweeper after this long.
-            ("APP__ENGINE__SWEEP_AFTER_MS", "1500".into()),
-            ("APP__KAPA__TOTAL_TIMEOUT_MS", "1000".into()),
-            ("APP__ENGINE__SWEEP_INTERVAL_MS", "200".into()),
-            ("APP__HEALTH__STALL_AFTER_MS", "2000".into()),
-            ("APP__LOG__FILTER", "warn".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let suffix = &db[db.len() - 12..];
+        let transport = match transport {
+            Transport::Embedded => vec![
+                ("APP__KAFKA__ENABLED", "false".to_string()),
+                ("APP__EMBEDDED__ENABLED", "true".into()),
+            ],
+            Transport::Kafka => vec![
+                ("APP__KAFKA__ENABLED", "true".to_string()),
+                ("APP__EMBEDDED__ENABLED", "false".into()),
+                (
+                    "APP__KAFKA__BOOTSTRAP_SERVERS",
+                    std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+                        .unwrap_or_else(|_| "127.0.0.1:9092".into()),
+                ),
+                ("APP__KAFKA__TOPIC_PREFIX", format!("t{suffix}")),
+                ("APP__KAFKA__CONSUMER_GROUP", format!("g{suffix}")),
+            ],
+        };
+        let env = transport
+            .into_iter()
+            .chain([
+                ("APP__DATABASE__URL", format!("{}/{db}", server_url())),
+                ("APP__SERVER__PORT", port.to_string()),
+                ("APP__RATE_LIMITS__ENABLED", "false".into()),
+                // A question whose answer never came (the process died between asking and
+                // recording) is failed by the sweeper after this long.
+                ("APP__ENGINE__SWEEP_AFTER_MS", "1500".into()),
+                ("APP__KAPA__TOTAL_TIMEOUT_MS", "1000".into()),
+                ("APP__ENGINE__SWEEP_INTERVAL_MS", "200".into()),
+                ("APP__HEALTH__STALL_AFTER_MS", "2000".into()),
+                ("APP__LOG__FILTER", "warn".into()),
+            ])
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         Self { env, port }
     }
 
@@ -101,8 +124,17 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn killed_with_sigkill_under_load_it_converges_by_itself_on_the_embedded_transport() {
+    killed_with_sigkill_under_load_it_converges_by_itself(Transport::Embedded).await;
+}
+
+#[tokio::test]
+async fn killed_with_sigkill_under_load_it_converges_by_itself_on_kafka() {
+    killed_with_sigkill_under_load_it_converges_by_itself(Transport::Kafka).await;
+}
+
+async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transport) {
     let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
-    let service = Service::new(&db);
+    let service = Service::new(&db, transport);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -236,7 +268,7 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself_on_the_embedded_t
             && lagging == 0
         {
             eprintln!(
-                "converged {:?} after the last start ({} questions accepted)",
+                "{transport:?}: converged {:?} after the last start ({} questions accepted)",
                 last_start.elapsed(),
                 accepted.len()
             );

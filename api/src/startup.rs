@@ -549,7 +549,11 @@ pub fn spawn_streaming(
     }
     if kafka.projections_in_process {
         for projection in projections::all() {
-            let source = streaming::KafkaSource::for_projection(kafka.clone(), projection.as_ref());
+            let source = streaming::KafkaSource::for_projection(
+                kafka.clone(),
+                pool.clone(),
+                projection.as_ref(),
+            );
             let runner = projections::ProjectionRunner::new(pool.clone(), projection, source)
                 .with_stall_detection(stall_after);
             tasks.push(tokio::spawn(runner.run_supervised()));

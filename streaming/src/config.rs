@@ -106,21 +106,16 @@ impl KafkaSettings {
         self.with_properties(config)
     }
 
-    /// Offsets are stored by the runner only after an event is applied; librdkafka commits the
-    /// stored ones periodically.
+    /// A consumer that is assigned its partitions (`partition_owners`) and keeps its offsets in
+    /// PostgreSQL: it never joins the group or commits to Kafka. `group.id` only names it.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut config = self.client_config();
         config
             .set("group.id", group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // Where a stored offset is no longer on the topic (retention): its earliest.
             .set("auto.offset.reset", "earliest")
-            // Kafka's own default. A shorter session makes a broker pause longer than it end
-            // the consumer's membership, and tansu 0.6 never lets a consumer whose session
-            // expired rejoin its group (docs/streaming.md).
-            .set("session.timeout.ms", "45000")
-            .set("heartbeat.interval.ms", "3000")
             // tansu holds every fetch for the full wait even when data is there: a short wait
             // is what keeps command -> read model latency low (docs/benchmarks.md: p99 115 ms
             // at 50 ms, 33 ms at 10 ms). Against Apache Kafka, which answers a fetch as soon as

@@ -1,29 +1,47 @@
-//! Kafka as an event source for the projection runtime: one consumer group per projection,
-//! offsets stored only once the runtime acknowledged an event, dead letters also published to
-//! the dead-letter topic.
-use std::time::Duration;
+//! Kafka as an event source for the projection runtime. The partitions of a projection's topics
+//! are shared among its consumers through PostgreSQL (`partition_owners`), not Kafka's group
+//! protocol, and each partition's offset is moved in the transaction that applies its message
+//! (docs/streaming.md, "Partition ownership"). Dead letters are also published to the
+//! dead-letter topic.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use projections::{Delivery, EventSource, Origin, SourceError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Offset;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::{PgConnection, PgPool};
 
+use crate::partition_owners::{advance_offset, stored_offset, PartitionOwners, TopicPartition};
 use crate::{ensure_topics, KafkaSettings};
+
+/// How often a consumer looks again at who is alive and which partitions are its own: the
+/// bound on how long a dead member's partitions wait for another member.
+const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct KafkaSource {
     settings: KafkaSettings,
+    pool: PgPool,
     group: String,
     topics: Vec<String>,
-    consumer: Option<StreamConsumer>,
+    consumer: Option<Arc<StreamConsumer>>,
     dead_letters: Option<FutureProducer>,
+    owners: Option<PartitionOwners>,
+    /// Every partition of the topics (read when the source opens).
+    partitions: Vec<TopicPartition>,
+    /// The partitions assigned to the consumer, with the next offset to read in each.
+    assigned: BTreeMap<TopicPartition, Offset>,
+    next_rebalance: Instant,
 }
 
 impl KafkaSource {
     /// The source of `projection`: its consumer group, on the topics of `aggregate_types`.
     pub fn new(
         settings: KafkaSettings,
+        pool: PgPool,
         projection: &str,
         aggregate_types: &[domain::AggregateType],
     ) -> Self {
@@ -34,31 +52,103 @@ impl KafkaSource {
                 .map(|t| settings.topic(t.as_str()))
                 .collect(),
             settings,
+            pool,
             consumer: None,
             dead_letters: None,
+            owners: None,
+            partitions: Vec::new(),
+            assigned: BTreeMap::new(),
+            next_rebalance: Instant::now(),
         }
     }
 
     /// The source of a projection, as the runtime runs it.
     pub fn for_projection(
         settings: KafkaSettings,
+        pool: PgPool,
         projection: &dyn projections::Projection,
     ) -> Self {
-        Self::new(settings, projection.name(), projection.aggregate_types())
+        Self::new(
+            settings,
+            pool,
+            projection.name(),
+            projection.aggregate_types(),
+        )
     }
 
-    /// Lets go of the consumer without blocking the async runtime: librdkafka's close leaves
-    /// the group and waits for the coordinator, which never answers when the broker is gone.
-    fn release(&mut self) {
+    /// Lets go of the consumer without blocking the async runtime (librdkafka's close can wait
+    /// for a broker that is gone), and of the partitions.
+    async fn release(&mut self) {
         if let Some(consumer) = self.consumer.take() {
             std::thread::spawn(move || drop(consumer));
         }
+        if let Some(owners) = self.owners.take() {
+            owners.leave().await;
+        }
+        self.assigned.clear();
     }
 
-    fn consumer(&self) -> Result<&StreamConsumer, SourceError> {
+    fn consumer(&self) -> Result<Arc<StreamConsumer>, SourceError> {
         self.consumer
-            .as_ref()
+            .clone()
             .ok_or_else(|| "the Kafka source is not open".into())
+    }
+
+    /// Every partition of this source's topics, as the brokers know them.
+    async fn discover_partitions(&self) -> Result<Vec<TopicPartition>, SourceError> {
+        let consumer = self.consumer()?;
+        let topics = self.topics.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+                for t in metadata.topics() {
+                    found.extend(t.partitions().iter().map(|p| TopicPartition {
+                        topic: t.name().to_string(),
+                        partition: p.id(),
+                    }));
+                }
+            }
+            Ok::<_, rdkafka::error::KafkaError>(found)
+        })
+        .await??;
+        if found.is_empty() {
+            return Err(format!("no partitions found for {:?}", self.topics).into());
+        }
+        Ok(found)
+    }
+
+    /// Decides again which partitions are this consumer's and reassigns the consumer when that
+    /// changed: a partition it kept goes on from the next offset after the last acknowledged
+    /// message, a new one from its stored offset.
+    async fn rebalance(&mut self) -> Result<(), SourceError> {
+        self.next_rebalance = Instant::now() + REBALANCE_EVERY;
+        let owners = self.owners.as_mut().ok_or("the Kafka source is not open")?;
+        let ownership = owners.rebalance(&self.partitions).await?;
+        if ownership.owned.iter().eq(self.assigned.keys()) {
+            return Ok(());
+        }
+        let mut next = BTreeMap::new();
+        for partition in ownership.owned {
+            let offset = match self.assigned.get(&partition) {
+                Some(offset) => *offset,
+                None => match stored_offset(&self.pool, &self.group, &partition).await? {
+                    Some(offset) => Offset::Offset(offset),
+                    None => Offset::Beginning,
+                },
+            };
+            next.insert(partition, offset);
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in &next {
+            list.add_partition_offset(&partition.topic, partition.partition, *offset)?;
+        }
+        self.consumer()?.assign(&list)?;
+        tracing::info!(group = %self.group, members = ownership.members,
+            partitions = ?next.keys().map(|p| format!("{}/{}", p.topic, p.partition)).collect::<Vec<_>>(),
+            "consumer assigned");
+        self.assigned = next;
+        Ok(())
     }
 }
 
@@ -68,53 +158,79 @@ impl EventSource for KafkaSource {
         let mut all = self.topics.clone();
         all.push(self.settings.dead_letter_topic());
         ensure_topics(&self.settings, &all).await?;
-        // A fresh consumer per run: after an error the group is joined anew.
-        self.release();
+        // A fresh consumer and membership per run: after an error everything starts anew.
+        self.release().await;
         let consumer: StreamConsumer = self.settings.consumer_config(&self.group).create()?;
-        let refs: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&refs)?;
-        self.consumer = Some(consumer);
+        self.consumer = Some(Arc::new(consumer));
+        self.partitions = self.discover_partitions().await?;
+        self.owners = Some(PartitionOwners::join(&self.pool, &self.group).await?);
+        self.rebalance().await?;
         self.dead_letters = Some(self.settings.producer_config().create()?);
-        tracing::info!(group = %self.group, "kafka source subscribed");
+        tracing::info!(group = %self.group, "kafka source open");
         Ok(())
     }
 
     async fn next(&mut self) -> Result<Delivery, SourceError> {
-        let message = self.consumer()?.recv().await?;
-        let traceparent = message.headers().and_then(|headers| {
-            use rdkafka::message::Headers;
-            headers
-                .iter()
-                .find(|h| h.key == "traceparent")
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_string)
-        });
-        Ok(Delivery {
-            traceparent,
-            payload: message.payload().unwrap_or_default().to_vec(),
-            key: message
-                .key()
-                .map(|k| String::from_utf8_lossy(k).to_string()),
-            origin: Origin {
-                channel: message.topic().to_string(),
-                partition: message.partition(),
-                offset: message.offset(),
-            },
-        })
+        loop {
+            if Instant::now() >= self.next_rebalance {
+                self.rebalance().await?;
+            }
+            let consumer = self.consumer()?;
+            let wait = self
+                .next_rebalance
+                .saturating_duration_since(Instant::now());
+            let delivery = tokio::select! {
+                message = consumer.recv() => {
+                    let message = message?;
+                    let partition = TopicPartition {
+                        topic: message.topic().to_string(),
+                        partition: message.partition(),
+                    };
+                    if !self.assigned.contains_key(&partition) {
+                        continue; // fetched before a partition was given up
+                    }
+                    to_delivery(&message)
+                }
+                _ = tokio::time::sleep(wait) => continue,
+            };
+            return Ok(delivery);
+        }
+    }
+
+    async fn checkpoint_in(
+        &self,
+        conn: &mut PgConnection,
+        delivery: &Delivery,
+    ) -> Result<(), SourceError> {
+        let o = &delivery.origin;
+        let partition = TopicPartition {
+            topic: o.channel.clone(),
+            partition: o.partition,
+        };
+        if !advance_offset(conn, &self.group, &partition, o.offset).await? {
+            return Err(format!(
+                "{}/{} offset {}: another consumer of `{}` is already past it (this one lost the partition)",
+                o.channel, o.partition, o.offset, self.group
+            )
+            .into());
+        }
+        Ok(())
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), SourceError> {
-        // The offset stored is the next one to read, as librdkafka's own store does.
         let o = &delivery.origin;
-        let mut list = rdkafka::TopicPartitionList::new();
-        list.add_partition_offset(&o.channel, o.partition, Offset::Offset(o.offset + 1))?;
-        self.consumer()?.store_offsets(&list)?;
+        let partition = TopicPartition {
+            topic: o.channel.clone(),
+            partition: o.partition,
+        };
+        if let Some(next) = self.assigned.get_mut(&partition) {
+            *next = Offset::Offset(o.offset + 1);
+        }
         Ok(())
     }
 
     async fn close(&mut self) {
-        self.release();
+        self.release().await;
     }
 
     async fn publish_dead_letter(&self, delivery: &Delivery) {
@@ -133,6 +249,33 @@ impl EventSource for KafkaSource {
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        self.release();
+        if let Some(consumer) = self.consumer.take() {
+            std::thread::spawn(move || drop(consumer));
+        }
+        // The ownership connection closes when dropped, and its claims with it.
+    }
+}
+
+fn to_delivery(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
+    let traceparent = message.headers().and_then(|headers| {
+        use rdkafka::message::Headers;
+        headers
+            .iter()
+            .find(|h| h.key == "traceparent")
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string)
+    });
+    Delivery {
+        traceparent,
+        payload: message.payload().unwrap_or_default().to_vec(),
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).to_string()),
+        origin: Origin {
+            channel: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+        },
     }
 }

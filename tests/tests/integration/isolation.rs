@@ -15,6 +15,7 @@ use sqlx::PgPool;
 const PLATFORM_TABLES: &[&str] = &[
     "_sqlx_migrations",     // the schema's history
     "projection_status",    // positions of projections serving every tenant
+    "projection_offsets",   // the projections' Kafka offsets (every tenant's events)
     "relay_checkpoints",    // the relay's position in the store
     "sli_minutes",          // the service's own indicators, every tenant's requests together
     "distribution_minutes", // the same, as histograms
@@ -171,6 +172,7 @@ async fn check_catalogue(pool: &PgPool) {
     // The API's role may not touch the platform tables at all.
     for table in [
         "projection_status",
+        "projection_offsets",
         "relay_checkpoints",
         "sli_minutes",
         "distribution_minutes",

@@ -16,6 +16,7 @@ mod isolation;
 mod kapa;
 mod metrics;
 mod openapi;
+mod partition_ownership;
 mod quality;
 mod rate_limits;
 mod read_cache;

@@ -430,7 +430,11 @@ fn kafka_runner(
     kafka: &streaming::KafkaSettings,
     projection: Arc<dyn Projection>,
 ) -> ProjectionRunner<streaming::KafkaSource> {
-    let source = streaming::KafkaSource::for_projection(kafka.clone(), projection.as_ref());
+    let source = streaming::KafkaSource::for_projection(
+        kafka.clone(),
+        app.pool.clone(),
+        projection.as_ref(),
+    );
     ProjectionRunner::new(app.pool.clone(), projection, source)
 }
 

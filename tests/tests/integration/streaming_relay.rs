@@ -212,15 +212,15 @@ async fn a_relay_killed_between_publish_and_checkpoint_duplicates_but_the_read_m
         "the projection to consume every copy",
         Duration::from_secs(60),
         || {
-            let (bootstrap, group, topic) = (
-                kafka.bootstrap_servers.clone(),
+            let (pool, kafka, group, topic) = (
+                app.pool.clone(),
+                kafka.clone(),
                 group.clone(),
                 conversation_topic.clone(),
             );
             async move {
-                tokio::task::spawn_blocking(move || group_caught_up(&bootstrap, &group, &topic))
+                group_caught_up(&pool, &kafka, &group, &topic)
                     .await
-                    .unwrap()
                     .then_some(())
             }
         },
@@ -246,36 +246,51 @@ async fn a_relay_killed_between_publish_and_checkpoint_duplicates_but_the_read_m
     );
 }
 
-/// Whether `group` has committed offsets at the end of every partition of `topic`.
-pub fn group_caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
-    use rdkafka::consumer::BaseConsumer;
-    use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
-    let mut list = TopicPartitionList::new();
-    for p in &partitions {
-        list.add_partition(topic, *p);
-    }
-    let Ok(committed) = consumer.committed_offsets(list, timeout) else {
-        return false;
-    };
-    partitions.iter().all(|p| {
-        let (_, high) = consumer.fetch_watermarks(topic, *p, timeout).unwrap();
-        match committed.find_partition(topic, *p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o >= high,
-            _ => high == 0,
-        }
+/// Whether `group` has read to the end of every partition of `topic`: its offsets, kept in
+/// PostgreSQL beside the read models, against the partitions' high watermarks.
+pub async fn group_caught_up(
+    pool: &sqlx::PgPool,
+    kafka: &streaming::KafkaSettings,
+    group: &str,
+    topic: &str,
+) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, name) = (kafka.bootstrap_servers.clone(), topic.to_string());
+    let watermarks = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(5);
+        let metadata = consumer.fetch_metadata(Some(&name), timeout).unwrap();
+        metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer.fetch_watermarks(&name, p.id(), timeout).unwrap();
+                (p.id(), high)
+            })
+            .collect::<Vec<_>>()
     })
+    .await
+    .unwrap();
+    for (partition, high) in watermarks {
+        let at = streaming::stored_offset(
+            pool,
+            group,
+            &streaming::TopicPartition {
+                topic: topic.to_string(),
+                partition,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap_or(0);
+        if at < high {
+            return false;
+        }
+    }
+    true
 }
 
 /// A broker of this test's own, so pausing it disturbs no other test.
