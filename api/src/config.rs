@@ -393,6 +393,7 @@ impl Settings {
             .set_default("read_cache.redis_url", "redis://127.0.0.1:6379")?
             .set_default("read_cache.timeout_ms", 50)?
             .set_default("read_cache.ttl_secs", 3600)?
+            .set_default("read_cache.prewarm_lead_ms", 10_000)?
             .set_default("embedded.enabled", false)?
             .set_default("embedded.batch_size", 500)?
             .set_default("embedded.idle_ms", 20)?

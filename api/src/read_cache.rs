@@ -7,7 +7,12 @@
 //!
 //! Redis is an accelerator, not a dependency: when it cannot answer within `timeout_ms` the
 //! answer is computed as if nothing were cached, and the lookup is counted as an `error`.
-use std::sync::Arc;
+//!
+//! Concurrent misses of one key are computed once ([`ReadCache::flight`]): the others wait for
+//! that answer — the answer of the same read-model versions — instead of each computing it
+//! (a dashboard's minute rolling over under load made every waiting request compute it).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use domain::TenantId;
@@ -28,6 +33,9 @@ pub struct ReadCacheSettings {
     pub timeout_ms: u64,
     /// How long an unused answer stays (memory only: a stale answer is never found anyway).
     pub ttl_secs: u64,
+    /// How long before a minute ends the dashboards read in the last ten minutes are computed
+    /// for the next minute (whose relative ranges end a minute later); 0: never.
+    pub prewarm_lead_ms: u64,
 }
 
 impl ReadCacheSettings {
@@ -38,6 +46,12 @@ impl ReadCacheSettings {
         }
         if self.timeout_ms == 0 || self.ttl_secs == 0 {
             problems.push("read_cache.timeout_ms and read_cache.ttl_secs must be positive".into());
+        }
+        if self.prewarm_lead_ms >= 60_000 {
+            problems.push(
+                "read_cache.prewarm_lead_ms must be under a minute (0 turns pre-warming off)"
+                    .into(),
+            );
         }
         problems
     }
@@ -55,7 +69,7 @@ impl CacheKey {
 }
 
 /// The views cached, with the projections each one reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum View {
     /// `GET /v1/analytics`: the questions read model.
     Analytics,
@@ -97,11 +111,67 @@ pub struct ReadCache {
     link: Option<Arc<RedisLink>>,
     ttl: Duration,
     lookups: prometheus::IntCounterVec,
+    /// Answers being computed, by key: whoever misses a key someone is computing waits for it.
+    in_flight: Arc<Mutex<HashMap<String, Answer>>>,
+}
+
+/// The answer of a computation in flight: `None` until it ends, then the body, or `Err` when
+/// the computation failed or was abandoned (its waiters compute for themselves).
+type Answer = tokio::sync::watch::Receiver<Option<Result<String, ()>>>;
+
+/// What to do after a miss.
+pub enum Flight {
+    /// Compute the answer and hand it to [`Leader::publish`].
+    Lead(Leader),
+    /// Someone is computing this key: wait for [`Follower::answer`].
+    Follow(Follower),
+}
+
+/// The one request computing a key. Dropped without publishing (an error, a cancelled
+/// request), it tells its followers to compute for themselves.
+pub struct Leader {
+    key: String,
+    sender: tokio::sync::watch::Sender<Option<Result<String, ()>>>,
+    in_flight: Arc<Mutex<HashMap<String, Answer>>>,
+}
+
+impl Leader {
+    /// Hands the answer to every follower.
+    pub fn publish(self, body: &str) {
+        self.sender.send_replace(Some(Ok(body.to_string())));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if self.sender.borrow().is_none() {
+            self.sender.send_replace(Some(Err(())));
+        }
+        if let Ok(mut map) = self.in_flight.lock() {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// A request waiting for a leader's answer.
+pub struct Follower(Answer);
+
+impl Follower {
+    /// The leader's answer, or `None` when it failed or went away.
+    pub async fn answer(mut self) -> Option<String> {
+        let result = self.0.wait_for(Option::is_some).await.ok()?.clone();
+        result.and_then(Result::ok)
+    }
 }
 
 const PREFIX: &str = "answers:read:v1:";
 
 impl ReadCache {
+    /// Whether answers are cached at all.
+    pub fn enabled(&self) -> bool {
+        self.link.is_some()
+    }
+
     pub fn new(settings: &ReadCacheSettings) -> redis::RedisResult<Self> {
         let link = if settings.enabled {
             Some(Arc::new(RedisLink::new(
@@ -115,7 +185,45 @@ impl ReadCache {
             link,
             ttl: Duration::from_secs(settings.ttl_secs),
             lookups: lookups(),
+            in_flight: Arc::default(),
         })
+    }
+
+    /// After a miss of `key`: lead its computation, or follow the one already running.
+    pub fn flight(&self, key: &CacheKey) -> Flight {
+        #[allow(clippy::unwrap_used)] // poisoned only if a holder panicked: nothing to recover
+        let mut map = self.in_flight.lock().unwrap();
+        if let Some(answer) = map.get(key.as_str()) {
+            return Flight::Follow(Follower(answer.clone()));
+        }
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        map.insert(key.as_str().to_string(), receiver);
+        Flight::Lead(Leader {
+            key: key.as_str().to_string(),
+            sender,
+            in_flight: self.in_flight.clone(),
+        })
+    }
+
+    /// Whether Redis holds an answer under `key` (not counted as a lookup: the pre-warmer's
+    /// check, not a reader's).
+    pub async fn holds(&self, key: &CacheKey) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        let Some(mut connection) = link.connection().await else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(
+                link.timeout(),
+                redis::cmd("EXISTS")
+                    .arg(key.as_str())
+                    .query_async::<i64>(&mut connection),
+            )
+            .await,
+            Ok(Ok(1))
+        )
     }
 
     /// The lookup counter, for the service's registry.
@@ -204,29 +312,28 @@ impl ReadCache {
         found.ok().flatten()
     }
 
-    /// Keeps `body` under `key`, off the request's path (a failure only costs a later miss).
-    pub fn put(&self, key: CacheKey, body: String) {
+    /// Keeps `body` under `key` (bounded by the timeout; a failure only costs a later miss).
+    /// Awaited before a leader lets its key go, so a reader arriving after finds it.
+    pub async fn put(&self, key: &CacheKey, body: &str) {
         let Some(link) = self.link.clone() else {
             return;
         };
         let ttl = self.ttl.as_secs().max(1);
-        tokio::spawn(async move {
-            let Some(mut connection) = link.connection().await else {
-                return;
-            };
-            let stored = tokio::time::timeout(
-                link.timeout(),
-                redis::cmd("SET")
-                    .arg(key.as_str())
-                    .arg(body)
-                    .arg("EX")
-                    .arg(ttl)
-                    .query_async::<()>(&mut connection),
-            )
-            .await;
-            if !matches!(stored, Ok(Ok(()))) {
-                link.forget_connection().await;
-            }
-        });
+        let Some(mut connection) = link.connection().await else {
+            return;
+        };
+        let stored = tokio::time::timeout(
+            link.timeout(),
+            redis::cmd("SET")
+                .arg(key.as_str())
+                .arg(body)
+                .arg("EX")
+                .arg(ttl)
+                .query_async::<()>(&mut connection),
+        )
+        .await;
+        if !matches!(stored, Ok(Ok(()))) {
+            link.forget_connection().await;
+        }
     }
 }

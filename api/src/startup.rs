@@ -208,6 +208,18 @@ impl Application {
         }
         let bus = web::Data::from(bus);
         let engine_status = web::Data::new(EngineStatus { kapa });
+        let hot_queries = Arc::new(crate::routes::analytics::HotQueries::default());
+        if read_cache.enabled() && settings.read_cache.prewarm_lead_ms > 0 {
+            background.push(tokio::spawn(
+                crate::routes::analytics::prewarm_every_minute(
+                    tenants.clone(),
+                    read_cache.clone(),
+                    hot_queries.clone(),
+                    Duration::from_millis(settings.read_cache.prewarm_lead_ms),
+                ),
+            ));
+        }
+        let hot_queries = web::Data::from(hot_queries);
         let read_cache = web::Data::from(read_cache);
         let flag_settings = web::Data::new(settings.flags.clone());
         let identity_store = identity::store::IdentityStore::new(pool.clone());
@@ -333,6 +345,7 @@ impl Application {
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())
                 .app_data(read_cache.clone())
+                .app_data(hot_queries.clone())
                 .app_data(flag_settings.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::fallback::unmatched))

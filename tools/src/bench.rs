@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// projection rebuilt from them (0: skip; the figure is 1000000).
     #[arg(long, default_value_t = 0)]
     pub read_events: usize,
+    /// Requests per second of the read APIs' paced run (open loop), beside the saturation run.
+    #[arg(long, default_value_t = 100)]
+    pub read_rate: u32,
     /// Also stream an audit export of this many entries and measure peak memory (0: skip).
     #[arg(long, default_value_t = 0)]
     pub audit_export: usize,
@@ -147,6 +150,39 @@ where
     let mut latencies = Vec::with_capacity(count);
     for task in tasks {
         latencies.extend(task.await??);
+    }
+    Ok(Measurement {
+        name: name.to_string(),
+        count,
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
+/// Sends `op(i)` for i in 0..count at `rate` per second, open loop: each call starts when it is
+/// due whether or not earlier ones have finished, and its latency counts from when it was due,
+/// so time spent queueing behind a slow server is in the figures (no coordinated omission).
+pub async fn pace<F, Fut>(name: &str, rate: u32, count: usize, op: F) -> anyhow::Result<Measurement>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    anyhow::ensure!(rate > 0, "the rate must be above 0");
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let call = op(i);
+        tasks.push(tokio::spawn(async move {
+            call.await?;
+            Ok::<_, anyhow::Error>(due.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for task in tasks {
+        latencies.push(task.await??);
     }
     Ok(Measurement {
         name: name.to_string(),

@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 use crate::auth::Authenticated;
 use crate::dto::Moment;
 use crate::problem::ApiError;
-use crate::read_cache::{ReadCache, View};
+use crate::read_cache::{Flight, ReadCache, View};
 use crate::routes::conversations::read_error;
 use crate::routes::{parse_word, CommandProblems};
 
@@ -80,7 +80,15 @@ async fn window(
     // Ranges end at the end of the current minute: no event is recorded later than now, so the
     // figures are those up to now, and every request of the minute asks the same question (one
     // cached answer serves them all, docs/read-cache.md).
-    let now = end_of_minute(Utc::now());
+    window_at(conn, q, end_of_minute(Utc::now())).await
+}
+
+/// The checked window of `q` with relative ranges ending at `now`.
+async fn window_at(
+    conn: &mut PgConnection,
+    q: &WindowQuery,
+    now: DateTime<Utc>,
+) -> Result<(Window, Option<CostFormat>), ApiError> {
     let format: Option<CostFormat> = parse_word(q.format.as_deref(), Code::InvalidFormat)?;
     let range: Option<RangeWord> = parse_word(q.range.as_deref(), Code::InvalidRange)?;
     let (from, to, default_bucket) = match (q.from.map(|m| m.0), range) {
@@ -124,7 +132,7 @@ fn unserialisable(e: serde_json::Error) -> ApiError {
 }
 
 /// The end of `t`'s minute (`t` itself when it is a whole minute).
-fn end_of_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+pub fn end_of_minute(t: DateTime<Utc>) -> DateTime<Utc> {
     let start = t.duration_trunc(Duration::minutes(1)).unwrap_or(t);
     if start == t {
         t
@@ -145,69 +153,261 @@ fn described(w: &Window, format: Option<CostFormat>) -> String {
     )
 }
 
-/// Reads `view` through the cache: the cached body when the read models are still at the
-/// versions it was computed from, else `compute`'s answer (kept for the next reader). The
-/// versions and the computation share the transaction's snapshot.
-async fn cached<F>(
-    cache: &ReadCache,
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    tenant: &domain::TenantId,
+/// The body of `view` for the window: the analytics as JSON, the cost report as JSON or CSV.
+async fn render(
     view: View,
-    query: String,
-    compute: F,
-) -> Result<(String, &'static str), ApiError>
-where
-    F: AsyncFnOnce(&mut PgConnection) -> Result<String, ApiError>,
-{
-    let key = cache
-        .key(tx, tenant, view, &query)
-        .await
-        .map_err(read_error)?;
-    if let Some(key) = &key {
-        if let Some(body) = cache.get(view, key).await {
-            return Ok((body, "hit"));
+    conn: &mut PgConnection,
+    tenant: &domain::TenantId,
+    w: &Window,
+    format: Option<CostFormat>,
+) -> Result<String, ApiError> {
+    match view {
+        View::Analytics => {
+            let result = analytics::compute(conn, tenant, w)
+                .await
+                .map_err(read_error)?;
+            serde_json::to_string(&result).map_err(unserialisable)
+        }
+        View::Cost => {
+            let rows = analytics::cost(conn, tenant, w).await.map_err(read_error)?;
+            if format == Some(CostFormat::Csv) {
+                let mut body = analytics::COST_CSV_HEADER.to_string();
+                for r in &rows {
+                    body.push_str(&r.csv_line());
+                }
+                Ok(body)
+            } else {
+                serde_json::to_string(&rows).map_err(unserialisable)
+            }
         }
     }
-    let body = compute(tx).await?;
-    match key {
-        Some(key) => {
-            cache.put(key, body.clone());
+}
+
+/// Reads `view` through the cache: the cached body when the read models are still at the
+/// versions it was computed from; else the answer of the request already computing that key,
+/// if one is (`shared`); else computed here and kept for the next reader. The versions and the
+/// computation share the transaction's snapshot.
+async fn cached(
+    cache: &ReadCache,
+    tenants: &TenantPool,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: &domain::TenantId,
+    view: View,
+    w: &Window,
+    format: Option<CostFormat>,
+) -> Result<(String, &'static str), ApiError> {
+    let key = cache
+        .key(&mut tx, tenant, view, &described(w, format))
+        .await
+        .map_err(read_error)?;
+    let Some(key) = key else {
+        let body = render(view, &mut tx, tenant, w, format).await?;
+        end_read(tx);
+        return Ok((body, "off"));
+    };
+    if let Some(body) = cache.get(view, &key).await {
+        end_read(tx);
+        return Ok((body, "hit"));
+    }
+    match cache.flight(&key) {
+        Flight::Lead(leader) => {
+            let body = render(view, &mut tx, tenant, w, format).await;
+            end_read(tx);
+            // On an error the leader is dropped here and its followers compute for themselves.
+            let body = body?;
+            cache.put(&key, &body).await;
+            leader.publish(&body);
             Ok((body, "miss"))
         }
-        None => Ok((body, "off")),
+        Flight::Follow(follower) => {
+            // The leader computes exactly this key (these versions): its answer is ours. The
+            // connection goes back to the pool while we wait.
+            end_read(tx);
+            if let Some(body) = follower.answer().await {
+                return Ok((body, "shared"));
+            }
+            let mut tx = snapshot_tx(tenants, tenant).await?;
+            let body = render(view, &mut tx, tenant, w, format).await?;
+            end_read(tx);
+            Ok((body, "miss"))
+        }
+    }
+}
+
+/// A relative-range dashboard query read lately, by tenant: what the pre-warmer computes for
+/// the next minute.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HotQuery {
+    tenant: domain::TenantId,
+    view: View,
+    range: Option<RangeWord>,
+    bucket: Option<BucketWord>,
+    tz: Option<String>,
+    format: Option<CostFormat>,
+}
+
+/// The relative-range queries read in the last ten minutes (at most [`HotQueries::CAP`]).
+#[derive(Default)]
+pub struct HotQueries(std::sync::Mutex<std::collections::HashMap<HotQuery, std::time::Instant>>);
+
+impl HotQueries {
+    /// More distinct queries than this are not remembered (each costs a computation a minute).
+    const CAP: usize = 1000;
+    const KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// Notes a read of a relative range (custom windows do not move with the clock).
+    pub fn note(&self, tenant: &domain::TenantId, view: View, q: &WindowQuery) {
+        if q.from.is_some() {
+            return;
+        }
+        // Already checked by `window`; a word that does not parse is not remembered.
+        let (Ok(range), Ok(bucket), Ok(format)) = (
+            parse_word::<RangeWord>(q.range.as_deref(), Code::InvalidRange),
+            parse_word::<BucketWord>(q.bucket.as_deref(), Code::InvalidBucket),
+            parse_word::<CostFormat>(q.format.as_deref(), Code::InvalidFormat),
+        ) else {
+            return;
+        };
+        let query = HotQuery {
+            tenant: tenant.clone(),
+            view,
+            range,
+            bucket,
+            tz: q.tz.clone(),
+            format,
+        };
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() < Self::CAP || map.contains_key(&query) {
+                map.insert(query, std::time::Instant::now());
+            }
+        }
+    }
+
+    /// The queries read lately; older ones are forgotten.
+    fn recent(&self) -> Vec<HotQuery> {
+        let Ok(mut map) = self.0.lock() else {
+            return Vec::new();
+        };
+        map.retain(|_, at| at.elapsed() < Self::KEPT_FOR);
+        map.keys().cloned().collect()
+    }
+}
+
+/// Computes and caches, for each query read lately, its answer for relative ranges ending at
+/// `until` (the next minute's end), unless Redis holds it or a request is computing it. An
+/// answer is keyed by the versions it was computed from like any other: should an event come
+/// before the minute starts, the reader misses it, as it would have anyway. Returns how many
+/// answers it computed.
+pub async fn prewarm(
+    tenants: &TenantPool,
+    cache: &ReadCache,
+    hot: &HotQueries,
+    until: DateTime<Utc>,
+) -> usize {
+    let mut computed = 0;
+    for q in hot.recent() {
+        match prewarm_one(tenants, cache, &q, until).await {
+            Ok(true) => computed += 1,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(tenant = %q.tenant, view = q.view.as_str(), error = %error,
+                "read cache: could not pre-warm a dashboard")
+            }
+        }
+    }
+    computed
+}
+
+async fn prewarm_one(
+    tenants: &TenantPool,
+    cache: &ReadCache,
+    q: &HotQuery,
+    until: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    let mut tx = snapshot_tx(tenants, &q.tenant).await?;
+    let query = WindowQuery {
+        range: q.range.map(|r| r.to_string()),
+        from: None,
+        to: None,
+        bucket: q.bucket.map(|b| b.to_string()),
+        tz: q.tz.clone(),
+        format: q.format.map(|f| f.to_string()),
+    };
+    let (w, format) = window_at(&mut tx, &query, until).await?;
+    let Some(key) = cache
+        .key(&mut tx, &q.tenant, q.view, &described(&w, format))
+        .await
+        .map_err(read_error)?
+    else {
+        return Ok(false);
+    };
+    if cache.holds(&key).await {
+        return Ok(false);
+    }
+    let Flight::Lead(leader) = cache.flight(&key) else {
+        return Ok(false); // a reader is computing it
+    };
+    let body = render(q.view, &mut tx, &q.tenant, &w, format).await?;
+    end_read(tx);
+    cache.put(&key, &body).await;
+    leader.publish(&body);
+    Ok(true)
+}
+
+/// Every minute, `lead` before it ends, pre-warms the dashboards read lately for the next
+/// minute (docs/read-cache.md).
+pub async fn prewarm_every_minute(
+    tenants: TenantPool,
+    cache: std::sync::Arc<ReadCache>,
+    hot: std::sync::Arc<HotQueries>,
+    lead: std::time::Duration,
+) {
+    let lead = Duration::from_std(lead).unwrap_or(Duration::seconds(10));
+    loop {
+        let now = Utc::now();
+        let mut end = end_of_minute(now);
+        if end == now {
+            end += Duration::minutes(1);
+        }
+        let at = end - lead;
+        if at > now {
+            tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
+        }
+        let computed = prewarm(&tenants, &cache, &hot, end + Duration::minutes(1)).await;
+        tracing::debug!(
+            computed,
+            "read cache: dashboards pre-warmed for the next minute"
+        );
+        // Past this minute's end before looking again.
+        let left = end - Utc::now();
+        tokio::time::sleep(
+            left.to_std().unwrap_or_default() + std::time::Duration::from_millis(10),
+        )
+        .await;
     }
 }
 
 /// Every dashboard figure of the caller's tenant for one window.
 #[utoipa::path(get, path = "/v1/analytics", tag = "analytics", params(WindowQuery),
     responses((status = 200, body = Analytics, headers(("X-Cache" = String,
-        description = "`hit`: served from the read cache; `miss`: computed and cached; `off`: no cache")))
+        description = "`hit`: served from the read cache; `miss`: computed and cached; `shared`: computed once for this and concurrent identical requests; `off`: no cache")))
         , CommandProblems), security(("bearer" = [])))]
 #[get("/analytics")]
 pub async fn overview(
     tenants: web::Data<TenantPool>,
     cache: web::Data<ReadCache>,
+    hot: web::Data<HotQueries>,
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = &auth.0.tenant_id;
     let mut tx = snapshot_tx(&tenants, tenant).await?;
     let (w, _) = window(&mut tx, &query).await?;
-    let (body, cache_result) = cached(
-        &cache,
-        &mut tx,
-        tenant,
-        View::Analytics,
-        described(&w, None),
-        async |conn: &mut PgConnection| {
-            let result = analytics::compute(conn, tenant, &w)
-                .await
-                .map_err(read_error)?;
-            serde_json::to_string(&result).map_err(unserialisable)
-        },
-    )
-    .await?;
-    end_read(tx);
+    if cache.enabled() {
+        hot.note(tenant, View::Analytics, &query);
+    }
+    let (body, cache_result) =
+        cached(&cache, &tenants, tx, tenant, View::Analytics, &w, None).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("X-Cache", cache_result))
@@ -218,13 +418,14 @@ pub async fn overview(
 #[utoipa::path(get, path = "/v1/analytics/cost", tag = "analytics", params(WindowQuery),
     responses((status = 200, description = "JSON, or CSV with format=csv",
         content((Vec<CostRow> = "application/json"), (String = "text/csv")),
-        headers(("X-Cache" = String, description = "`hit`, `miss` or `off`, as on `/v1/analytics`"))),
+        headers(("X-Cache" = String, description = "`hit`, `miss`, `shared` or `off`, as on `/v1/analytics`"))),
         CommandProblems),
     security(("bearer" = [])))]
 #[get("/analytics/cost")]
 pub async fn cost(
     tenants: web::Data<TenantPool>,
     cache: web::Data<ReadCache>,
+    hot: web::Data<HotQueries>,
     auth: Authenticated,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -232,29 +433,10 @@ pub async fn cost(
     let mut tx = snapshot_tx(&tenants, tenant).await?;
     let (w, format) = window(&mut tx, &query).await?;
     let csv = format == Some(CostFormat::Csv);
-    let (body, cache_result) = cached(
-        &cache,
-        &mut tx,
-        tenant,
-        View::Cost,
-        described(&w, format),
-        async |conn: &mut PgConnection| {
-            let rows = analytics::cost(conn, tenant, &w)
-                .await
-                .map_err(read_error)?;
-            if csv {
-                let mut body = analytics::COST_CSV_HEADER.to_string();
-                for r in &rows {
-                    body.push_str(&r.csv_line());
-                }
-                Ok(body)
-            } else {
-                serde_json::to_string(&rows).map_err(unserialisable)
-            }
-        },
-    )
-    .await?;
-    end_read(tx);
+    if cache.enabled() {
+        hot.note(tenant, View::Cost, &query);
+    }
+    let (body, cache_result) = cached(&cache, &tenants, tx, tenant, View::Cost, &w, format).await?;
     Ok(HttpResponse::Ok()
         .content_type(if csv {
             "text/csv; charset=utf-8"
