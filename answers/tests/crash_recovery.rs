@@ -82,11 +82,26 @@ impl Service {
     }
 
     fn start(&self) -> Child {
+        self.start_with(&[], &[])
+    }
+
+    /// The binary with `args` and extra environment `env`.
+    fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
         self.command()
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the service starts")
+    }
+
+    fn env(&self, key: &str) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
     }
 
     fn token(&self) -> String {
@@ -299,4 +314,155 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
         "the read models did not converge within 60 s of the last start"
     );
     assert_eq!(details, 200);
+}
+
+/// Issue 15's scale-out, on the projections: two `answers project` processes share every
+/// projection's partitions (through PostgreSQL, docs/streaming.md); one is killed with SIGKILL
+/// under load and the other takes its partitions; the read model then equals a rebuild.
+#[tokio::test]
+async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a_killed_one() {
+    let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
+    let service = Service::new(&db, Transport::Kafka);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = service.token();
+    let no_projections = [("APP__KAFKA__PROJECTIONS_IN_PROCESS", "false")];
+    let mut server = service.start_with(&[], &no_projections);
+    service.ready(&client).await;
+    let mut first = service.start_with(&["project"], &[]);
+    let mut second = service.start_with(&["project"], &[]);
+    let created = client
+        .post(format!("{}/v1/tenant", service.address()))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let pool = PgPool::connect(&format!("{}/{db}", server_url()))
+        .await
+        .unwrap();
+    let group = format!(
+        "{}.conversations",
+        service.env("APP__KAFKA__CONSUMER_GROUP")
+    );
+    let partitions: Vec<streaming::TopicPartition> = (0..3)
+        .map(|partition| streaming::TopicPartition {
+            topic: format!("{}.conversation", service.env("APP__KAFKA__TOPIC_PREFIX")),
+            partition,
+        })
+        .collect();
+    let holders = |n: usize| {
+        let (pool, group, partitions) = (pool.clone(), group.clone(), partitions.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let held = streaming::partition_holders(&pool, &group, &partitions)
+                    .await
+                    .unwrap();
+                let pids: std::collections::BTreeSet<i32> = held.values().copied().collect();
+                if held.len() == partitions.len() && pids.len() == n {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the partitions are not held by {n} processes: {held:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    holders(2).await;
+
+    let ask = |n: usize| {
+        let (client, token, address) = (client.clone(), token.clone(), service.address());
+        async move {
+            for i in 0..n {
+                let r = client
+                    .post(format!("{address}/v1/conversations"))
+                    .bearer_auth(&token)
+                    .json(&json!({"question": format!("How do I set up integration {i}?")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }
+    };
+    ask(30).await;
+    // Killed while events keep coming.
+    let load = tokio::spawn(ask(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.kill().expect("SIGKILL");
+    second.wait().unwrap();
+    load.await.unwrap();
+    holders(1).await;
+    ask(10).await;
+
+    let converged = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stored = scalar(
+                &pool,
+                "SELECT count(*) FROM events WHERE aggregate_type = 'conversation'",
+            )
+            .await;
+            let applied = scalar(
+                &pool,
+                "SELECT coalesce((SELECT applied_events FROM projection_status WHERE projection = 'conversations'), 0)",
+            )
+            .await;
+            assert!(applied <= stored, "applied {applied} > stored {stored}");
+            let settled = scalar(
+                &pool,
+                "SELECT count(*) FROM events WHERE event_type IN ('AnswerRecorded', 'AnswerFailed', 'QuestionBlocked')",
+            )
+            .await;
+            if applied == stored && settled == 70 {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let live: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT to_jsonb(r) FROM rm_conversations r ORDER BY tenant_id, conversation_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for child in [&mut first, &mut server] {
+        child.kill().ok();
+        child.wait().ok();
+    }
+    assert!(
+        converged,
+        "the survivor did not apply every event within 60 s"
+    );
+    assert_eq!(live.len(), 70);
+    projections::rebuild(
+        &pool,
+        &projections::Folded(projections::conversations::Conversations),
+    )
+    .await
+    .unwrap();
+    let rebuilt: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT to_jsonb(r) FROM rm_conversations r ORDER BY tenant_id, conversation_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rebuilt, live, "the live model equals a rebuild");
+    pool.close().await;
+    let admin = PgPool::connect(&format!("{}/postgres", server_url()))
+        .await
+        .unwrap();
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await;
 }
