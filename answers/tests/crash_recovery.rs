@@ -115,6 +115,18 @@ impl Service {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// Creates the token's tenant.
+    async fn create_tenant(&self, client: &reqwest::Client, token: &str) {
+        let created = client
+            .post(format!("{}/v1/tenant", self.address()))
+            .bearer_auth(token)
+            .json(&json!({"name": "Acme"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+
     async fn ready(&self, client: &reqwest::Client) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -135,6 +147,60 @@ impl Service {
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// How far the store and the conversations projection are.
+struct Progress {
+    /// Questions asked.
+    asked: i64,
+    /// Questions answered, failed or blocked.
+    settled: i64,
+    /// Conversation events stored.
+    conversation_events: i64,
+    /// Conversation events the projection applied (never more than stored: none twice).
+    applied: i64,
+}
+
+async fn progress(pool: &PgPool) -> Progress {
+    let p = Progress {
+        asked: scalar(
+            pool,
+            "SELECT count(*) FROM events WHERE event_type = 'QuestionAsked'",
+        )
+        .await,
+        settled: scalar(
+            pool,
+            "SELECT count(*) FROM events WHERE event_type IN ('AnswerRecorded', 'AnswerFailed', 'QuestionBlocked')",
+        )
+        .await,
+        conversation_events: scalar(
+            pool,
+            "SELECT count(*) FROM events WHERE aggregate_type = 'conversation'",
+        )
+        .await,
+        applied: scalar(
+            pool,
+            "SELECT coalesce((SELECT applied_events FROM projection_status WHERE projection = 'conversations'), 0)",
+        )
+        .await,
+    };
+    assert!(
+        p.applied <= p.conversation_events,
+        "applied {} > stored {}",
+        p.applied,
+        p.conversation_events
+    );
+    p
+}
+
+/// Drops the test's database (its connections too).
+async fn drop_database(db: &str) {
+    let admin = PgPool::connect(&format!("{}/postgres", server_url()))
+        .await
+        .unwrap();
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await;
 }
 
 #[tokio::test]
@@ -159,14 +225,7 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
 
     let mut child = service.start();
     service.ready(&client).await;
-    let created = client
-        .post(format!("{}/v1/tenant", service.address()))
-        .bearer_auth(&token)
-        .json(&json!({"name": "Acme"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    service.create_tenant(&client, &token).await;
 
     // Eight clients asking all along; the ids of the questions the service accepted.
     let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -236,30 +295,12 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
 
     // Converges within 60 s of the last start, with nothing done by hand.
     let converged = loop {
-        let asked = scalar(
-            &pool,
-            "SELECT count(*) FROM events WHERE event_type = 'QuestionAsked'",
-        )
-        .await;
-        let settled = scalar(
-            &pool,
-            "SELECT count(*) FROM events WHERE event_type IN ('AnswerRecorded', 'AnswerFailed', 'QuestionBlocked')",
-        )
-        .await;
-        let conversation_events = scalar(
-            &pool,
-            "SELECT count(*) FROM events WHERE aggregate_type = 'conversation'",
-        )
-        .await;
-        let applied = scalar(
-            &pool,
-            "SELECT coalesce((SELECT applied_events FROM projection_status WHERE projection = 'conversations'), 0)",
-        )
-        .await;
-        assert!(
-            applied <= conversation_events,
-            "applied {applied} > stored {conversation_events}"
-        );
+        let Progress {
+            asked,
+            settled,
+            conversation_events,
+            applied,
+        } = progress(&pool).await;
         let rows = scalar(&pool, "SELECT count(*) FROM rm_conversations").await;
         let conversations = scalar(
             &pool,
@@ -303,12 +344,7 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
     child.kill().ok();
     child.wait().ok();
     pool.close().await;
-    let admin = PgPool::connect(&format!("{}/postgres", server_url()))
-        .await
-        .unwrap();
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-        .execute(&admin)
-        .await;
+    drop_database(&db).await;
     assert!(
         converged,
         "the read models did not converge within 60 s of the last start"
@@ -333,14 +369,7 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
     service.ready(&client).await;
     let mut first = service.start_with(&["project"], &[]);
     let mut second = service.start_with(&["project"], &[]);
-    let created = client
-        .post(format!("{}/v1/tenant", service.address()))
-        .bearer_auth(&token)
-        .json(&json!({"name": "Acme"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    service.create_tenant(&client, &token).await;
 
     let pool = PgPool::connect(&format!("{}/{db}", server_url()))
         .await
@@ -405,23 +434,8 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
     let converged = {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let stored = scalar(
-                &pool,
-                "SELECT count(*) FROM events WHERE aggregate_type = 'conversation'",
-            )
-            .await;
-            let applied = scalar(
-                &pool,
-                "SELECT coalesce((SELECT applied_events FROM projection_status WHERE projection = 'conversations'), 0)",
-            )
-            .await;
-            assert!(applied <= stored, "applied {applied} > stored {stored}");
-            let settled = scalar(
-                &pool,
-                "SELECT count(*) FROM events WHERE event_type IN ('AnswerRecorded', 'AnswerFailed', 'QuestionBlocked')",
-            )
-            .await;
-            if applied == stored && settled == 70 {
+            let p = progress(&pool).await;
+            if p.applied == p.conversation_events && p.settled == 70 {
                 break true;
             }
             if Instant::now() > deadline {
@@ -459,10 +473,5 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
     .unwrap();
     assert_eq!(rebuilt, live, "the live model equals a rebuild");
     pool.close().await;
-    let admin = PgPool::connect(&format!("{}/postgres", server_url()))
-        .await
-        .unwrap();
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-        .execute(&admin)
-        .await;
+    drop_database(&db).await;
 }

@@ -590,6 +590,55 @@ impl Checks {
     }
 }
 
+/// The conversations projection with `hook` run before each apply: a test counts what a runner
+/// is given, or fails on purpose (as a lost connection would) to see what a restart does.
+pub struct HookedConversations<H>(pub H);
+
+#[async_trait::async_trait]
+impl<H> projections::Projection for HookedConversations<H>
+where
+    H: Fn(&projections::Projected) -> Result<(), projections::ApplyError> + Send + Sync + 'static,
+{
+    fn name(&self) -> &'static str {
+        projections::Folded(projections::conversations::Conversations).name()
+    }
+    fn aggregate_types(&self) -> &'static [domain::AggregateType] {
+        projections::Folded(projections::conversations::Conversations).aggregate_types()
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        projections::Folded(projections::conversations::Conversations).tables()
+    }
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &projections::Projected,
+    ) -> Result<bool, projections::ApplyError> {
+        (self.0)(event)?;
+        projections::Projection::apply(
+            &projections::Folded(projections::conversations::Conversations),
+            conn,
+            event,
+        )
+        .await
+    }
+}
+
+/// A hook failing once, as a lost connection would, when `after` events went before it.
+pub fn fail_once_after(
+    after: usize,
+) -> impl Fn(&projections::Projected) -> Result<(), projections::ApplyError> + Send + Sync + 'static
+{
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    move |_| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == after {
+            return Err(projections::ApplyError::Transient(sqlx::Error::Protocol(
+                "injected failure".into(),
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Checks;

@@ -104,27 +104,9 @@ async fn reads(settings: Settings, args: &BenchArgs, operator: &str) -> anyhow::
                base: &str,
                path: Arc<dyn Fn(usize) -> String + Send + Sync>,
                tokens: &Arc<Vec<String>>| {
-        let (client, base, tokens) = (client.clone(), base.to_string(), tokens.clone());
+        let op = read_op(&client, base, path, tokens);
         let name = name.to_string();
-        async move {
-            drive(&name, CLIENTS, count, move |i| {
-                let request = client
-                    .get(format!("{base}{}", path(i)))
-                    .bearer_auth(&tokens[i % TENANTS]);
-                async move {
-                    let response = request.send().await?;
-                    anyhow::ensure!(
-                        response.status().is_success(),
-                        "{} answered {}",
-                        response.url().path(),
-                        response.status()
-                    );
-                    response.bytes().await?;
-                    Ok(())
-                }
-            })
-            .await
-        }
+        async move { drive(&name, CLIENTS, count, op).await }
     };
     let fixed = |path: &'static str| -> Arc<dyn Fn(usize) -> String + Send + Sync> {
         Arc::new(move |_| path.to_string())
@@ -191,27 +173,9 @@ async fn reads(settings: Settings, args: &BenchArgs, operator: &str) -> anyhow::
                  base: &str,
                  path: Arc<dyn Fn(usize) -> String + Send + Sync>,
                  tokens: &Arc<Vec<String>>| {
-        let (client, base, tokens) = (client.clone(), base.to_string(), tokens.clone());
+        let op = read_op(&client, base, path, tokens);
         let name = format!("{name} @{rate}/s");
-        async move {
-            pace(&name, rate, paced_count, move |i| {
-                let request = client
-                    .get(format!("{base}{}", path(i)))
-                    .bearer_auth(&tokens[i % TENANTS]);
-                async move {
-                    let response = request.send().await?;
-                    anyhow::ensure!(
-                        response.status().is_success(),
-                        "{} answered {}",
-                        response.url().path(),
-                        response.status()
-                    );
-                    response.bytes().await?;
-                    Ok(())
-                }
-            })
-            .await
-        }
+        async move { pace(&name, rate, paced_count, op).await }
     };
     let paced_runs = vec![
         paced(
@@ -292,6 +256,35 @@ async fn reads(settings: Settings, args: &BenchArgs, operator: &str) -> anyhow::
         rebuild_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     ));
     Ok(out)
+}
+
+/// A GET of `path(i)` as tenant `i % TENANTS`'s reader, which must succeed and is read in full.
+fn read_op(
+    client: &reqwest::Client,
+    base: &str,
+    path: Arc<dyn Fn(usize) -> String + Send + Sync>,
+    tokens: &Arc<Vec<String>>,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    let (client, base, tokens) = (client.clone(), base.to_string(), tokens.clone());
+    move |i| {
+        let request = client
+            .get(format!("{base}{}", path(i)))
+            .bearer_auth(&tokens[i % TENANTS]);
+        Box::pin(async move {
+            let response = request.send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{} answered {}",
+                response.url().path(),
+                response.status()
+            );
+            response.bytes().await?;
+            Ok(())
+        })
+    }
 }
 
 /// hit / (hit + miss + error) of the analytics view, from a `/metrics` text.

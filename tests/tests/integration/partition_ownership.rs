@@ -8,12 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use domain::AggregateType;
-use integration_tests::{read_model, wait_for, wait_until_projected, TestApp};
+use integration_tests::{read_model, wait_for, wait_until_projected, HookedConversations, TestApp};
 use projections::conversations::Conversations;
-use projections::{ApplyError, Folded, Projected, Projection, ProjectionRunner};
-use sqlx::PgConnection;
+use projections::{Folded, Projected, ProjectionRunner};
 use streaming::{PartitionOwners, TopicPartition};
 
 fn partitions(topics: usize, each: i32) -> Vec<TopicPartition> {
@@ -133,24 +130,20 @@ async fn an_offset_moves_only_forward_and_is_never_applied_twice() {
     );
 }
 
-/// The conversations projection, counting what it is given.
-struct Counted(Arc<AtomicUsize>);
-
-#[async_trait]
-impl Projection for Counted {
-    fn name(&self) -> &'static str {
-        Folded(Conversations).name()
-    }
-    fn aggregate_types(&self) -> &'static [AggregateType] {
-        Folded(Conversations).aggregate_types()
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        Folded(Conversations).tables()
-    }
-    async fn apply(&self, conn: &mut PgConnection, event: &Projected) -> Result<bool, ApplyError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Folded(Conversations).apply(conn, event).await
-    }
+/// Waits until every one of `partitions` is held, by `members` distinct members in all.
+async fn held_by(pool: &sqlx::PgPool, group: &str, partitions: &[TopicPartition], members: usize) {
+    wait_for(
+        &format!("the partitions to be held by {members} members"),
+        Duration::from_secs(15),
+        || async {
+            let holders = streaming::partition_holders(pool, group, partitions)
+                .await
+                .unwrap();
+            let pids: BTreeSet<i32> = holders.values().copied().collect();
+            (holders.len() == partitions.len() && pids.len() == members).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -160,13 +153,20 @@ async fn two_runners_share_a_projections_partitions_and_one_takes_over_when_the_
         .configure(|s| s.kafka.projections_in_process = false);
     let kafka = builder.settings().kafka.clone();
     let app = builder.spawn().await;
+    // The conversations projection, counting what each runner is given.
+    let counted = |seen: Arc<AtomicUsize>| {
+        HookedConversations(move |_: &Projected| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    };
     let runner = |seen: Arc<AtomicUsize>| {
         let source = streaming::KafkaSource::for_projection(
             kafka.clone(),
             app.pool.clone(),
-            &Counted(seen.clone()),
+            &counted(seen.clone()),
         );
-        ProjectionRunner::new(app.pool.clone(), Arc::new(Counted(seen)), source)
+        ProjectionRunner::new(app.pool.clone(), Arc::new(counted(seen)), source)
     };
     let (first_seen, second_seen) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
     let first = tokio::spawn(runner(first_seen.clone()).run_supervised());
@@ -181,18 +181,7 @@ async fn two_runners_share_a_projections_partitions_and_one_takes_over_when_the_
         })
         .collect();
     let group = format!("{}.conversations", kafka.consumer_group);
-    wait_for(
-        "the runners to share the partitions",
-        Duration::from_secs(15),
-        || async {
-            let holders = streaming::partition_holders(&app.pool, &group, &topic_partitions)
-                .await
-                .unwrap();
-            let pids: BTreeSet<i32> = holders.values().copied().collect();
-            (holders.len() == topic_partitions.len() && pids.len() == 2).then_some(())
-        },
-    )
-    .await;
+    held_by(&app.pool, &group, &topic_partitions, 2).await;
 
     let admin = app.create_tenant("acme", "alice").await;
     for i in 0..24 {
@@ -216,18 +205,7 @@ async fn two_runners_share_a_projections_partitions_and_one_takes_over_when_the_
     // partitions and applies what comes next.
     second.abort();
     let _ = second.await;
-    wait_for(
-        "the survivor to hold every partition",
-        Duration::from_secs(15),
-        || async {
-            let holders = streaming::partition_holders(&app.pool, &group, &topic_partitions)
-                .await
-                .unwrap();
-            let pids: BTreeSet<i32> = holders.values().copied().collect();
-            (holders.len() == topic_partitions.len() && pids.len() == 1).then_some(())
-        },
-    )
-    .await;
+    held_by(&app.pool, &group, &topic_partitions, 1).await;
     let before = first_seen.load(Ordering::SeqCst);
     for i in 0..24 {
         let _ = app

@@ -55,6 +55,22 @@ async fn first_showing(app: &TestApp, token: &str, n: i64) -> (String, Value) {
     .await
 }
 
+/// Waits until the questions read model holds `n` questions.
+async fn questions_applied(app: &TestApp, n: i64) {
+    wait_for(
+        "the questions to be applied",
+        Duration::from_secs(20),
+        || async {
+            let questions: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_questions")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            (questions == n).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn lookups(app: &TestApp, result: &str) -> f64 {
     let text = app.operator_get("/metrics").await.text().await.unwrap();
     metric_value(
@@ -166,18 +182,7 @@ async fn concurrent_misses_of_one_dashboard_are_computed_once_and_shared() {
     first_showing(&app, &acme, 5).await;
     // A new event: the next answer is a miss, asked by eight readers at once.
     app.ask(&acme, "How do I export to CSV?").await;
-    wait_for(
-        "the question to be applied",
-        Duration::from_secs(20),
-        || async {
-            let questions: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_questions")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            (questions == 6).then_some(())
-        },
-    )
-    .await;
+    questions_applied(&app, 6).await;
     let answers = futures::future::join_all((0..8).map(|_| dashboard(&app, &acme))).await;
     let served: Vec<&str> = answers.iter().map(|(how, _)| how.as_str()).collect();
     assert_eq!(
@@ -224,18 +229,7 @@ async fn the_pre_warmer_computes_a_dashboard_read_lately_before_its_reader_asks(
         },
     );
     app.ask(&acme, "How do I export to CSV?").await;
-    wait_for(
-        "the question to be applied",
-        Duration::from_secs(20),
-        || async {
-            let questions: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_questions")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            (questions == 2).then_some(())
-        },
-    )
-    .await;
+    questions_applied(&app, 2).await;
     // Pre-warmed for the minute we are in (the service does it for the next one), the reader's
     // first request is a hit showing the new question. Tried again if the minute rolls over.
     for _ in 0..3 {

@@ -35,38 +35,6 @@ async fn a_projection_follows_the_store_without_a_broker() {
     assert!(rows.iter().all(|r| r["version"] == 2), "{rows:?}");
 }
 
-/// Fails (as a lost connection would) once, after `after` events.
-struct FailOnce {
-    after: usize,
-    seen: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl projections::Projection for FailOnce {
-    fn name(&self) -> &'static str {
-        Folded(Conversations).name()
-    }
-    fn aggregate_types(&self) -> &'static [AggregateType] {
-        Folded(Conversations).aggregate_types()
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        Folded(Conversations).tables()
-    }
-    async fn apply(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        event: &projections::Projected,
-    ) -> Result<bool, projections::ApplyError> {
-        use std::sync::atomic::Ordering;
-        if self.seen.fetch_add(1, Ordering::SeqCst) == self.after {
-            return Err(projections::ApplyError::Transient(sqlx::Error::Protocol(
-                "injected failure".into(),
-            )));
-        }
-        projections::Projection::apply(&Folded(Conversations), conn, event).await
-    }
-}
-
 /// After a failed run the follower resumes after the last acknowledged event: nothing is lost,
 /// nothing applied twice, and the result equals a rebuild from 0.
 #[tokio::test]
@@ -83,10 +51,9 @@ async fn a_follower_resumes_after_a_failed_run_without_losing_or_repeating_event
         Checkpoint::START,
         Duration::from_millis(20),
     );
-    let failing = Arc::new(FailOnce {
-        after: 3,
-        seen: Default::default(),
-    });
+    let failing = Arc::new(integration_tests::HookedConversations(
+        integration_tests::fail_once_after(3),
+    ));
     let task =
         tokio::spawn(ProjectionRunner::new(app.pool.clone(), failing, source).run_supervised());
     wait_until_projected(&app.pool, Duration::from_secs(30)).await;

@@ -1,19 +1,16 @@
 //! The projection runtime on the real broker: read-your-writes, poison events, a failure
 //! mid-batch, and a rebuild that equals the live model while reads go on.
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use domain::AggregateType;
 use integration_tests::{read_model, wait_for, wait_until_projected, TestApp};
 use projections::conversations::Conversations;
-use projections::{ApplyError, Folded, Projected, Projection, ProjectionRunner};
+use projections::{Folded, Projection, ProjectionRunner};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
-use sqlx::PgConnection;
 
 /// A realistic mix: questions, follow-ups, feedback changes, resolutions, escalations, a block.
 async fn activity(app: &TestApp, token: &str, conversations: usize) {
@@ -398,33 +395,6 @@ async fn a_dead_letter_whose_cause_is_gone_applies_on_retry() {
     assert_eq!(seen["status"], "resolved");
 }
 
-/// Fails (as a database outage would) once, after applying `after` events.
-struct FailOnce {
-    after: usize,
-    seen: AtomicUsize,
-}
-
-#[async_trait]
-impl Projection for FailOnce {
-    fn name(&self) -> &'static str {
-        Folded(Conversations).name()
-    }
-    fn aggregate_types(&self) -> &'static [AggregateType] {
-        Folded(Conversations).aggregate_types()
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        Folded(Conversations).tables()
-    }
-    async fn apply(&self, conn: &mut PgConnection, event: &Projected) -> Result<bool, ApplyError> {
-        if self.seen.fetch_add(1, Ordering::SeqCst) == self.after {
-            return Err(ApplyError::Transient(sqlx::Error::Protocol(
-                "injected failure".into(),
-            )));
-        }
-        Folded(Conversations).apply(conn, event).await
-    }
-}
-
 fn kafka_runner(
     app: &TestApp,
     kafka: &streaming::KafkaSettings,
@@ -461,10 +431,9 @@ async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
     let mut failing = kafka_runner(
         &app,
         &kafka,
-        Arc::new(FailOnce {
-            after: 9,
-            seen: AtomicUsize::new(0),
-        }),
+        Arc::new(integration_tests::HookedConversations(
+            integration_tests::fail_once_after(9),
+        )),
     );
     let err = tokio::time::timeout(Duration::from_secs(60), failing.run())
         .await
