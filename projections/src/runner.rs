@@ -157,7 +157,8 @@ impl<S: EventSource> ProjectionRunner<S> {
                         let lag = ProjectionStatus::load(&self.pool, self.projection.as_ref())
                             .await?
                             .lag_events;
-                        if lag > 0 {
+                        let own = self.source.waiting().await.map_err(RunnerError::Source)?;
+                        if lag > 0 && own != Some(false) {
                             return Err(RunnerError::Stalled {
                                 lag_events: lag,
                                 waited: after,

@@ -49,6 +49,13 @@ pub trait EventSource: Send + Sync {
     /// Also publishes a dead letter where other tools see it (Kafka: the dead-letter topic).
     /// The dead-letter table is the record; this is best effort.
     async fn publish_dead_letter(&self, _delivery: &Delivery) {}
+    /// Whether events wait in what this source consumes, if it can tell; `None` lets the
+    /// runner judge a stall by the projection's whole lag. A consumer that shares a projection
+    /// with others (Kafka: partitions shared between processes) sees only its own share: with
+    /// its partitions caught up, another member's backlog is not its stall.
+    async fn waiting(&self) -> Result<Option<bool>, SourceError> {
+        Ok(None)
+    }
     /// Moves a checkpoint the source keeps in the database past `delivery`, in `conn`: the
     /// transaction that applies it (the store follower; Kafka keeps its offsets itself).
     async fn checkpoint_in(

@@ -197,6 +197,39 @@ impl EventSource for KafkaSource {
         }
     }
 
+    /// Messages wait in a partition this consumer owns (its high watermark is past the next
+    /// offset to read), or a partition of the topics is owned by nobody at all.
+    async fn waiting(&self) -> Result<Option<bool>, SourceError> {
+        let holders =
+            crate::partition_owners::partition_holders(&self.pool, &self.group, &self.partitions)
+                .await?;
+        if holders.len() < self.partitions.len() {
+            return Ok(Some(true));
+        }
+        let consumer = self.consumer()?;
+        let assigned: Vec<(TopicPartition, Offset)> =
+            self.assigned.iter().map(|(p, o)| (p.clone(), *o)).collect();
+        let waiting = tokio::task::spawn_blocking(move || {
+            for (partition, next) in assigned {
+                let (low, high) = consumer.fetch_watermarks(
+                    &partition.topic,
+                    partition.partition,
+                    Duration::from_secs(5),
+                )?;
+                let next = match next {
+                    Offset::Offset(n) => n,
+                    _ => low,
+                };
+                if high > next {
+                    return Ok(true);
+                }
+            }
+            Ok::<_, rdkafka::error::KafkaError>(false)
+        })
+        .await??;
+        Ok(Some(waiting))
+    }
+
     async fn checkpoint_in(
         &self,
         conn: &mut PgConnection,

@@ -141,6 +141,20 @@ pub async fn applied_conversation_events(pool: &PgPool) -> i64 {
     .unwrap_or(0)
 }
 
+/// Waits until the relay has published every stored event.
+pub async fn wait_until_published(pool: &PgPool) {
+    wait_for("the relay to publish everything", Duration::from_secs(60), || async {
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events e, relay_checkpoints c WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (lag == 0).then_some(())
+    })
+    .await
+}
+
 /// Waits until the conversations projection has applied every stored conversation event once.
 pub async fn wait_until_projected(pool: &PgPool, timeout: Duration) {
     wait_for("the read model to catch up", timeout, || async {

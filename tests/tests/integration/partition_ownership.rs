@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use integration_tests::{read_model, wait_for, wait_until_projected, HookedConversations, TestApp};
 use projections::conversations::Conversations;
+use projections::EventSource;
 use projections::{Folded, Projected, ProjectionRunner};
 use streaming::{PartitionOwners, TopicPartition};
 
@@ -225,4 +226,62 @@ async fn two_runners_share_a_projections_partitions_and_one_takes_over_when_the_
         .await
         .unwrap();
     assert_eq!(read_model(&app.pool).await, live, "live equals a rebuild");
+}
+
+/// A member judges a stall by its own partitions: caught up with them, it is not stalled by
+/// events waiting elsewhere (the projection's whole lag), but a partition nobody holds is.
+#[tokio::test]
+async fn a_member_whose_own_partitions_are_caught_up_has_nothing_waiting() {
+    let builder = TestApp::builder()
+        .streaming()
+        .configure(|s| s.kafka.projections_in_process = false);
+    let kafka = builder.settings().kafka.clone();
+    let app = builder.spawn().await;
+    let admin = app.create_tenant("acme", "alice").await;
+    for i in 0..12 {
+        let _ = app
+            .ask(&admin, &format!("How do I set up integration {i}?"))
+            .await;
+    }
+    integration_tests::wait_until_published(&app.pool).await;
+    let source = || {
+        streaming::KafkaSource::for_projection(
+            kafka.clone(),
+            app.pool.clone(),
+            &Folded(Conversations),
+        )
+    };
+
+    // Alone, it owns every partition, and events wait in them until it has read them all.
+    let mut first = source();
+    first.open().await.unwrap();
+    assert_eq!(first.waiting().await.unwrap(), Some(true));
+    let mut read = 0;
+    while let Ok(delivery) = tokio::time::timeout(Duration::from_secs(3), first.next()).await {
+        first.ack(&delivery.unwrap()).await.unwrap();
+        read += 1;
+    }
+    assert_eq!(
+        read,
+        integration_tests::stored_conversation_events(&app.pool).await
+    );
+    assert_eq!(first.waiting().await.unwrap(), Some(false));
+
+    // A second member owns nothing yet (the first holds every partition): nothing waits for
+    // it, although the projection applied none of these events (its whole lag is not zero).
+    let mut second = source();
+    second.open().await.unwrap();
+    let lag = projections::ProjectionStatus::load(&app.pool, &Folded(Conversations))
+        .await
+        .unwrap()
+        .lag_events;
+    assert!(lag > 0, "{lag}");
+    assert_eq!(second.waiting().await.unwrap(), Some(false));
+
+    // The first goes away: its partitions are held by nobody, which is a stall to the second
+    // until it claims them.
+    first.close().await;
+    drop(first);
+    assert_eq!(second.waiting().await.unwrap(), Some(true));
+    second.close().await;
 }

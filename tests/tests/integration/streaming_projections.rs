@@ -417,16 +417,7 @@ async fn a_projection_failing_mid_batch_then_restarted_equals_a_rebuild() {
     let app = builder.spawn().await;
     let admin = app.create_tenant("acme", "alice").await;
     activity(&app, &admin, 8).await;
-    wait_for("the relay to publish everything", Duration::from_secs(60), || async {
-        let lag: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events e, relay_checkpoints c WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        (lag == 0).then_some(())
-    })
-    .await;
+    integration_tests::wait_until_published(&app.pool).await;
 
     let mut failing = kafka_runner(
         &app,
