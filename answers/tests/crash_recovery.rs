@@ -193,6 +193,47 @@ async fn progress(pool: &PgPool) -> Progress {
     p
 }
 
+/// Whether, within 60 s, every conversation event is applied and all `asked` questions are
+/// settled.
+async fn converges(pool: &PgPool, asked: i64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = progress(pool).await;
+        if p.applied == p.conversation_events && p.settled == asked && p.asked == asked {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The conversations read model, row by row.
+async fn conversations_model(pool: &PgPool) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(
+        "SELECT to_jsonb(r) FROM rm_conversations r ORDER BY tenant_id, conversation_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Rebuilds the conversations projection from the store and compares it with `live`.
+async fn assert_equals_a_rebuild(pool: &PgPool, live: &[serde_json::Value]) {
+    projections::rebuild(
+        pool,
+        &projections::Folded(projections::conversations::Conversations),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        conversations_model(pool).await,
+        live,
+        "the live model equals a rebuild"
+    );
+}
+
 /// Drops the test's database (its connections too).
 async fn drop_database(db: &str) {
     let admin = PgPool::connect(&format!("{}/postgres", server_url()))
@@ -431,25 +472,8 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
     holders(1).await;
     ask(10).await;
 
-    let converged = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let p = progress(&pool).await;
-            if p.applied == p.conversation_events && p.settled == 70 {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let live: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT to_jsonb(r) FROM rm_conversations r ORDER BY tenant_id, conversation_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let converged = converges(&pool, 70).await;
+    let live = conversations_model(&pool).await;
     for child in [&mut first, &mut server] {
         child.kill().ok();
         child.wait().ok();
@@ -459,19 +483,99 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
         "the survivor did not apply every event within 60 s"
     );
     assert_eq!(live.len(), 70);
-    projections::rebuild(
-        &pool,
-        &projections::Folded(projections::conversations::Conversations),
-    )
-    .await
-    .unwrap();
-    let rebuilt: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT to_jsonb(r) FROM rm_conversations r ORDER BY tenant_id, conversation_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(rebuilt, live, "the live model equals a rebuild");
+    assert_equals_a_rebuild(&pool, &live).await;
+    pool.close().await;
+    drop_database(&db).await;
+}
+
+/// Issue 15's scale-out, on the relay: two `answers relay` processes, one publishing (it holds
+/// the advisory lock) and one waiting; the active one is killed with SIGKILL under load and the
+/// standby takes over within seconds; every event reaches the read model (the batch in flight
+/// at the kill may be published twice: the projections skip what they hold) and the model
+/// equals a rebuild.
+#[tokio::test]
+async fn a_standby_relay_takes_over_from_a_killed_one_and_nothing_is_lost() {
+    let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
+    let service = Service::new(&db, Transport::Kafka);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = service.token();
+    let mut server = service.start_with(&[], &[("APP__KAFKA__RELAY__IN_PROCESS", "false")]);
+    service.ready(&client).await;
+    service.create_tenant(&client, &token).await;
+    let pool = PgPool::connect(&format!("{}/{db}", server_url()))
+        .await
+        .unwrap();
+    // The backend holding the relay's lock (`answers-relay:{kafka.relay.name}`), if any.
+    let holder = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                    AND (classid::bigint << 32) | objid::bigint = hashtextextended('answers-relay:kafka', 0)",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let wait_for_holder = |not: Option<i32>| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(pid) = holder().await.filter(|pid| Some(*pid) != not) {
+                return (pid, Instant::now());
+            }
+            assert!(Instant::now() < deadline, "no relay took the lock");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut active = service.start_with(&["relay"], &[]);
+    let (first, _) = wait_for_holder(None).await;
+    let mut standby = service.start_with(&["relay"], &[]);
+
+    let ask = |from: usize, n: usize| {
+        let (client, token, address) = (client.clone(), token.clone(), service.address());
+        async move {
+            for i in from..from + n {
+                let r = client
+                    .post(format!("{address}/v1/conversations"))
+                    .bearer_auth(&token)
+                    .json(&json!({"question": format!("How do I set up integration {i}?")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }
+    };
+    ask(0, 20).await;
+    assert_eq!(holder().await, Some(first), "the standby waits");
+    let load = tokio::spawn(ask(20, 40));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    active.kill().expect("SIGKILL");
+    active.wait().unwrap();
+    let killed_at = Instant::now();
+    let (second, took_at) = wait_for_holder(Some(first)).await;
+    let takeover = took_at - killed_at;
+    load.await.unwrap();
+    ask(60, 10).await;
+
+    let converged = converges(&pool, 70).await;
+    let live = conversations_model(&pool).await;
+    for child in [&mut standby, &mut server] {
+        child.kill().ok();
+        child.wait().ok();
+    }
+    eprintln!("the standby relay (backend {second}) took over {takeover:?} after the kill");
+    assert!(
+        takeover < Duration::from_secs(5),
+        "the standby took {takeover:?}"
+    );
+    assert!(converged, "the read models did not converge within 60 s");
+    assert_eq!(live.len(), 70);
+    assert_equals_a_rebuild(&pool, &live).await;
     pool.close().await;
     drop_database(&db).await;
 }
