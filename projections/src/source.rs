@@ -57,7 +57,7 @@ pub trait EventSource: Send + Sync {
         Ok(None)
     }
     /// Moves a checkpoint the source keeps in the database past `delivery`, in `conn`: the
-    /// transaction that applies it (the store follower; Kafka keeps its offsets itself).
+    /// transaction that applies it (the store follower's position; Kafka's partition offsets).
     async fn checkpoint_in(
         &self,
         _conn: &mut PgConnection,

@@ -77,11 +77,16 @@ impl KafkaSource {
     }
 
     /// Lets go of the consumer without blocking the async runtime (librdkafka's close can wait
-    /// for a broker that is gone), and of the partitions.
-    async fn release(&mut self) {
+    /// for a broker that is gone).
+    fn release_consumer(&mut self) {
         if let Some(consumer) = self.consumer.take() {
             std::thread::spawn(move || drop(consumer));
         }
+    }
+
+    /// Lets go of the consumer and of the partitions.
+    async fn release(&mut self) {
+        self.release_consumer();
         if let Some(owners) = self.owners.take() {
             owners.leave().await;
         }
@@ -182,11 +187,10 @@ impl EventSource for KafkaSource {
             let delivery = tokio::select! {
                 message = consumer.recv() => {
                     let message = message?;
-                    let partition = TopicPartition {
-                        topic: message.topic().to_string(),
-                        partition: message.partition(),
-                    };
-                    if !self.assigned.contains_key(&partition) {
+                    let owned = self.assigned.keys().any(|p| {
+                        p.partition == message.partition() && p.topic == message.topic()
+                    });
+                    if !owned {
                         continue; // fetched before a partition was given up
                     }
                     to_delivery(&message)
@@ -236,11 +240,7 @@ impl EventSource for KafkaSource {
         delivery: &Delivery,
     ) -> Result<(), SourceError> {
         let o = &delivery.origin;
-        let partition = TopicPartition {
-            topic: o.channel.clone(),
-            partition: o.partition,
-        };
-        if !advance_offset(conn, &self.group, &partition, o.offset).await? {
+        if !advance_offset(conn, &self.group, &partition_of(o), o.offset).await? {
             return Err(format!(
                 "{}/{} offset {}: another consumer of `{}` is already past it (this one lost the partition)",
                 o.channel, o.partition, o.offset, self.group
@@ -252,11 +252,7 @@ impl EventSource for KafkaSource {
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), SourceError> {
         let o = &delivery.origin;
-        let partition = TopicPartition {
-            topic: o.channel.clone(),
-            partition: o.partition,
-        };
-        if let Some(next) = self.assigned.get_mut(&partition) {
+        if let Some(next) = self.assigned.get_mut(&partition_of(o)) {
             *next = Offset::Offset(o.offset + 1);
         }
         Ok(())
@@ -282,10 +278,16 @@ impl EventSource for KafkaSource {
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        if let Some(consumer) = self.consumer.take() {
-            std::thread::spawn(move || drop(consumer));
-        }
+        self.release_consumer();
         // The ownership connection closes when dropped, and its claims with it.
+    }
+}
+
+/// The partition a delivery came from.
+fn partition_of(origin: &Origin) -> TopicPartition {
+    TopicPartition {
+        topic: origin.channel.clone(),
+        partition: origin.partition,
     }
 }
 

@@ -43,6 +43,8 @@ pub struct PartitionOwners {
     conn: PgConnection,
     group: String,
     slot: i64,
+    /// The backend of `conn`: the locks it holds are this member's.
+    pid: i32,
 }
 
 /// What a rebalance decided.
@@ -59,6 +61,13 @@ impl PartitionOwners {
     /// as long as this member).
     pub async fn join(pool: &PgPool, group: &str) -> Result<Self, OwnershipError> {
         let mut conn = pool.acquire().await?.detach();
+        // Operators find the members in `pg_stat_activity` (host, port, since when) by this name.
+        let pid: i32 = sqlx::query_scalar(
+            "SELECT pg_backend_pid() FROM (SELECT set_config('application_name', $1, false)) s",
+        )
+        .bind(format!("answers-owner:{group}"))
+        .fetch_one(&mut conn)
+        .await?;
         for slot in 0..MEMBER_SLOTS {
             let locked: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
@@ -71,6 +80,7 @@ impl PartitionOwners {
                     conn,
                     group: group.to_string(),
                     slot,
+                    pid,
                 });
             }
         }
@@ -87,20 +97,13 @@ impl PartitionOwners {
         let mut sorted = partitions.to_vec();
         sorted.sort();
         sorted.dedup();
-        let live: Vec<i64> = sqlx::query_scalar(
-            "SELECT s FROM generate_series(0::bigint, $2 - 1) s
-              WHERE EXISTS (SELECT 1 FROM pg_locks l
-                             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                               AND l.database = (SELECT oid FROM pg_database
-                                                  WHERE datname = current_database())
-                               AND (l.classid::bigint << 32) | l.objid::bigint
-                                   = hashtextextended($1 || ':member:' || s, 0))
-              ORDER BY s",
-        )
-        .bind(&self.group)
-        .bind(MEMBER_SLOTS)
-        .fetch_all(&mut self.conn)
-        .await?;
+        let slots: Vec<String> = (0..MEMBER_SLOTS)
+            .map(|slot| member_key(&self.group, slot))
+            .collect();
+        let live = lock_holders(&mut self.conn, &slots)
+            .await?
+            .into_iter()
+            .map(|(slot, _)| slot as i64);
         // Our own slot is live as long as this connection is; count it even if the view lags.
         let mut live: BTreeSet<i64> = live.into_iter().collect();
         live.insert(self.slot);
@@ -113,21 +116,19 @@ impl PartitionOwners {
             .map(|(_, p)| p)
             .collect();
 
-        let keys: Vec<String> = sorted.iter().map(|p| self.partition_key(p)).collect();
-        let held: Vec<i64> = sqlx::query_scalar(
-            "SELECT (k.i - 1)::bigint FROM unnest($1::text[]) WITH ORDINALITY k(name, i)
-              WHERE EXISTS (SELECT 1 FROM pg_locks l
-                             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                               AND l.pid = pg_backend_pid()
-                               AND (l.classid::bigint << 32) | l.objid::bigint
-                                   = hashtextextended(k.name, 0))",
-        )
-        .bind(&keys)
-        .fetch_all(&mut self.conn)
-        .await?;
+        let keys: Vec<String> = sorted
+            .iter()
+            .map(|p| partition_key(&self.group, p))
+            .collect();
+        let held: BTreeSet<usize> = lock_holders(&mut self.conn, &keys)
+            .await?
+            .into_iter()
+            .filter(|(_, pid)| *pid == self.pid)
+            .map(|(i, _)| i)
+            .collect();
         let mut owned = BTreeSet::new();
         for (i, partition) in sorted.iter().enumerate() {
-            let holds = held.contains(&(i as i64));
+            let holds = held.contains(&i);
             match (holds, wanted.contains(partition)) {
                 (true, true) => {
                     owned.insert(partition.clone());
@@ -164,10 +165,6 @@ impl PartitionOwners {
             tracing::debug!(error = %e, "the ownership connection closed badly; its locks went with it");
         }
     }
-
-    fn partition_key(&self, p: &TopicPartition) -> String {
-        partition_key(&self.group, p)
-    }
 }
 
 /// Who holds each of `partitions` in `group` now: the PostgreSQL backend pid of the member's
@@ -179,6 +176,21 @@ pub async fn partition_holders(
     partitions: &[TopicPartition],
 ) -> Result<std::collections::BTreeMap<TopicPartition, i32>, sqlx::Error> {
     let keys: Vec<String> = partitions.iter().map(|p| partition_key(group, p)).collect();
+    let mut conn = pool.acquire().await?;
+    Ok(lock_holders(&mut conn, &keys)
+        .await?
+        .into_iter()
+        .filter_map(|(i, pid)| partitions.get(i).map(|p| (p.clone(), pid)))
+        .collect())
+}
+
+/// Which of the advisory locks named `keys` (`hashtextextended(key, 0)`) are held in this
+/// database, and by which backend: (index in `keys`, pid). `pg_locks` shows a bigint key as its
+/// high half in `classid` and its low half in `objid`, with `objsubid` 1.
+async fn lock_holders(
+    conn: &mut PgConnection,
+    keys: &[String],
+) -> Result<Vec<(usize, i32)>, sqlx::Error> {
     let rows: Vec<(i64, i32)> = sqlx::query_as(
         "SELECT (k.i - 1)::bigint, l.pid FROM unnest($1::text[]) WITH ORDINALITY k(name, i)
            JOIN pg_locks l
@@ -186,13 +198,10 @@ pub async fn partition_holders(
             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND (l.classid::bigint << 32) | l.objid::bigint = hashtextextended(k.name, 0)",
     )
-    .bind(&keys)
-    .fetch_all(pool)
+    .bind(keys)
+    .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(i, pid)| partitions.get(i as usize).map(|p| (p.clone(), pid)))
-        .collect())
+    Ok(rows.into_iter().map(|(i, pid)| (i as usize, pid)).collect())
 }
 
 fn partition_key(group: &str, p: &TopicPartition) -> String {
