@@ -211,19 +211,9 @@ impl ReadCache {
         let Some(link) = &self.link else {
             return false;
         };
-        let Some(mut connection) = link.connection().await else {
-            return false;
-        };
-        matches!(
-            tokio::time::timeout(
-                link.timeout(),
-                redis::cmd("EXISTS")
-                    .arg(key.as_str())
-                    .query_async::<i64>(&mut connection),
-            )
-            .await,
-            Ok(Ok(1))
-        )
+        link.query::<i64>(redis::cmd("EXISTS").arg(key.as_str()))
+            .await
+            == Some(1)
     }
 
     /// The lookup counter, for the service's registry.
@@ -284,56 +274,34 @@ impl ReadCache {
     /// The cached answer under `key`, if Redis holds one and answers in time.
     pub async fn get(&self, view: View, key: &CacheKey) -> Option<String> {
         let link = self.link.as_ref()?;
-        let found = match link.connection().await {
-            None => Err(()),
-            Some(mut connection) => match tokio::time::timeout(
-                link.timeout(),
-                redis::cmd("GET")
-                    .arg(key.as_str())
-                    .query_async::<Option<String>>(&mut connection),
-            )
-            .await
-            {
-                Ok(Ok(found)) => Ok(found),
-                _ => {
-                    link.forget_connection().await;
-                    Err(())
-                }
-            },
-        };
+        let found = link
+            .query::<Option<String>>(redis::cmd("GET").arg(key.as_str()))
+            .await;
         let result = match &found {
-            Ok(Some(_)) => "hit",
-            Ok(None) => "miss",
-            Err(()) => "error",
+            Some(Some(_)) => "hit",
+            Some(None) => "miss",
+            None => "error",
         };
         self.lookups
             .with_label_values(&[view.as_str(), result])
             .inc();
-        found.ok().flatten()
+        found.flatten()
     }
 
     /// Keeps `body` under `key` (bounded by the timeout; a failure only costs a later miss).
     /// Awaited before a leader lets its key go, so a reader arriving after finds it.
     pub async fn put(&self, key: &CacheKey, body: &str) {
-        let Some(link) = self.link.clone() else {
-            return;
-        };
-        let ttl = self.ttl.as_secs().max(1);
-        let Some(mut connection) = link.connection().await else {
-            return;
-        };
-        let stored = tokio::time::timeout(
-            link.timeout(),
-            redis::cmd("SET")
-                .arg(key.as_str())
-                .arg(body)
-                .arg("EX")
-                .arg(ttl)
-                .query_async::<()>(&mut connection),
-        )
-        .await;
-        if !matches!(stored, Ok(Ok(()))) {
-            link.forget_connection().await;
+        if let Some(link) = &self.link {
+            let ttl = self.ttl.as_secs().max(1);
+            let _: Option<()> = link
+                .query(
+                    redis::cmd("SET")
+                        .arg(key.as_str())
+                        .arg(body)
+                        .arg("EX")
+                        .arg(ttl),
+                )
+                .await;
         }
     }
 }

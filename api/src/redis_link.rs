@@ -60,6 +60,19 @@ impl RedisLink {
         }
     }
 
+    /// Runs `cmd` within the timeout: `None` when Redis is unreachable, slow or refuses it (the
+    /// connection is then dropped, to be opened again later).
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut connection)).await {
+            Ok(Ok(value)) => Some(value),
+            _ => {
+                self.forget_connection().await;
+                None
+            }
+        }
+    }
+
     /// Drops the connection after a failed command: the next use reconnects (after a second).
     pub async fn forget_connection(&self) {
         let mut guard = self.connection.lock().await;

@@ -208,8 +208,9 @@ impl Application {
         }
         let bus = web::Data::from(bus);
         let engine_status = web::Data::new(EngineStatus { kapa });
-        let hot_queries = Arc::new(crate::routes::analytics::HotQueries::default());
-        if read_cache.enabled() && settings.read_cache.prewarm_lead_ms > 0 {
+        let prewarm = read_cache.enabled() && settings.read_cache.prewarm_lead_ms > 0;
+        let hot_queries = Arc::new(crate::routes::analytics::HotQueries::new(prewarm));
+        if prewarm {
             background.push(tokio::spawn(
                 crate::routes::analytics::prewarm_every_minute(
                     tenants.clone(),

@@ -235,48 +235,52 @@ async fn cached(
 }
 
 /// A relative-range dashboard query read lately, by tenant: what the pre-warmer computes for
-/// the next minute.
+/// the next minute. Its words were checked by the request that read it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct HotQuery {
     tenant: domain::TenantId,
     view: View,
-    range: Option<RangeWord>,
-    bucket: Option<BucketWord>,
+    range: Option<String>,
+    bucket: Option<String>,
     tz: Option<String>,
-    format: Option<CostFormat>,
+    format: Option<String>,
 }
 
-/// The relative-range queries read in the last ten minutes (at most [`HotQueries::CAP`]).
-#[derive(Default)]
-pub struct HotQueries(std::sync::Mutex<std::collections::HashMap<HotQuery, std::time::Instant>>);
+/// The relative-range queries read in the last ten minutes (at most [`HotQueries::CAP`]), when
+/// the pre-warmer runs.
+pub struct HotQueries {
+    on: bool,
+    read: std::sync::Mutex<std::collections::HashMap<HotQuery, std::time::Instant>>,
+}
 
 impl HotQueries {
     /// More distinct queries than this are not remembered (each costs a computation a minute).
     const CAP: usize = 1000;
     const KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
-    /// Notes a read of a relative range (custom windows do not move with the clock).
+    /// Remembers queries only when `on` (the read cache and its pre-warmer run).
+    pub fn new(on: bool) -> Self {
+        Self {
+            on,
+            read: Default::default(),
+        }
+    }
+
+    /// Notes a read of `q`, a query `window` accepted; custom windows do not move with the
+    /// clock and are not noted.
     pub fn note(&self, tenant: &domain::TenantId, view: View, q: &WindowQuery) {
-        if q.from.is_some() {
+        if !self.on || q.from.is_some() {
             return;
         }
-        // Already checked by `window`; a word that does not parse is not remembered.
-        let (Ok(range), Ok(bucket), Ok(format)) = (
-            parse_word::<RangeWord>(q.range.as_deref(), Code::InvalidRange),
-            parse_word::<BucketWord>(q.bucket.as_deref(), Code::InvalidBucket),
-            parse_word::<CostFormat>(q.format.as_deref(), Code::InvalidFormat),
-        ) else {
-            return;
-        };
         let query = HotQuery {
             tenant: tenant.clone(),
             view,
-            range,
-            bucket,
+            range: q.range.clone(),
+            bucket: q.bucket.clone(),
             tz: q.tz.clone(),
-            format,
+            format: q.format.clone(),
         };
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.read.lock() {
             if map.len() < Self::CAP || map.contains_key(&query) {
                 map.insert(query, std::time::Instant::now());
             }
@@ -285,7 +289,7 @@ impl HotQueries {
 
     /// The queries read lately; older ones are forgotten.
     fn recent(&self) -> Vec<HotQuery> {
-        let Ok(mut map) = self.0.lock() else {
+        let Ok(mut map) = self.read.lock() else {
             return Vec::new();
         };
         map.retain(|_, at| at.elapsed() < Self::KEPT_FOR);
@@ -326,12 +330,12 @@ async fn prewarm_one(
 ) -> Result<bool, ApiError> {
     let mut tx = snapshot_tx(tenants, &q.tenant).await?;
     let query = WindowQuery {
-        range: q.range.map(|r| r.to_string()),
+        range: q.range.clone(),
         from: None,
         to: None,
-        bucket: q.bucket.map(|b| b.to_string()),
+        bucket: q.bucket.clone(),
         tz: q.tz.clone(),
-        format: q.format.map(|f| f.to_string()),
+        format: q.format.clone(),
     };
     let (w, format) = window_at(&mut tx, &query, until).await?;
     let Some(key) = cache
@@ -403,9 +407,7 @@ pub async fn overview(
     let tenant = &auth.0.tenant_id;
     let mut tx = snapshot_tx(&tenants, tenant).await?;
     let (w, _) = window(&mut tx, &query).await?;
-    if cache.enabled() {
-        hot.note(tenant, View::Analytics, &query);
-    }
+    hot.note(tenant, View::Analytics, &query);
     let (body, cache_result) =
         cached(&cache, &tenants, tx, tenant, View::Analytics, &w, None).await?;
     Ok(HttpResponse::Ok()
@@ -433,9 +435,7 @@ pub async fn cost(
     let mut tx = snapshot_tx(&tenants, tenant).await?;
     let (w, format) = window(&mut tx, &query).await?;
     let csv = format == Some(CostFormat::Csv);
-    if cache.enabled() {
-        hot.note(tenant, View::Cost, &query);
-    }
+    hot.note(tenant, View::Cost, &query);
     let (body, cache_result) = cached(&cache, &tenants, tx, tenant, View::Cost, &w, format).await?;
     Ok(HttpResponse::Ok()
         .content_type(if csv {

@@ -214,7 +214,7 @@ async fn the_pre_warmer_computes_a_dashboard_read_lately_before_its_reader_asks(
     first_showing(&app, &acme, 1).await;
     // The reader's query is read lately; then an event moves the tenant's versions.
     let cache = ReadCache::new(&app.settings.read_cache).unwrap();
-    let hot = HotQueries::default();
+    let hot = HotQueries::new(true);
     let tenant: domain::TenantId = "acme".parse().unwrap();
     hot.note(
         &tenant,
