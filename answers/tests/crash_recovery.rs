@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,24 @@ use sqlx::PgPool;
 fn server_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A started `answers` process, killed with SIGKILL when dropped: a failing test leaves no
+/// process behind holding database connections.
+struct Process(Child);
+
+impl Process {
+    /// SIGKILL, and waits for the process to be gone.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 struct Service {
@@ -81,19 +100,21 @@ impl Service {
         command
     }
 
-    fn start(&self) -> Child {
+    fn start(&self) -> Process {
         self.start_with(&[], &[])
     }
 
     /// The binary with `args` and extra environment `env`.
-    fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
-        self.command()
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the service starts")
+    fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Process {
+        Process(
+            self.command()
+                .args(args)
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("the service starts"),
+        )
     }
 
     fn env(&self, key: &str) -> String {
@@ -113,6 +134,29 @@ impl Service {
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Asks questions `numbers` one after another (each must be accepted). Owns what it needs,
+    /// so it can run as a task of its own.
+    fn ask(
+        &self,
+        client: &reqwest::Client,
+        token: &str,
+        numbers: std::ops::Range<usize>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (client, token, address) = (client.clone(), token.to_string(), self.address());
+        async move {
+            for i in numbers {
+                let r = client
+                    .post(format!("{address}/v1/conversations"))
+                    .bearer_auth(&token)
+                    .json(&json!({"question": format!("How do I set up integration {i}?")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }
     }
 
     /// Creates the token's tenant.
@@ -143,6 +187,19 @@ impl Service {
         }
         panic!("the service did not become ready");
     }
+}
+
+/// A fresh database's name, the service for it on `transport`, a client and an Admin's token.
+fn set_up(transport: Transport) -> (String, Service, reqwest::Client, String) {
+    let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
+    let service = Service::new(&db, transport);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = service.token();
+    assert!(!token.is_empty());
+    (db, service, client, token)
 }
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
@@ -255,14 +312,7 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself_on_kafka() {
 }
 
 async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transport) {
-    let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
-    let service = Service::new(&db, transport);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let token = service.token();
-    assert!(!token.is_empty());
+    let (db, service, client, token) = set_up(transport);
 
     let mut child = service.start();
     service.ready(&client).await;
@@ -302,8 +352,7 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
 
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(1200 + 300 * round)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.kill();
         child = service.start();
         service.ready(&client).await;
     }
@@ -382,8 +431,7 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
         .await
         .unwrap()
         .status();
-    child.kill().ok();
-    child.wait().ok();
+    child.kill();
     pool.close().await;
     drop_database(&db).await;
     assert!(
@@ -398,13 +446,7 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
 /// under load and the other takes its partitions; the read model then equals a rebuild.
 #[tokio::test]
 async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a_killed_one() {
-    let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
-    let service = Service::new(&db, Transport::Kafka);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let token = service.token();
+    let (db, service, client, token) = set_up(Transport::Kafka);
     let no_projections = [("APP__KAFKA__PROJECTIONS_IN_PROCESS", "false")];
     let mut server = service.start_with(&[], &no_projections);
     service.ready(&client).await;
@@ -447,36 +489,19 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
     };
     holders(2).await;
 
-    let ask = |n: usize| {
-        let (client, token, address) = (client.clone(), token.clone(), service.address());
-        async move {
-            for i in 0..n {
-                let r = client
-                    .post(format!("{address}/v1/conversations"))
-                    .bearer_auth(&token)
-                    .json(&json!({"question": format!("How do I set up integration {i}?")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
-            }
-        }
-    };
-    ask(30).await;
+    service.ask(&client, &token, 0..30).await;
     // Killed while events keep coming.
-    let load = tokio::spawn(ask(30));
+    let load = tokio::spawn(service.ask(&client, &token, 30..60));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    second.kill().expect("SIGKILL");
-    second.wait().unwrap();
+    second.kill();
     load.await.unwrap();
     holders(1).await;
-    ask(10).await;
+    service.ask(&client, &token, 60..70).await;
 
     let converged = converges(&pool, 70).await;
     let live = conversations_model(&pool).await;
     for child in [&mut first, &mut server] {
-        child.kill().ok();
-        child.wait().ok();
+        child.kill();
     }
     assert!(
         converged,
@@ -495,80 +520,70 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
 /// equals a rebuild.
 #[tokio::test]
 async fn a_standby_relay_takes_over_from_a_killed_one_and_nothing_is_lost() {
-    let db = format!("answers_test_{}", uuid::Uuid::new_v4().simple());
-    let service = Service::new(&db, Transport::Kafka);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let token = service.token();
+    let (db, service, client, token) = set_up(Transport::Kafka);
     let mut server = service.start_with(&[], &[("APP__KAFKA__RELAY__IN_PROCESS", "false")]);
     service.ready(&client).await;
     service.create_tenant(&client, &token).await;
     let pool = PgPool::connect(&format!("{}/{db}", server_url()))
         .await
         .unwrap();
-    // The backend holding the relay's lock (`answers-relay:{kafka.relay.name}`), if any.
+    // Which relay holds the lock (`answers-relay:{kafka.relay.name}`), by the name each gives
+    // its database connections: a relay that hits an error lets the lock go and takes it again
+    // on a new connection, so backends do not name processes.
     let holder = || {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i32>(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
-                    AND (classid::bigint << 32) | objid::bigint = hashtextextended('answers-relay:kafka', 0)",
+            sqlx::query_scalar::<_, String>(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                    AND (l.classid::bigint << 32) | l.objid::bigint = hashtextextended('answers-relay:kafka', 0)",
             )
             .fetch_optional(&pool)
             .await
             .unwrap()
         }
     };
-    let wait_for_holder = |not: Option<i32>| async move {
+    let wait_for_holder = |not: Option<String>| async move {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(pid) = holder().await.filter(|pid| Some(*pid) != not) {
-                return (pid, Instant::now());
+            // Only a relay's own connection counts (a backend's name can read empty for a
+            // moment while it starts).
+            if let Some(name) = holder()
+                .await
+                .filter(|name| name.starts_with("relay-") && Some(name) != not.as_ref())
+            {
+                return (name, Instant::now());
             }
             assert!(Instant::now() < deadline, "no relay took the lock");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let mut active = service.start_with(&["relay"], &[]);
-    let (first, _) = wait_for_holder(None).await;
-    let mut standby = service.start_with(&["relay"], &[]);
-
-    let ask = |from: usize, n: usize| {
-        let (client, token, address) = (client.clone(), token.clone(), service.address());
-        async move {
-            for i in from..from + n {
-                let r = client
-                    .post(format!("{address}/v1/conversations"))
-                    .bearer_auth(&token)
-                    .json(&json!({"question": format!("How do I set up integration {i}?")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
-            }
-        }
+    let relay = |name: &str| {
+        let url = format!("{}/{db}?application_name={name}", server_url());
+        service.start_with(&["relay"], &[("APP__DATABASE__URL", url.as_str())])
     };
-    ask(0, 20).await;
-    assert_eq!(holder().await, Some(first), "the standby waits");
-    let load = tokio::spawn(ask(20, 40));
+    let mut relays = [relay("relay-a"), relay("relay-b")];
+    wait_for_holder(None).await;
+    service.ask(&client, &token, 0..20).await;
+    let load = tokio::spawn(service.ask(&client, &token, 20..60));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    active.kill().expect("SIGKILL");
-    active.wait().unwrap();
+    // The one publishing now is killed; the other must take over.
+    let (first, _) = wait_for_holder(None).await;
+    let [a, b] = &mut relays;
+    let (active, standby) = if first == "relay-a" { (a, b) } else { (b, a) };
+    active.kill();
     let killed_at = Instant::now();
-    let (second, took_at) = wait_for_holder(Some(first)).await;
+    let (second, took_at) = wait_for_holder(Some(first.clone())).await;
     let takeover = took_at - killed_at;
     load.await.unwrap();
-    ask(60, 10).await;
+    service.ask(&client, &token, 60..70).await;
 
     let converged = converges(&pool, 70).await;
     let live = conversations_model(&pool).await;
-    for child in [&mut standby, &mut server] {
-        child.kill().ok();
-        child.wait().ok();
+    for child in [standby, &mut server] {
+        child.kill();
     }
-    eprintln!("the standby relay (backend {second}) took over {takeover:?} after the kill");
+    eprintln!("{second} took over from {first} {takeover:?} after the kill");
     assert!(
         takeover < Duration::from_secs(5),
         "the standby took {takeover:?}"
