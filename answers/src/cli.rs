@@ -68,7 +68,7 @@ impl Cli {
                 settings.validate()?;
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let app = Application::build(settings).await?;
-                app.run_until_stopped().await?;
+                app.run_until(stop_signal()).await?;
             }
             Command::Migrate => {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
@@ -104,27 +104,42 @@ impl Cli {
             Command::Relay => {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
-                let fatal = startup::run_relay(pool, settings.kafka.clone(), None)?.await;
-                return Err(anyhow::Error::new(fatal).context("the relay stopped"));
+                let halt = shutdown::Shutdown::new();
+                let relay =
+                    startup::run_relay(pool.clone(), settings.kafka.clone(), None, halt.clone())?;
+                let relay = tokio::spawn(relay);
+                stop_after_signal(halt, relay, &settings)
+                    .await?
+                    .context("the relay stopped")?;
+                pool.close().await;
             }
             Command::Project => {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
-                let runners = projections::all().into_iter().map(|p| {
-                    let source = streaming::KafkaSource::for_projection(
-                        settings.kafka.clone(),
-                        pool.clone(),
-                        p.as_ref(),
-                    );
-                    tokio::spawn(
-                        projections::ProjectionRunner::new(pool.clone(), p, source)
-                            .with_stall_detection(std::time::Duration::from_millis(
-                                settings.health.stall_after_ms,
-                            ))
-                            .run_supervised(),
-                    )
+                let halt = shutdown::Shutdown::new();
+                let runners: Vec<_> = projections::all()
+                    .into_iter()
+                    .map(|p| {
+                        let source = streaming::KafkaSource::for_projection(
+                            settings.kafka.clone(),
+                            pool.clone(),
+                            p.as_ref(),
+                        );
+                        tokio::spawn(
+                            projections::ProjectionRunner::new(pool.clone(), p, source)
+                                .with_stall_detection(std::time::Duration::from_millis(
+                                    settings.health.stall_after_ms,
+                                ))
+                                .with_shutdown(halt.clone())
+                                .run_supervised(),
+                        )
+                    })
+                    .collect();
+                let all = tokio::spawn(async move {
+                    futures::future::join_all(runners).await;
                 });
-                futures::future::join_all(runners).await;
+                stop_after_signal(halt, all, &settings).await?;
+                pool.close().await;
             }
             Command::Rebuild { name } => {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
@@ -143,6 +158,46 @@ impl Cli {
             Command::Loadtest(args) => loadtest::run(settings, args).await?,
         }
         Ok(())
+    }
+}
+
+/// SIGTERM or SIGINT. Should the handlers fail to install, the process runs on: it can still
+/// be killed, only not gracefully.
+async fn stop_signal() -> shutdown::Signal {
+    match shutdown::signal().await {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::error!(%error, "could not listen for stop signals; a stop will not be graceful");
+            std::future::pending().await
+        }
+    }
+}
+
+/// Runs `work` until it ends or a stop signal comes; then asks it to stop (`halt`) and waits for
+/// it within `shutdown.grace_ms` (the relay and the projections finish their current batch).
+async fn stop_after_signal<T>(
+    halt: shutdown::Shutdown,
+    mut work: tokio::task::JoinHandle<T>,
+    settings: &answers_api::Settings,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        done = &mut work => return done.context("the work panicked"),
+        _ = stop_signal() => {}
+    }
+    halt.stop();
+    let grace = std::time::Duration::from_millis(settings.shutdown.grace_ms);
+    match tokio::time::timeout(grace, &mut work).await {
+        Ok(done) => {
+            tracing::info!("stopped");
+            done.context("the work panicked")
+        }
+        Err(_) => {
+            work.abort();
+            anyhow::bail!(
+                "did not stop within shutdown.grace_ms ({} ms); cut",
+                settings.shutdown.grace_ms
+            )
+        }
     }
 }
 

@@ -45,6 +45,7 @@ pub struct Settings {
     pub tracing: TracingSettings,
     pub embedded: EmbeddedSettings,
     pub read_cache: crate::read_cache::ReadCacheSettings,
+    pub shutdown: ShutdownSettings,
 }
 
 /// Feature flags (docs/feature-flags.md).
@@ -186,6 +187,18 @@ pub struct EmbeddedSettings {
     pub batch_size: i64,
     /// How long a caught-up projection waits before looking again.
     pub idle_ms: u64,
+}
+
+/// A graceful stop (docs/deployment.md, "Graceful shutdown").
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShutdownSettings {
+    /// After SIGTERM, how long readiness answers 503 while requests are still served, so that
+    /// load balancers stop sending before the listener closes (longer than the readiness
+    /// probe's period). SIGINT skips it.
+    pub drain_ms: u64,
+    /// How long in-flight requests, then the relay's and projections' current batches, may take
+    /// to finish before they are cut.
+    pub grace_ms: u64,
 }
 
 /// Trace export (docs/observability.md).
@@ -394,6 +407,8 @@ impl Settings {
             .set_default("read_cache.timeout_ms", 50)?
             .set_default("read_cache.ttl_secs", 3600)?
             .set_default("read_cache.prewarm_lead_ms", 10_000)?
+            .set_default("shutdown.drain_ms", 5_000)?
+            .set_default("shutdown.grace_ms", 20_000)?
             .set_default("embedded.enabled", false)?
             .set_default("embedded.batch_size", 500)?
             .set_default("embedded.idle_ms", 20)?
@@ -615,6 +630,12 @@ impl Settings {
             );
         }
         problems.extend(self.read_cache.problems());
+        if self.shutdown.grace_ms == 0 || self.shutdown.drain_ms > 300_000 {
+            problems.push(
+                "shutdown.grace_ms must be positive and shutdown.drain_ms at most 300000 (5 min)"
+                    .to_string(),
+            );
+        }
         if self.embedded.batch_size < 1 || self.embedded.idle_ms == 0 {
             problems.push("embedded.batch_size and embedded.idle_ms must be positive".to_string());
         }

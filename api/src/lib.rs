@@ -6,6 +6,7 @@ pub mod config;
 pub mod dto;
 pub mod flags;
 pub mod hardening;
+pub mod lifecycle;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

@@ -36,7 +36,16 @@ pub struct Application {
     pool: PgPool,
     tenants: TenantPool,
     server: Server,
+    /// Loops that stop gracefully when `halt` is asked (the relay, the projections, the flag
+    /// exposure flush): awaited, within `shutdown.grace_ms`.
+    stoppable: Vec<JoinHandle<()>>,
+    /// Loops that may be cut anywhere (what they do is retried or swept after a restart).
     background: Vec<JoinHandle<()>>,
+    /// Draining, closing, requests in flight.
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Asked once the server has stopped: the stoppable loops finish their batch and return.
+    halt: shutdown::Shutdown,
+    shutdown: crate::config::ShutdownSettings,
 }
 
 impl Application {
@@ -105,22 +114,26 @@ impl Application {
         } else {
             None
         };
-        let mut background = if settings.kafka.enabled {
+        let halt = shutdown::Shutdown::new();
+        let mut stoppable = if settings.kafka.enabled {
             spawn_streaming(
                 &pool,
                 &settings.kafka,
                 settings.metrics.enabled.then_some(&*metrics),
                 Duration::from_millis(settings.health.stall_after_ms),
+                &halt,
             )?
         } else if settings.embedded.enabled {
             spawn_embedded(
                 &pool,
                 &settings.embedded,
                 Duration::from_millis(settings.health.stall_after_ms),
+                &halt,
             )
         } else {
             Vec::new()
         };
+        let mut background = Vec::new();
         let metrics_on = settings.metrics.enabled;
         let slis = settings
             .slo
@@ -174,12 +187,20 @@ impl Application {
         let flags = bus.flags();
         let flush_pool = pool.clone();
         let flush_every = Duration::from_millis(settings.flags.flush_interval_ms.max(10));
-        background.push(tokio::spawn(async move {
+        let flush_halt = halt.clone();
+        stoppable.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(flush_every);
             loop {
-                ticker.tick().await;
-                // A failed flush is logged; its counts are lost, not the evaluations.
+                let stopping = tokio::select! {
+                    _ = ticker.tick() => false,
+                    _ = flush_halt.stopping() => true,
+                };
+                // A failed flush is logged; its counts are lost, not the evaluations. The last
+                // flush keeps the counts of a stopping process.
                 let _ = flags.exposures().flush(&flush_pool).await;
+                if stopping {
+                    return;
+                }
             }
         }));
         let sweeper = Sweeper::new(
@@ -293,6 +314,8 @@ impl Application {
         // Off: no app data, so the middleware and every counter do nothing.
         let metrics = metrics_on.then(|| web::Data::from(metrics));
         let started = web::Data::new(routes::health::Started(std::time::Instant::now()));
+        let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
+        let lifecycle_data = web::Data::from(lifecycle.clone());
         let health = web::Data::new(settings.health.clone());
         let log_settings = web::Data::new(settings.log.clone());
         let pool_data = web::Data::new(pool.clone());
@@ -307,6 +330,7 @@ impl Application {
                 .wrap(from_fn(crate::hardening::harden))
                 .wrap(from_fn(middleware::refuse_nul))
                 .wrap(from_fn(middleware::correlate))
+                .wrap(from_fn(crate::lifecycle::gate))
                 // Outermost: every answer is counted, refusals by the layers above included.
                 .wrap(from_fn(crate::metrics::record))
                 .app_data(
@@ -340,6 +364,7 @@ impl Application {
                 })
                 .app_data(slo_settings.clone())
                 .app_data(started.clone())
+                .app_data(lifecycle_data.clone())
                 .app_data(health.clone())
                 .app_data(log_settings.clone())
                 .app_data(tenant_data.clone())
@@ -354,6 +379,8 @@ impl Application {
         .client_request_timeout(Duration::from_millis(
             settings.http.client_request_timeout_ms,
         ))
+        // The process's signals are ours (`run_until`): readiness must turn false first.
+        .disable_signals()
         .listen(listener)?;
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
@@ -364,7 +391,11 @@ impl Application {
             pool,
             tenants,
             server: server.run(),
+            stoppable,
             background,
+            lifecycle,
+            halt,
+            shutdown: settings.shutdown.clone(),
         })
     }
 
@@ -382,17 +413,107 @@ impl Application {
         &self.tenants
     }
 
-    /// Stops the server (and with it every background task) from elsewhere.
+    /// Stops the server from elsewhere; every background task is then cut where it stands, as a
+    /// crash would (tests). A graceful stop is [`Application::run_until`]'s.
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
     }
 
+    /// Serves until stopped through [`Application::handle`].
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        for task in &self.background {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `stop` resolves, then stops gracefully (docs/deployment.md):
+    /// 1. readiness answers 503 (`draining`);
+    /// 2. on SIGTERM, requests are still served for `shutdown.drain_ms`, while load balancers
+    ///    take the instance out (SIGINT skips this);
+    /// 3. new requests are refused (`shutting_down`, `Connection: close`) and the admitted ones
+    ///    finish, within `shutdown.grace_ms`;
+    /// 4. the relay and the projections finish their current batch (checkpoint included) and
+    ///    give up their locks and partitions; the flag counts are flushed;
+    /// 5. the server's workers stop, the remaining loops are cut and the pools closed.
+    ///
+    /// Stopped through [`Application::handle`] instead, every background task is cut at once.
+    pub async fn run_until<F>(self, stop: F) -> std::io::Result<()>
+    where
+        F: std::future::Future<Output = shutdown::Signal>,
+    {
+        let Self {
+            server,
+            stoppable,
+            background,
+            lifecycle,
+            halt,
+            shutdown,
+            pool,
+            tenants,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut serving = tokio::spawn(server);
+        let stopped = |joined: Result<std::io::Result<()>, tokio::task::JoinError>| {
+            joined.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        let signal = tokio::select! {
+            joined = &mut serving => {
+                for task in stoppable.iter().chain(&background) {
+                    task.abort();
+                }
+                return stopped(joined);
+            }
+            signal = stop => signal,
+        };
+        let started = std::time::Instant::now();
+        let elapsed_ms = || started.elapsed().as_millis() as u64;
+        lifecycle.drain();
+        let drain = match signal {
+            shutdown::Signal::Terminate => Duration::from_millis(shutdown.drain_ms),
+            shutdown::Signal::Interrupt => Duration::ZERO,
+        };
+        tracing::info!(
+            ?signal,
+            drain_ms = drain.as_millis() as u64,
+            "stopping: readiness fails; still serving while draining"
+        );
+        tokio::time::sleep(drain).await;
+        let grace = Duration::from_millis(shutdown.grace_ms);
+        let deadline = tokio::time::Instant::now() + grace;
+        if lifecycle.close(grace).await {
+            tracing::info!(
+                elapsed_ms = elapsed_ms(),
+                "closed: admitted requests answered"
+            );
+        } else {
+            tracing::warn!(
+                in_flight = lifecycle.in_flight(),
+                grace_ms = shutdown.grace_ms,
+                "requests still in flight at the end of the grace; cut"
+            );
+        }
+        halt.stop();
+        let aborts: Vec<_> = stoppable.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout_at(deadline, futures::future::join_all(stoppable))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = shutdown.grace_ms,
+                "the relay or a projection did not stop within the grace; cut"
+            );
+            for task in aborts {
+                task.abort();
+            }
+        }
+        handle.stop(false).await;
+        let served = stopped(serving.await);
+        for task in &background {
             task.abort();
         }
-        result
+        pool.close().await;
+        tenants.unscoped().close().await;
+        tracing::info!(elapsed_ms = elapsed_ms(), "stopped");
+        served
     }
 }
 
@@ -516,6 +637,7 @@ pub fn spawn_embedded(
     pool: &PgPool,
     embedded: &crate::config::EmbeddedSettings,
     stall_after: Duration,
+    halt: &shutdown::Shutdown,
 ) -> Vec<JoinHandle<()>> {
     projections::all()
         .into_iter()
@@ -527,7 +649,8 @@ pub fn spawn_embedded(
                 Duration::from_millis(embedded.idle_ms),
             );
             let runner = projections::ProjectionRunner::new(pool.clone(), projection, source)
-                .with_stall_detection(stall_after);
+                .with_stall_detection(stall_after)
+                .with_shutdown(halt.clone());
             tokio::spawn(runner.run_supervised())
         })
         .collect()
@@ -551,14 +674,15 @@ pub fn spawn_streaming(
     kafka: &KafkaSettings,
     metrics: Option<&crate::metrics::Metrics>,
     stall_after: Duration,
+    halt: &shutdown::Shutdown,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if kafka.relay.in_process {
-        let relay = run_relay(pool.clone(), kafka.clone(), metrics)?;
+        let relay = run_relay(pool.clone(), kafka.clone(), metrics, halt.clone())?;
         // A fatal relay error is logged by the relay; commands go on being stored, and the
         // status route shows the relay no longer moving.
         tasks.push(tokio::spawn(async move {
-            relay.await;
+            let _ = relay.await;
         }));
     }
     if kafka.projections_in_process {
@@ -569,7 +693,8 @@ pub fn spawn_streaming(
                 projection.as_ref(),
             );
             let runner = projections::ProjectionRunner::new(pool.clone(), projection, source)
-                .with_stall_detection(stall_after);
+                .with_stall_detection(stall_after)
+                .with_shutdown(halt.clone());
             tasks.push(tokio::spawn(runner.run_supervised()));
         }
     }
@@ -577,12 +702,13 @@ pub fn spawn_streaming(
 }
 
 /// The relay as a future: topics first (retried until the broker answers), then publishing
-/// until a fatal error, which it yields.
+/// until a fatal error, which it yields, or until `halt` (after its current batch).
 pub fn run_relay(
     pool: PgPool,
     kafka: KafkaSettings,
     metrics: Option<&crate::metrics::Metrics>,
-) -> anyhow::Result<impl std::future::Future<Output = streaming::RelayError> + Send> {
+    halt: shutdown::Shutdown,
+) -> anyhow::Result<impl std::future::Future<Output = Result<(), streaming::RelayError>> + Send> {
     let relay = Relay::new(pool, kafka.clone()).context("invalid Kafka producer configuration")?;
     if let Some(metrics) = metrics {
         metrics
@@ -593,8 +719,11 @@ pub fn run_relay(
         let topics = topics(&kafka);
         while let Err(e) = streaming::ensure_topics(&kafka, &topics).await {
             tracing::warn!(error = %e, brokers = %kafka.bootstrap_servers, "cannot create the topics yet; retrying");
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = halt.stopping() => return Ok(()),
+            }
         }
-        relay.run().await
+        relay.run(halt).await
     })
 }

@@ -145,6 +145,7 @@ catalogue! {
     IdentityProviderUnavailable = (502, "identity_provider_unavailable");
     ServiceUnavailable = (503, "service_unavailable");
     NotReady = (503, "not_ready");
+    ShuttingDown = (503, "shutting_down");
     RequestTimedOut = (503, "request_timed_out");
 }
 

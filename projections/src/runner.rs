@@ -81,6 +81,8 @@ pub struct ProjectionRunner<S> {
     handled: AtomicU64,
     /// No delivery for this long while events wait is a stall (`None`: never checked).
     stall_after: Option<Duration>,
+    /// Asked to stop: the runner ends after the event in hand (never inside its transaction).
+    shutdown: shutdown::Shutdown,
 }
 
 impl<S: EventSource> ProjectionRunner<S> {
@@ -92,7 +94,16 @@ impl<S: EventSource> ProjectionRunner<S> {
             source,
             handled: AtomicU64::new(0),
             stall_after: None,
+            shutdown: shutdown::Shutdown::new(),
         }
+    }
+
+    /// Stops when `shutdown` is asked: after the event being applied (its transaction moves the
+    /// checkpoint with the read model, so nothing is half-applied), the source closed (a Kafka
+    /// consumer gives its partitions up at once for the other processes).
+    pub fn with_shutdown(mut self, shutdown: shutdown::Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Detects a stalled consumer: no delivery for `after` while the store holds events it
@@ -111,6 +122,14 @@ impl<S: EventSource> ProjectionRunner<S> {
             let before = self.handled.load(Ordering::Relaxed);
             let result = self.run().await;
             self.source.close().await;
+            if self.shutdown.is_stopping() {
+                tracing::info!(
+                    projection = self.projection.name(),
+                    handled = self.handled.load(Ordering::Relaxed),
+                    "projection stopped"
+                );
+                return;
+            }
             if self.handled.load(Ordering::Relaxed) > before {
                 attempt = 0;
             }
@@ -139,36 +158,57 @@ impl<S: EventSource> ProjectionRunner<S> {
                         "could not record the error in the projection status");
                 }
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.stopping() => {}
+            }
         }
     }
 
-    /// Consumes until the first error that is not a poison event.
+    /// Consumes until the first error that is not a poison event, or until asked to stop
+    /// (`Ok`).
     pub async fn run(&mut self) -> Result<(), RunnerError> {
+        if self.shutdown.is_stopping() {
+            return Ok(());
+        }
         self.source.open().await.map_err(RunnerError::Source)?;
         status::ensure(&self.pool, self.projection.name()).await?;
         tracing::info!(projection = self.projection.name(), "projection consuming");
         loop {
-            let delivery = match self.stall_after {
-                None => self.source.next().await,
-                Some(after) => match tokio::time::timeout(after, self.source.next()).await {
-                    Ok(delivery) => delivery,
-                    Err(_) => {
-                        let lag = ProjectionStatus::load(&self.pool, self.projection.as_ref())
-                            .await?
-                            .lag_events;
-                        let own = self.source.waiting().await.map_err(RunnerError::Source)?;
-                        if lag > 0 && own != Some(false) {
-                            return Err(RunnerError::Stalled {
-                                lag_events: lag,
-                                waited: after,
-                            });
-                        }
-                        continue; // caught up: quiet is fine
+            // Waiting for the next event is the one place a stop cuts in: nothing is held then.
+            let shutdown = self.shutdown.clone();
+            let next = async {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.stopping() => None,
+                    delivery = self.source.next() => Some(delivery),
+                }
+            };
+            let waited = match self.stall_after {
+                None => Ok(next.await),
+                Some(after) => tokio::time::timeout(after, next).await,
+            };
+            let delivery = match waited {
+                Ok(delivery) => delivery,
+                Err(_) => {
+                    let after = self.stall_after.unwrap_or_default();
+                    let lag = ProjectionStatus::load(&self.pool, self.projection.as_ref())
+                        .await?
+                        .lag_events;
+                    let own = self.source.waiting().await.map_err(RunnerError::Source)?;
+                    if lag > 0 && own != Some(false) {
+                        return Err(RunnerError::Stalled {
+                            lag_events: lag,
+                            waited: after,
+                        });
                     }
-                },
-            }
-            .map_err(RunnerError::Source)?;
+                    continue; // caught up: quiet is fine
+                }
+            };
+            let Some(delivery) = delivery else {
+                return Ok(());
+            };
+            let delivery = delivery.map_err(RunnerError::Source)?;
             self.handle(&delivery).await?;
             self.source
                 .ack(&delivery)

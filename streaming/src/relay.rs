@@ -122,12 +122,14 @@ impl Relay {
         ]
     }
 
-    /// Publishes until a fatal error: takes the lock when it can, relays, and starts over
-    /// after any error that may pass (database or broker away, lock lost). A fatal error (an
-    /// unreadable checkpoint) is returned: retrying it would never succeed.
-    pub async fn run(self) -> RelayError {
+    /// Publishes until a fatal error or a stop: takes the lock when it can, relays, and starts
+    /// over after any error that may pass (database or broker away, lock lost). A fatal error (an
+    /// unreadable checkpoint) is returned: retrying it would never succeed. Asked to stop, it
+    /// finishes the batch in hand (published and checkpointed), lets the lock go at once (a
+    /// standby takes over without waiting for a dead connection) and returns `Ok`.
+    pub async fn run(self, shutdown: shutdown::Shutdown) -> Result<(), RelayError> {
         loop {
-            let result = self.lead().await;
+            let result = self.lead(&shutdown).await;
             if let Err(e) = &result {
                 self.metrics
                     .errors
@@ -137,17 +139,24 @@ impl Relay {
             match result {
                 Err(e) if e.is_fatal() => {
                     tracing::error!(error = %e, "relay stopped");
-                    return e;
+                    return Err(e);
                 }
                 Err(e) => tracing::warn!(error = %e, "relay interrupted; retrying"),
                 Ok(()) => {}
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if shutdown.is_stopping() {
+                tracing::info!(relay = %self.settings.relay.name, "relay stopped");
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.stopping() => {}
+            }
         }
     }
 
-    /// Waits for the lock, then relays until an error.
-    async fn lead(&self) -> Result<(), RelayError> {
+    /// Waits for the lock, then relays until an error or a stop.
+    async fn lead(&self, shutdown: &shutdown::Shutdown) -> Result<(), RelayError> {
         let mut conn = self.pool.acquire().await?.detach();
         loop {
             let locked: bool =
@@ -158,15 +167,24 @@ impl Relay {
             if locked {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.stopping() => return Ok(()),
+            }
         }
         tracing::info!(relay = %self.settings.relay.name, "relay holds the lock");
         let idle = Duration::from_millis(self.settings.relay.idle_ms);
-        loop {
+        while !shutdown.is_stopping() {
             if self.step(&mut conn, true).await? == 0 {
-                tokio::time::sleep(idle).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = shutdown.stopping() => {}
+                }
             }
         }
+        // Closing the session releases the lock now rather than when the server notices.
+        conn.close().await?;
+        Ok(())
     }
 
     fn lock_name(&self) -> String {

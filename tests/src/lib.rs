@@ -36,6 +36,8 @@ pub struct TestApp {
     pub platform_token: String,
     server: actix_web::dev::ServerHandle,
     running: std::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
+    /// Asks the application for a graceful stop, as SIGTERM or SIGINT would.
+    signal: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<shutdown::Signal>>>,
 }
 
 /// Settings for a fresh, uniquely named database and a free port.
@@ -321,10 +323,14 @@ impl TestAppBuilder {
         let pool = app.pool().clone();
         let tenant_pool = app.tenant_pool().clone();
         let server = app.handle();
-        let running = tokio::spawn(app.run_until_stopped());
+        let (signal, stop) = tokio::sync::oneshot::channel();
+        let running = tokio::spawn(
+            app.run_until(async move { stop.await.unwrap_or(shutdown::Signal::Interrupt) }),
+        );
         TestApp {
             server,
             running: std::sync::Mutex::new(Some(running)),
+            signal: std::sync::Mutex::new(Some(signal)),
             address,
             pool,
             tenant_pool,
@@ -349,6 +355,25 @@ impl TestApp {
         let running = self.running.lock().unwrap().take();
         if let Some(running) = running {
             let _ = running.await;
+        }
+    }
+
+    /// Sends the application `signal` (a graceful stop, docs/deployment.md) and returns at once;
+    /// [`TestApp::stopped`] waits for the end.
+    pub fn signal(&self, signal: shutdown::Signal) {
+        if let Some(sender) = self.signal.lock().unwrap().take() {
+            let _ = sender.send(signal);
+        }
+    }
+
+    /// Waits for the application to end, and says how it ended.
+    pub async fn stopped(&self) -> std::io::Result<()> {
+        let running = self.running.lock().unwrap().take();
+        match running {
+            Some(running) => running
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            None => Ok(()),
         }
     }
 

@@ -17,9 +17,9 @@ pub async fn live() -> HttpResponse {
     })
 }
 
-/// The process can serve: the database answers the owner's pool and the API's, every migration
-/// this build knows is applied, and the broker answers when Kafka is the transport. A 503 names
-/// the checks that failed (their causes are logged).
+/// The process can serve: it is not stopping, the database answers the owner's pool and the
+/// API's, every migration this build knows is applied, and the broker answers when Kafka is the
+/// transport. A 503 names the checks that failed (their causes are logged).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthStatus),
               (status = 503, body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -28,7 +28,14 @@ pub async fn ready(
     pool: web::Data<PgPool>,
     tenants: web::Data<event_store::TenantPool>,
     kafka: web::Data<streaming::KafkaSettings>,
+    lifecycle: Option<web::Data<crate::lifecycle::Lifecycle>>,
 ) -> Result<HttpResponse, ApiError> {
+    if lifecycle.is_some_and(|l| l.is_draining()) {
+        return Err(ApiError::new(
+            Code::NotReady,
+            "not ready: draining (the instance is stopping)",
+        ));
+    }
     let migrations = probe(async {
         let applied: i64 =
             sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")

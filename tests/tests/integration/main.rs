@@ -8,6 +8,7 @@ mod concurrency;
 mod deploy_assets;
 mod embedded;
 mod flags;
+mod graceful_shutdown;
 mod hardening;
 mod health;
 mod idempotency;

@@ -424,9 +424,13 @@ async fn an_unreadable_checkpoint_stops_the_relay_instead_of_republishing_the_st
     for c in relay.collectors() {
         registry.register(c).unwrap();
     }
-    let fatal = tokio::time::timeout(Duration::from_secs(30), relay.run())
-        .await
-        .expect("the relay stops by itself");
+    let fatal = tokio::time::timeout(
+        Duration::from_secs(30),
+        relay.run(shutdown::Shutdown::new()),
+    )
+    .await
+    .expect("the relay stops by itself")
+    .expect_err("a fatal error");
     assert!(fatal.is_fatal(), "{fatal}");
     let mut text = Vec::new();
     prometheus::Encoder::encode(
