@@ -394,3 +394,147 @@ async fn relay_and_projection_processes_stop_gracefully_on_sigterm_and_hand_over
     pool.close().await;
     drop_database(&db).await;
 }
+
+/// Two API processes on one database (and one Redis), no memory shared: the first runs the
+/// projections, the second only serves. `extra` adds to both environments.
+async fn two_api_processes(
+    extra: &[(&str, &str)],
+) -> (String, [Service; 2], [Process; 2], reqwest::Client, String) {
+    let (db, first, client, token) = set_up(Transport::Embedded);
+    let second = Service::new(&db, Transport::Embedded);
+    let a = first.start_with(&[], extra);
+    first.ready(&client).await;
+    let mut serve_only = extra.to_vec();
+    serve_only.push(("APP__EMBEDDED__ENABLED", "false"));
+    let b = second.start_with(&[], &serve_only);
+    second.ready(&client).await;
+    first.create_tenant(&client, &token).await;
+    (db, [first, second], [a, b], client, token)
+}
+
+/// The racing tests of idempotency and optimistic concurrency (tests/integration/
+/// idempotency.rs, concurrency.rs), split over two processes: one key, one set of events and
+/// one answer everywhere; racing follow-ups leave a gapless stream and 409 losers.
+#[tokio::test]
+async fn two_api_processes_hold_idempotency_and_optimistic_concurrency_together() {
+    let (db, services, processes, client, token) = two_api_processes(&[]).await;
+    let post = |n: usize, path: String, key: Option<String>, body: serde_json::Value| {
+        let (client, token) = (client.clone(), token.clone());
+        let address = services[n % 2].address();
+        async move {
+            let mut request = client
+                .post(format!("{address}{path}"))
+                .bearer_auth(&token)
+                .json(&body);
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+
+    // Fifty retries of one request with one key, half to each process.
+    let body = json!({"question": "How do I rotate my API key?"});
+    let retries = futures::future::join_all((0..50).map(|n| {
+        post(
+            n,
+            "/v1/conversations".into(),
+            Some("key-1".into()),
+            body.clone(),
+        )
+    }))
+    .await;
+    let (status, first) = &retries[0];
+    assert_eq!(*status, 201, "{first}");
+    for answer in &retries {
+        assert_eq!(answer, &retries[0], "every retry answers like the first");
+    }
+    let pool = PgPool::connect(&format!("{}/{db}", server_url()))
+        .await
+        .unwrap();
+    let keyed = scalar(
+        &pool,
+        "SELECT count(*) FROM events WHERE idempotency_key = 'key-1'",
+    )
+    .await;
+    assert_eq!(keyed, 1, "one question stored for the key");
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM events WHERE event_type = 'QuestionAsked'"
+        )
+        .await,
+        1
+    );
+
+    // Twenty follow-ups race for the conversation's next sequence, half on each process.
+    let conversation = first["id"].as_str().unwrap().to_string();
+    let raced = futures::future::join_all((0..20).map(|n| {
+        post(
+            n,
+            format!("/v1/conversations/{conversation}/questions"),
+            None,
+            json!({"question": format!("follow-up number {n}")}),
+        )
+    }))
+    .await;
+    let winners = raced.iter().filter(|(s, _)| *s == 200).count();
+    let losers: Vec<_> = raced.iter().filter(|(s, _)| *s == 409).collect();
+    assert_eq!(winners + losers.len(), 20, "only 200 or 409: {raced:?}");
+    assert!(winners >= 1 && !losers.is_empty(), "{raced:?}");
+    for (_, problem) in &losers {
+        assert!(
+            ["concurrent_modification", "question_pending"]
+                .contains(&problem["code"].as_str().unwrap()),
+            "{problem}"
+        );
+    }
+    let sequences: Vec<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM events WHERE aggregate_type = 'conversation' ORDER BY sequence",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected: Vec<i64> = (1..=(2 + 2 * winners as i64)).collect();
+    assert_eq!(
+        sequences, expected,
+        "gapless: the first question plus two events per winner"
+    );
+    drop(processes);
+    pool.close().await;
+    drop_database(&db).await;
+}
+
+/// The rate limits' budgets live in Redis: two processes refuse the request past the budget as
+/// one would.
+#[tokio::test]
+async fn two_api_processes_share_one_rate_limit_budget() {
+    let prefix = format!("scale-out-{}:", uuid::Uuid::new_v4().simple());
+    let (db, services, processes, client, _) = two_api_processes(&[
+        ("APP__RATE_LIMITS__ENABLED", "true"),
+        ("APP__RATE_LIMITS__KEY_PREFIX", &prefix),
+        ("APP__RATE_LIMITS__PER_USER_PER_MINUTE", "6"),
+    ])
+    .await;
+    // A user of its own: the set-up's requests counted against the admin's budget.
+    let token = services[0].token_for("acme", "viewer", "rita");
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        let answer = client
+            .get(format!("{}/v1/auth/me", services[n % 2].address()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 429, 429, 429, 429],
+        "exactly the budget across both processes"
+    );
+    drop(processes);
+    drop_database(&db).await;
+}

@@ -152,11 +152,14 @@ impl Service {
     }
 
     pub fn token(&self) -> String {
+        self.token_for("acme", "admin", "alice")
+    }
+
+    /// A development token for `user` with `role` in `tenant`.
+    pub fn token_for(&self, tenant: &str, role: &str, user: &str) -> String {
         let out = self
             .command()
-            .args([
-                "token", "--tenant", "acme", "--role", "admin", "--user", "alice",
-            ])
+            .args(["token", "--tenant", tenant, "--role", role, "--user", user])
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
