@@ -105,8 +105,14 @@ impl Cli {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
                 let halt = shutdown::Shutdown::new();
-                let relay =
-                    startup::run_relay(pool.clone(), settings.kafka.clone(), None, halt.clone())?;
+                let metrics = worker_metrics(&settings, &pool)?;
+                let relay = startup::run_relay(
+                    pool.clone(),
+                    settings.kafka.clone(),
+                    Some(&metrics),
+                    halt.clone(),
+                )?;
+                serve_worker_endpoints(&settings, &pool, metrics, &halt)?;
                 let relay = tokio::spawn(relay);
                 stop_after_signal(halt, relay, &settings)
                     .await?
@@ -117,6 +123,7 @@ impl Cli {
                 let _telemetry = telemetry::init(&settings.log, &settings.tracing)?;
                 let pool = startup::connect(&settings.database).await?;
                 let halt = shutdown::Shutdown::new();
+                serve_worker_endpoints(&settings, &pool, worker_metrics(&settings, &pool)?, &halt)?;
                 let runners: Vec<_> = projections::all()
                     .into_iter()
                     .map(|p| {
@@ -159,6 +166,35 @@ impl Cli {
         }
         Ok(())
     }
+}
+
+/// The metrics of a process that runs the relay or the projections (no HTTP API).
+fn worker_metrics(
+    settings: &answers_api::Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<std::sync::Arc<answers_api::metrics::Metrics>> {
+    Ok(std::sync::Arc::new(
+        answers_api::metrics::Metrics::new(
+            settings.metrics.tenant_label_cap,
+            vec![("owner", pool.clone())],
+            None,
+            &settings.slo,
+        )
+        .context("could not set up the metrics registry")?,
+    ))
+}
+
+/// Health and metrics on `server.port` for the orchestrator and Prometheus, until `halt`.
+fn serve_worker_endpoints(
+    settings: &answers_api::Settings,
+    pool: &sqlx::PgPool,
+    metrics: std::sync::Arc<answers_api::metrics::Metrics>,
+    halt: &shutdown::Shutdown,
+) -> anyhow::Result<()> {
+    let (_, server) =
+        answers_api::worker_endpoints::serve(settings, pool.clone(), metrics, halt.clone())?;
+    tokio::spawn(server);
+    Ok(())
 }
 
 /// SIGTERM or SIGINT. Should the handlers fail to install, the process runs on: it can still

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 /// under load and the other takes its partitions; the read model then equals a rebuild.
 #[tokio::test]
 async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a_killed_one() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (db, service, client, token) = set_up(Transport::Kafka);
     let no_projections = [("APP__KAFKA__PROJECTIONS_IN_PROCESS", "false")];
     let mut server = service.start_with(&[], &no_projections);
@@ -95,6 +96,7 @@ async fn two_projection_processes_share_the_partitions_and_one_takes_over_from_a
 /// equals a rebuild.
 #[tokio::test]
 async fn a_standby_relay_takes_over_from_a_killed_one_and_nothing_is_lost() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (db, service, client, token) = set_up(Transport::Kafka);
     let mut server = service.start_with(&[], &[("APP__KAFKA__RELAY__IN_PROCESS", "false")]);
     service.ready(&client).await;
@@ -170,6 +172,10 @@ async fn a_standby_relay_takes_over_from_a_killed_one_and_nothing_is_lost() {
     drop_database(&db).await;
 }
 
+/// One test at a time in this file: each runs several processes, and on a 2-core machine
+/// six at once would measure the machine, not the takeover times they assert.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A load balancer in miniature, as an orchestrator's endpoints work: requests go round-robin to
 /// the instances whose `/health/ready` answered 200 at the last look (every 100 ms).
 struct Balancer {
@@ -224,6 +230,7 @@ impl Balancer {
 /// accepted question is stored once, and the read models converge and equal a rebuild.
 #[tokio::test]
 async fn a_rolling_restart_under_load_fails_no_request_and_loses_or_doubles_no_event() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (db, first, client, token) = set_up(Transport::Kafka);
     let second = Service::new(&db, Transport::Kafka);
     let drain = [("APP__SHUTDOWN__DRAIN_MS", "1500")];
@@ -345,6 +352,7 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_or_doubles_no_e
 /// events keep reaching the read model.
 #[tokio::test]
 async fn relay_and_projection_processes_stop_gracefully_on_sigterm_and_hand_over() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (db, service, client, token) = set_up(Transport::Kafka);
     let mut server = service.start_with(
         &[],
@@ -354,8 +362,10 @@ async fn relay_and_projection_processes_stop_gracefully_on_sigterm_and_hand_over
         ],
     );
     service.ready(&client).await;
-    let mut relay = service.start_with(&["relay"], &[]);
-    let mut project = service.start_with(&["project"], &[]);
+    let ports = [free_port(), free_port()];
+    let (relay_port, project_port) = (ports[0].to_string(), ports[1].to_string());
+    let mut relay = service.start_with(&["relay"], &[("APP__SERVER__PORT", &relay_port)]);
+    let mut project = service.start_with(&["project"], &[("APP__SERVER__PORT", &project_port)]);
     service.create_tenant(&client, &token).await;
     service.ask(&client, &token, 0..10).await;
     let pool = PgPool::connect(&format!("{}/{db}", server_url()))
@@ -365,6 +375,27 @@ async fn relay_and_projection_processes_stop_gracefully_on_sigterm_and_hand_over
         converges(&pool, 10).await,
         "the processes relay and project"
     );
+    // Each serves its probes and metrics (docs/deployment.md): the relay's published events,
+    // the projections' lag.
+    for (port, metric) in [
+        (&relay_port, "answers_relay_events_published_total"),
+        (&project_port, "answers_projection_lag_events"),
+    ] {
+        let base = format!("http://127.0.0.1:{port}");
+        for probe in ["/health/live", "/health/ready"] {
+            let answer = client.get(format!("{base}{probe}")).send().await.unwrap();
+            assert_eq!(answer.status(), 200, "{base}{probe}");
+        }
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains(metric), "{base}/metrics has {metric}");
+    }
 
     // Stopped while questions keep coming.
     let load = tokio::spawn(service.ask(&client, &token, 10..40));
@@ -417,6 +448,7 @@ async fn two_api_processes(
 /// one answer everywhere; racing follow-ups leave a gapless stream and 409 losers.
 #[tokio::test]
 async fn two_api_processes_hold_idempotency_and_optimistic_concurrency_together() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (db, services, processes, client, token) = two_api_processes(&[]).await;
     let post = |n: usize, path: String, key: Option<String>, body: serde_json::Value| {
         let (client, token) = (client.clone(), token.clone());
@@ -511,6 +543,7 @@ async fn two_api_processes_hold_idempotency_and_optimistic_concurrency_together(
 /// one would.
 #[tokio::test]
 async fn two_api_processes_share_one_rate_limit_budget() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let prefix = format!("scale-out-{}:", uuid::Uuid::new_v4().simple());
     let (db, services, processes, client, _) = two_api_processes(&[
         ("APP__RATE_LIMITS__ENABLED", "true"),

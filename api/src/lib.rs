@@ -21,6 +21,7 @@ pub mod slo;
 pub mod startup;
 pub mod telemetry;
 pub mod webhooks;
+pub mod worker_endpoints;
 pub mod workers;
 
 pub use config::Settings;

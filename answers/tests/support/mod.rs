@@ -126,10 +126,14 @@ impl Service {
     }
 
     /// The binary with `args` and extra environment `env`.
+    /// A subcommand (`relay`, `project`) serves its health and metrics on a port of its own
+    /// (any free one, unless `env` names one).
     pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let own_port = (!args.is_empty()).then_some(("APP__SERVER__PORT", "0"));
         Process(
             self.command()
                 .args(args)
+                .envs(own_port)
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 // `TEST_LOG=1` shows the processes' logs.
@@ -328,4 +332,13 @@ pub async fn drop_database(db: &str) {
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
         .execute(&admin)
         .await;
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
