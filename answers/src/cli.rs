@@ -55,9 +55,22 @@ pub enum Command {
     Openapi,
     /// Drive a freshly started service with concurrent clients and compare it with plain inserts.
     Bench(bench::BenchArgs),
+    /// Asks this instance's health route (`server.port`) and exits 0 when it answers 200: the
+    /// container image's health check, without a shell or curl in the image.
+    Probe {
+        /// `live` or `ready`.
+        #[arg(default_value = "live")]
+        level: ProbeLevel,
+    },
     /// A mixed scenario at a target rate: throughput, errors and latency per route, a JSON
     /// report, performance budgets (`--budgets perf/budgets.toml`) and a latency sweep.
     Loadtest(loadtest::LoadtestArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ProbeLevel {
+    Live,
+    Ready,
 }
 
 impl Cli {
@@ -158,6 +171,25 @@ impl Cli {
                     "rebuilt {}: {} events read, {} applied in {:.2}s\n",
                     report.projection, report.events_read, report.events_applied, report.seconds
                 ))?;
+            }
+            Command::Probe { level } => {
+                let path = match level {
+                    ProbeLevel::Live => "live",
+                    ProbeLevel::Ready => "ready",
+                };
+                let url = format!("http://127.0.0.1:{}/health/{path}", settings.server.port);
+                let answer = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()?
+                    .get(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("{url} does not answer"))?;
+                anyhow::ensure!(
+                    answer.status().is_success(),
+                    "{url} answered {}",
+                    answer.status()
+                );
             }
             Command::Seed(args) => seed::run(settings, args).await?,
             Command::Openapi => write_stdout(&openapi::document()?)?,
