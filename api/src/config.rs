@@ -118,6 +118,11 @@ pub struct DatabaseSettings {
     /// The owner's connection: migrations, and the parts that cross tenants (relay,
     /// projections, workers, identity), through the `cross_tenant` policies (docs/isolation.md).
     pub url: SecretString,
+    /// A read replica (same database, same logins) that the read routes query instead of `url`:
+    /// conversations, analytics, audit queries, sources lists (docs/disaster-recovery.md). Its
+    /// lag adds to the projections'. Unset: the read routes use the primary.
+    #[serde(default)]
+    pub read_url: Option<SecretString>,
     /// Connections of the owner's pool.
     pub max_connections: u32,
     /// The role the API's pool acts as, held to row-level security (`answers_api`).
@@ -832,17 +837,28 @@ impl Settings {
 impl DatabaseSettings {
     /// The URL with any password masked, for messages.
     pub fn redacted_url(&self) -> String {
-        let url = self.url.expose_secret();
-        match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let userinfo = &url[scheme + 3..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                    None => url.to_string(),
-                }
+        redact(self.url.expose_secret())
+    }
+
+    /// `read_url` with its password hidden.
+    pub fn redacted_read_url(&self) -> Option<String> {
+        self.read_url
+            .as_ref()
+            .map(|url| redact(url.expose_secret()))
+    }
+}
+
+/// A database URL with its password hidden, for messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
             }
-            _ => url.to_string(),
         }
+        _ => url.to_string(),
     }
 }
 

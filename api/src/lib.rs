@@ -14,6 +14,7 @@ pub mod problem;
 pub mod quality;
 pub mod rate_limit;
 pub mod read_cache;
+pub mod read_pool;
 pub mod redis_link;
 pub mod routes;
 pub mod sign_in;

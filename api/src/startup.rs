@@ -82,6 +82,13 @@ impl Application {
         }
         let tenants = connect_api(&settings.database).await?;
         check_isolation(&tenants, settings.profile).await?;
+        let reads = match connect_read_replica(&settings.database)? {
+            Some(replica) => {
+                tracing::info!(replica = %settings.database.redacted_read_url().unwrap_or_default(), "read routes query the replica");
+                crate::read_pool::ReadPool::replica(replica)
+            }
+            None => crate::read_pool::ReadPool::primary(tenants.clone()),
+        };
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
                 format!(
@@ -234,7 +241,7 @@ impl Application {
         if prewarm {
             background.push(tokio::spawn(
                 crate::routes::analytics::prewarm_every_minute(
-                    tenants.clone(),
+                    TenantPool::clone(&reads),
                     read_cache.clone(),
                     hot_queries.clone(),
                     Duration::from_millis(settings.read_cache.prewarm_lead_ms),
@@ -320,6 +327,7 @@ impl Application {
         let log_settings = web::Data::new(settings.log.clone());
         let pool_data = web::Data::new(pool.clone());
         let tenant_data = web::Data::new(tenants.clone());
+        let read_data = web::Data::new(reads.clone());
         let kafka = web::Data::new(settings.kafka.clone());
         let json_limit = settings.limits.json_body_bytes;
         let mut server = HttpServer::new(move || {
@@ -368,6 +376,7 @@ impl Application {
                 .app_data(health.clone())
                 .app_data(log_settings.clone())
                 .app_data(tenant_data.clone())
+                .app_data(read_data.clone())
                 .app_data(kafka.clone())
                 .app_data(engine_status.clone())
                 .app_data(read_cache.clone())
@@ -549,7 +558,48 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
 /// `api_role`), acting as `api_role`, whose queries see one tenant's rows at a time.
 pub async fn connect_api(settings: &DatabaseSettings) -> anyhow::Result<TenantPool> {
     let target = settings.redacted_url();
-    let mut options = connect_options(settings, settings.api_statement_timeout_ms)?;
+    let options = api_connect_options(settings, settings.url.expose_secret())?;
+    let pool = api_pool_options(settings)
+        .connect_with(options)
+        .await
+        .with_context(|| {
+            format!(
+                "could not connect the API's pool as role `{}` to {target}: does the role exist \
+                 (the migrations create it) and may the login act as it? (docs/isolation.md)",
+                settings.api_role
+            )
+        })?;
+    Ok(TenantPool::new(pool))
+}
+
+/// The read routes' pool on `database.read_url` (a replica), with the API's login and role;
+/// connected on first use, so that a replica down at start-up fails the reads only.
+pub fn connect_read_replica(settings: &DatabaseSettings) -> anyhow::Result<Option<TenantPool>> {
+    let Some(url) = &settings.read_url else {
+        return Ok(None);
+    };
+    let options = api_connect_options(settings, url.expose_secret()).with_context(|| {
+        format!(
+            "database.read_url is not a valid URL ({})",
+            settings.redacted_read_url().unwrap_or_default()
+        )
+    })?;
+    Ok(Some(TenantPool::new(
+        api_pool_options(settings).connect_lazy_with(options),
+    )))
+}
+
+/// The API's connection options on `url`: its login, its statement timeout.
+fn api_connect_options(
+    settings: &DatabaseSettings,
+    url: &str,
+) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    let mut options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .context("not a valid PostgreSQL URL")?
+        .options([(
+            "statement_timeout",
+            format!("{}ms", settings.api_statement_timeout_ms),
+        )]);
     if let Some(user) = &settings.api_username {
         options = options.username(user);
         options = match &settings.api_password {
@@ -557,9 +607,14 @@ pub async fn connect_api(settings: &DatabaseSettings) -> anyhow::Result<TenantPo
             None => options.password(""),
         };
     }
+    Ok(options)
+}
+
+/// The API's pool settings: each connection acts as `api_role`.
+fn api_pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
     // Validated as a plain identifier (config), quoted all the same.
     let set_role = format!("SET ROLE \"{}\"", settings.api_role);
-    let pool = PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(settings.api_max_connections)
         // sqlx checks a connection as it returns to the pool (flushing a dropped transaction's
         // ROLLBACK); checking it again on every acquire would add a round trip to each
@@ -574,16 +629,6 @@ pub async fn connect_api(settings: &DatabaseSettings) -> anyhow::Result<TenantPo
                 Ok(())
             })
         })
-        .connect_with(options)
-        .await
-        .with_context(|| {
-            format!(
-                "could not connect the API's pool as role `{}` to {target}: does the role exist \
-                 (the migrations create it) and may the login act as it? (docs/isolation.md)",
-                settings.api_role
-            )
-        })?;
-    Ok(TenantPool::new(pool))
 }
 
 /// Refuses to serve in production when the API's login could see past row-level security

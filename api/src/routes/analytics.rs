@@ -398,7 +398,7 @@ pub async fn prewarm_every_minute(
         , CommandProblems), security(("bearer" = [])))]
 #[get("/analytics")]
 pub async fn overview(
-    tenants: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     cache: web::Data<ReadCache>,
     hot: web::Data<HotQueries>,
     auth: Authenticated,
@@ -425,7 +425,7 @@ pub async fn overview(
     security(("bearer" = [])))]
 #[get("/analytics/cost")]
 pub async fn cost(
-    tenants: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     cache: web::Data<ReadCache>,
     hot: web::Data<HotQueries>,
     auth: Authenticated,

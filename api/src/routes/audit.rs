@@ -140,13 +140,14 @@ pub struct AuditPage {
     responses((status = 200, body = AuditPage), CommandProblems), security(("bearer" = [])))]
 #[get("/audit")]
 pub async fn list(
-    tenants: web::Data<TenantPool>,
+    primary: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
     req: HttpRequest,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (filter, limit, cursor, _) = query.checked()?;
-    admit(&tenants, &auth, &req).await?;
+    admit(&primary, &auth, &req).await?;
     let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
     let items = audit::page(&mut tx, &auth.0.tenant_id, &filter, cursor, limit)
         .await
@@ -168,15 +169,16 @@ const EXPORT_PAGE: i64 = 1000;
     security(("bearer" = [])))]
 #[get("/audit/export")]
 pub async fn export(
-    tenants: web::Data<TenantPool>,
+    primary: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
     req: HttpRequest,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (filter, _, _, csv) = query.checked()?;
-    admit(&tenants, &auth, &req).await?;
+    admit(&primary, &auth, &req).await?;
     let state = ExportState {
-        tenants: tenants.get_ref().clone(),
+        tenants: TenantPool::clone(&tenants),
         tenant: auth.0.tenant_id.clone(),
         filter,
         after: 0,
@@ -271,13 +273,14 @@ pub struct PointInTime {
     responses((status = 200, body = PointInTime), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/state/{object_type}/{object_id}")]
 pub async fn state_at(
-    tenants: web::Data<TenantPool>,
+    primary: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<AtQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admit(&tenants, &auth, &req).await?;
+    admit(&primary, &auth, &req).await?;
     let (object_type, object_id) = path.into_inner();
     let tenant = &auth.0.tenant_id;
     let not_found = || {
@@ -404,17 +407,18 @@ pub struct WindowQuery {
     responses((status = 200, description = "NDJSON of stored events", content_type = "application/x-ndjson", body = String), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/events")]
 pub async fn raw_events(
-    tenants: web::Data<TenantPool>,
+    primary: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
     req: HttpRequest,
     query: web::Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admit(&tenants, &auth, &req).await?;
+    admit(&primary, &auth, &req).await?;
     let (from, to, tenant, tenants) = (
         query.from.0,
         query.to.0,
         auth.0.tenant_id.clone(),
-        tenants.get_ref().clone(),
+        TenantPool::clone(&tenants),
     );
     let body = futures::stream::unfold((0i64, false), move |(after, done)| {
         let (tenants, tenant) = (tenants.clone(), tenant.clone());
@@ -472,11 +476,12 @@ pub async fn raw_events(
     responses((status = 200, body = Vec<AuditRead>), CommandProblems), security(("bearer" = [])))]
 #[get("/audit/reads")]
 pub async fn reads(
-    tenants: web::Data<TenantPool>,
+    primary: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    admit(&tenants, &auth, &req).await?;
+    admit(&primary, &auth, &req).await?;
     let mut tx = tenant_tx(&tenants, &auth.0.tenant_id).await?;
     let reads = audit::reads(&mut tx, &auth.0.tenant_id, 500)
         .await

@@ -3,7 +3,6 @@ use chrono::{DateTime, Utc};
 use commands::{AskQuestion, CommandBus, CommandOutcome};
 use domain::conversation::ConversationCommand;
 use domain::Code;
-use event_store::TenantPool;
 use projections::conversations::queries::ReactionFilter;
 use projections::conversations::{
     self, ConversationDetail, ConversationState, ConversationSummary, Conversations,
@@ -296,7 +295,7 @@ fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
 #[get("/conversations")]
 pub async fn list(
     pool: web::Data<PgPool>,
-    tenants: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -342,7 +341,7 @@ pub async fn list(
 #[get("/conversations/{id}")]
 pub async fn get_one(
     pool: web::Data<PgPool>,
-    tenants: web::Data<TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {

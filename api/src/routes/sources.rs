@@ -176,7 +176,7 @@ pub async fn fail_sync(
     responses((status = 200, body = Vec<projections::sources::SourceSummary>), CommandProblems), security(("bearer" = [])))]
 #[get("/sources")]
 pub async fn list(
-    tenants: web::Data<event_store::TenantPool>,
+    tenants: web::Data<crate::read_pool::ReadPool>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let mut tx = super::tenant_tx(&tenants, &auth.0.tenant_id).await?;

@@ -22,6 +22,7 @@ mod quality;
 mod rate_limits;
 mod read_cache;
 mod read_models;
+mod read_replica;
 mod reader;
 mod seed;
 mod slo;
