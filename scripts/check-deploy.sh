@@ -75,6 +75,12 @@ $switch --local "$rendered/service.yaml" switch green >"$rendered/green-live.yam
 $switch --local "$rendered/green-live.yaml" rollback >"$rendered/rolled-back.yaml"
 [ "$($switch --local "$rendered/rolled-back.yaml" status)" = "live: blue, previous: green" ] || { log "the rollback did not restore blue"; exit 1; }
 
+log "versions: the binary's, the chart's appVersion and the changelog agree"
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+grep -q "^appVersion: \"$version\"" "$chart/Chart.yaml" || { log "Chart.yaml appVersion is not $version"; exit 1; }
+grep -q "^## \[$version\]" CHANGELOG.md || { log "CHANGELOG.md has no section for $version"; exit 1; }
+python3 -c 'import sys, yaml; yaml.safe_load(open(sys.argv[1]))' .github/workflows/release.yml
+
 log "helm: package"
 helm package "$chart" --destination "$rendered" >/dev/null 2>&1
 ls "$rendered"/answers-*.tgz >/dev/null

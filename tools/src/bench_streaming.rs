@@ -144,6 +144,8 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
         started.elapsed(),
     );
 
+    let processes = projection_processes(settings, &pool, &relay).await?;
+
     let mut out = format!(
         "\nstreaming (broker {}, producer_batch_messages {}, linger.ms {})\n\n{}",
         kafka.bootstrap_servers,
@@ -173,7 +175,97 @@ async fn store_benches(settings: &Settings, args: &BenchArgs) -> anyhow::Result<
         100.0 * rebuild_m.per_second() / read_m.per_second(),
         rebuild_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     ));
+    out.push_str(&processes);
     Ok(out)
+}
+
+/// Projection throughput with one and with two `answers project` processes sharing the
+/// partitions (docs/streaming.md, "Partition ownership"): the store's conversation events are
+/// published, then for each count the read models are emptied, fresh processes of this binary
+/// start on a consumer group of their own, and the time until the conversations projection has
+/// applied every event is measured (process start-up and partition assignment included).
+async fn projection_processes(
+    settings: &Settings,
+    pool: &PgPool,
+    relay: &Relay,
+) -> anyhow::Result<String> {
+    while relay.step_once(true).await?.unwrap_or(0) > 0 {}
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'conversation'")
+            .fetch_one(pool)
+            .await?;
+    let exe = std::env::current_exe()?;
+    let mut lines = Vec::new();
+    let mut rates = Vec::new();
+    for count in [1, 2] {
+        for projection in projections::all() {
+            for table in projection.tables() {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        sqlx::query("DELETE FROM projection_status")
+            .execute(pool)
+            .await?;
+        let group = format!("bench-{count}-{}", Uuid::new_v4().simple());
+        let started = Instant::now();
+        let mut children = Vec::new();
+        for _ in 0..count {
+            children.push(
+                std::process::Command::new(&exe)
+                    .arg("project")
+                    .env(
+                        "APP__DATABASE__URL",
+                        secrecy::ExposeSecret::expose_secret(&settings.database.url),
+                    )
+                    .env(
+                        "APP__KAFKA__BOOTSTRAP_SERVERS",
+                        &settings.kafka.bootstrap_servers,
+                    )
+                    .env("APP__KAFKA__TOPIC_PREFIX", &settings.kafka.topic_prefix)
+                    .env("APP__KAFKA__CONSUMER_GROUP", &group)
+                    .env("APP__SERVER__PORT", "0")
+                    .env("APP__LOG__FILTER", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .spawn()?,
+            );
+        }
+        let deadline = started + Duration::from_secs(600);
+        let outcome = loop {
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT applied_events FROM projection_status WHERE projection = 'conversations'",
+            )
+            .fetch_optional(pool)
+            .await?;
+            if applied == Some(events) {
+                break Ok(started.elapsed());
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow::anyhow!(
+                    "{count} projection processes did not apply {events} events within 600 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let m = measurement(
+            &format!("conversations by {count} `answers project` process(es)"),
+            usize::try_from(events)?,
+            outcome?,
+        );
+        rates.push(m.per_second());
+        lines.push(m.line());
+    }
+    Ok(format!(
+        "\nprojection processes on the same partitions ({events} conversation events, start-up included)\n{}{}two processes / one: {:.2}x\n",
+        header(),
+        lines.concat(),
+        rates[1] / rates[0]
+    ))
 }
 
 /// QuestionAsked, AnswerRecorded, FeedbackGiven, ConversationResolved for each conversation,

@@ -32,4 +32,5 @@ mod store_follower;
 mod streaming_projections;
 mod streaming_relay;
 mod unreadable_rows;
+mod upgrades;
 mod webhooks;
