@@ -41,12 +41,8 @@ async fn killed_with_sigkill_under_load_it_converges_by_itself(transport: Transp
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
-                    let sent = client
-                        .post(format!("{address}/v1/conversations"))
-                        .bearer_auth(&token)
-                        .json(&json!({"question": format!("Client {c}, question {n}")}))
-                        .send()
-                        .await;
+                    let question = format!("Client {c}, question {n}");
+                    let sent = send_question(&client, &address, &token, question).await;
                     match sent {
                         Ok(r) if r.status() == 201 => {
                             let body: serde_json::Value = r.json().await.unwrap_or_default();

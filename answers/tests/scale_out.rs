@@ -255,12 +255,8 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_or_doubles_no_e
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let address = balancer.pick().await;
-                    let sent = client
-                        .post(format!("{address}/v1/conversations"))
-                        .bearer_auth(&token)
-                        .json(&json!({"question": format!("Client {c}, question {n}")}))
-                        .send()
-                        .await;
+                    let question = format!("Client {c}, question {n}");
+                    let sent = send_question(&client, &address, &token, question).await;
                     match sent {
                         Ok(r) if r.status() == 201 => {
                             let body: serde_json::Value = r.json().await.unwrap();

@@ -180,11 +180,8 @@ impl Service {
         let (client, token, address) = (client.clone(), token.to_string(), self.address());
         async move {
             for i in numbers {
-                let r = client
-                    .post(format!("{address}/v1/conversations"))
-                    .bearer_auth(&token)
-                    .json(&json!({"question": format!("How do I set up integration {i}?")}))
-                    .send()
+                let question = format!("How do I set up integration {i}?");
+                let r = send_question(&client, &address, &token, question)
                     .await
                     .unwrap();
                 assert_eq!(r.status(), 201);
@@ -341,4 +338,19 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Sends one question to the service at `address` (a load client's request).
+pub async fn send_question(
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+    question: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{address}/v1/conversations"))
+        .bearer_auth(token)
+        .json(&json!({ "question": question }))
+        .send()
+        .await
 }
