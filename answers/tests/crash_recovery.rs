@@ -9,7 +9,6 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sqlx::PgPool;
 use support::*;
 
