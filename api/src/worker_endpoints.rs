@@ -1,6 +1,6 @@
 //! What `answers relay` and `answers project` serve: they have no API, but an orchestrator must
 //! probe them and Prometheus scrape them (docs/deployment.md). On `server.port`:
-//! - `GET /health/live`: the process runs (200), or is stopping (503);
+//! - `GET /health/live`: the process runs (200, stopping included: a stop is not a fault);
 //! - `GET /health/ready`: the database answers and the process is not stopping;
 //! - `GET /metrics`: the process's metrics with the read side's (projection lag, relay), in the
 //!   text format. No tenant is named in them, so no credential is asked for: the port is for the
@@ -74,9 +74,8 @@ fn status(ok: bool, what: &str) -> HttpResponse {
     }
 }
 
-async fn live(state: web::Data<State>) -> HttpResponse {
-    let stopping = state.stopping.is_stopping();
-    status(!stopping, if stopping { "stopping" } else { "ok" })
+async fn live() -> HttpResponse {
+    status(true, "ok")
 }
 
 async fn ready(state: web::Data<State>) -> HttpResponse {
