@@ -18,8 +18,9 @@ pub async fn live() -> HttpResponse {
 }
 
 /// The process can serve: it is not stopping, the database answers the owner's pool and the
-/// API's, every migration this build knows is applied, and the broker answers when Kafka is the
-/// transport. A 503 names the checks that failed (their causes are logged).
+/// API's, every migration this build knows is applied, and the broker answers when this process
+/// runs the relay or projections on Kafka. A 503 names the checks that failed (their causes are
+/// logged).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthStatus),
               (status = 503, body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -55,7 +56,14 @@ pub async fn ready(
         ("database (owner)", core.owner.0),
         ("database (api role)", core.api.0),
         ("migrations", migrations.0),
-        ("broker", core.broker.map_or(Ok(()), |b| b.0)),
+        // Only a process that relays or projects needs the broker to do its work: an API
+        // process without them serves every command and read while the broker is away.
+        (
+            "broker",
+            core.broker
+                .filter(|_| kafka.relay.in_process || kafka.projections_in_process)
+                .map_or(Ok(()), |b| b.0),
+        ),
     ]
     .into_iter()
     .filter_map(|(what, result)| result.err().map(|e| (what, e)))

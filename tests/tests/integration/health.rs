@@ -37,12 +37,12 @@ async fn not_ready_when_the_database_does_not_answer() {
 }
 
 #[tokio::test]
-async fn not_ready_when_kafka_is_the_transport_and_the_broker_does_not_answer() {
+async fn not_ready_when_this_process_streams_over_kafka_and_the_broker_does_not_answer() {
     let app = TestApp::builder()
         .configure(|s| {
             s.kafka.enabled = true;
             s.kafka.bootstrap_servers = "127.0.0.1:1".into();
-            s.kafka.relay.in_process = false;
+            s.kafka.relay.in_process = true;
             s.kafka.projections_in_process = false;
         })
         .spawn()
@@ -53,6 +53,25 @@ async fn not_ready_when_kafka_is_the_transport_and_the_broker_does_not_answer() 
         (503, Some("not ready: broker")),
         "{body}"
     );
+}
+
+/// The chart's API pods run no relay and no projection (docs/deployment.md): a broker outage
+/// must not take them out of rotation, since every command and read works without it.
+#[tokio::test]
+async fn an_api_process_without_streaming_stays_ready_while_the_broker_is_away() {
+    let app = TestApp::builder()
+        .configure(|s| {
+            s.kafka.enabled = true;
+            s.kafka.bootstrap_servers = "127.0.0.1:1".into();
+            s.kafka.relay.in_process = false;
+            s.kafka.projections_in_process = false;
+        })
+        .spawn()
+        .await;
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 200, "{body}");
+    let admin = app.create_tenant("acme", "alice").await;
+    app.ask(&admin, "Does this work without the broker?").await;
 }
 
 async fn details(app: &TestApp) -> Value {
