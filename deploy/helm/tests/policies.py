@@ -2,7 +2,7 @@
 """The chart's policies, checked on its rendered output (docs/deployment.md, "Helm chart").
 
 Usage: policies.py RENDERED_DIR. RENDERED_DIR holds one `helm template` output per values
-profile (development.yaml, production.yaml, canary.yaml, blue.yaml, green.yaml). Exits 1 and
+profile (development, production, canary, blue, green, vault). Exits 1 and
 says which object broke which rule.
 """
 import re
@@ -34,8 +34,11 @@ def check_containers(profile, obj):
     pod_ctx = spec.get("securityContext", {})
     if not spec.get("containers"):
         fail(profile, obj, "no containers")
-    if spec.get("automountServiceAccountToken") is not False:
-        fail(profile, obj, "mounts a service account token it does not need")
+    annotations = obj["spec"]["template"].get("metadata", {}).get("annotations", {})
+    vault = annotations.get("vault.hashicorp.com/agent-inject") == "true"
+    # Only the Vault agent needs the token (its Kubernetes auth).
+    if spec.get("automountServiceAccountToken") is not vault:
+        fail(profile, obj, "mounts a service account token it does not need, or the agent lacks one")
     for c in spec.get("containers", []) + spec.get("initContainers", []):
         ctx = c.get("securityContext", {})
         resources = c.get("resources", {})
@@ -112,7 +115,7 @@ def main():
     profiles = {}
     for path in sorted(rendered.glob("*.yaml")):
         profiles[path.stem] = [o for o in yaml.safe_load_all(path.read_text()) if o]
-    expected = {"development", "production", "canary", "blue", "green"}
+    expected = {"development", "production", "canary", "blue", "green", "vault"}
     if set(profiles) != expected:
         failures.append(f"profiles rendered: {sorted(profiles)}, expected {sorted(expected)}")
     for profile, objects in profiles.items():
@@ -164,6 +167,16 @@ def main():
             failures.append(f"canary: the analysis checks {names}")
         if by_kind(canary, "HorizontalPodAutoscaler")[0]["spec"]["scaleTargetRef"]["kind"] != "Rollout":
             failures.append("canary: the HPA does not scale the Rollout")
+
+    for obj in profiles.get("vault", []):
+        if obj["kind"] in ("Deployment", "Job"):
+            container = pod_spec(obj)["containers"][0]
+            env = {e["name"]: e for e in container.get("env", [])}
+            template = obj["spec"]["template"]["metadata"].get("annotations", {})
+            if any("valueFrom" in e for e in env.values()) or \
+                    env.get("APP_CONFIG_FILE", {}).get("value") != "/vault/secrets/answers.toml" or \
+                    "vault.hashicorp.com/agent-inject-template-answers.toml" not in template:
+                fail("vault", obj, "does not read its secrets from the Vault agent's file")
 
     blue, green = profiles.get("blue", []), profiles.get("green", [])
     shared = [s for s in by_kind(blue, "Service") if s["metadata"]["name"] == "answers"]

@@ -50,12 +50,18 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Every process's environment: the ConfigMap, and each secret by reference only. */}}
+{{/* Every process's environment: the ConfigMap, and each secret by reference only (from the
+     Secret, or from the file the Vault agent renders). */}}
 {{- define "answers.env" -}}
 envFrom:
   - configMapRef:
       name: {{ include "answers.fullname" . }}
 env:
+  {{- if .Values.secrets.vaultAgent.enabled }}
+  # The agent renders the secrets as a TOML layer of the configuration (README, "Configuration").
+  - name: APP_CONFIG_FILE
+    value: /vault/secrets/answers.toml
+  {{- else }}
   {{- $secret := .Values.secrets.existingSecret }}
   {{- $keys := .Values.secrets.keys }}
   - name: APP__DATABASE__URL
@@ -68,6 +74,7 @@ env:
     valueFrom: { secretKeyRef: { name: {{ $secret }}, key: {{ $keys.pseudonymKey }} } }
   - name: APP__PLATFORM__OPERATOR_TOKEN
     valueFrom: { secretKeyRef: { name: {{ $secret }}, key: {{ $keys.operatorToken }} } }
+  {{- end }}
 {{- end -}}
 
 {{- define "answers.podAnnotations" -}}
@@ -75,7 +82,19 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- if .Values.secrets.vaultAgent.enabled }}
 vault.hashicorp.com/agent-inject: "true"
 vault.hashicorp.com/role: {{ .Values.secrets.vaultAgent.role | quote }}
-vault.hashicorp.com/agent-inject-secret-answers.toml: {{ .Values.secrets.externalSecrets.remotePath | quote }}
+vault.hashicorp.com/agent-inject-secret-answers.toml: {{ .Values.secrets.vaultAgent.path | quote }}
+vault.hashicorp.com/agent-inject-template-answers.toml: |
+  {{`{{- with secret "`}}{{ .Values.secrets.vaultAgent.path }}{{`" -}}`}}
+  [database]
+  url = "{{`{{ .Data.data.database_url }}`}}"
+  api_password = "{{`{{ .Data.data.api_database_password }}`}}"
+  [auth]
+  signing_key = """{{`{{ .Data.data.signing_key }}`}}"""
+  [engine]
+  pseudonym_key = "{{`{{ .Data.data.pseudonym_key }}`}}"
+  [platform]
+  operator_token = "{{`{{ .Data.data.operator_token }}`}}"
+  {{`{{- end }}`}}
 {{- end }}
 {{- end -}}
 
@@ -107,7 +126,8 @@ metadata:
     {{- include "answers.podAnnotations" . | nindent 4 }}
 spec:
   serviceAccountName: {{ include "answers.serviceAccountName" . }}
-  automountServiceAccountToken: false
+  # Only the Vault agent needs a token (Kubernetes auth); the processes never call the API.
+  automountServiceAccountToken: {{ .Values.secrets.vaultAgent.enabled }}
   terminationGracePeriodSeconds: {{ .Values.api.terminationGracePeriodSeconds }}
   securityContext:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
