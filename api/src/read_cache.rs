@@ -288,6 +288,16 @@ impl ReadCache {
         found.flatten()
     }
 
+    /// The answer under `key`, not counted as a lookup: a new leader's second look, since a
+    /// leader that finished between a reader's lookup and its flight has put its answer and let
+    /// its key go (`get` then `flight` is not atomic).
+    pub async fn peek(&self, key: &CacheKey) -> Option<String> {
+        let link = self.link.as_ref()?;
+        link.query::<Option<String>>(redis::cmd("GET").arg(key.as_str()))
+            .await
+            .flatten()
+    }
+
     /// Keeps `body` under `key` (bounded by the timeout; a failure only costs a later miss).
     /// Awaited before a leader lets its key go, so a reader arriving after finds it.
     pub async fn put(&self, key: &CacheKey, body: &str) {

@@ -211,6 +211,12 @@ async fn cached(
     }
     match cache.flight(&key) {
         Flight::Lead(leader) => {
+            // A leader of this key may have finished since our lookup: its answer is in Redis.
+            if let Some(body) = cache.peek(&key).await {
+                end_read(tx);
+                leader.publish(&body);
+                return Ok((body, "hit"));
+            }
             let body = render(view, &mut tx, tenant, w, format).await;
             end_read(tx);
             // On an error the leader is dropped here and its followers compute for themselves.
