@@ -252,20 +252,19 @@ async fn stop_after_signal<T>(
         done = &mut work => return done.context("the work panicked"),
         _ = stop_signal() => {}
     }
-    halt.stop();
     let grace = std::time::Duration::from_millis(settings.shutdown.grace_ms);
-    match tokio::time::timeout(grace, &mut work).await {
-        Ok(done) => {
+    match halt.stop_within(vec![work], grace).await {
+        Some(mut ended) => {
             tracing::info!("stopped");
-            done.context("the work panicked")
+            ended
+                .pop()
+                .context("one task")?
+                .context("the work panicked")
         }
-        Err(_) => {
-            work.abort();
-            anyhow::bail!(
-                "did not stop within shutdown.grace_ms ({} ms); cut",
-                settings.shutdown.grace_ms
-            )
-        }
+        None => anyhow::bail!(
+            "did not stop within shutdown.grace_ms ({} ms); cut",
+            settings.shutdown.grace_ms
+        ),
     }
 }
 

@@ -82,13 +82,13 @@ impl Application {
         }
         let tenants = connect_api(&settings.database).await?;
         check_isolation(&tenants, settings.profile).await?;
-        let reads = match connect_read_replica(&settings.database)? {
+        let reads = crate::read_pool::ReadPool(match connect_read_replica(&settings.database)? {
             Some(replica) => {
                 tracing::info!(replica = %settings.database.redacted_read_url().unwrap_or_default(), "read routes query the replica");
-                crate::read_pool::ReadPool::replica(replica)
+                replica
             }
-            None => crate::read_pool::ReadPool::primary(tenants.clone()),
-        };
+            None => tenants.clone(),
+        });
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
                 format!(
@@ -500,19 +500,12 @@ impl Application {
                 "requests still in flight at the end of the grace; cut"
             );
         }
-        halt.stop();
-        let aborts: Vec<_> = stoppable.iter().map(JoinHandle::abort_handle).collect();
-        if tokio::time::timeout_at(deadline, futures::future::join_all(stoppable))
-            .await
-            .is_err()
-        {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if halt.stop_within(stoppable, left).await.is_none() {
             tracing::warn!(
                 grace_ms = shutdown.grace_ms,
                 "the relay or a projection did not stop within the grace; cut"
             );
-            for task in aborts {
-                task.abort();
-            }
         }
         handle.stop(false).await;
         let served = stopped(serving.await);

@@ -6,7 +6,6 @@
 //!   text format. No tenant is named in them, so no credential is asked for: the port is for the
 //!   cluster only (the chart's NetworkPolicy lets Prometheus alone reach it).
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -82,26 +81,21 @@ async fn ready(state: web::Data<State>) -> HttpResponse {
     if state.stopping.is_stopping() {
         return status(false, "stopping");
     }
-    let ping = tokio::time::timeout(
-        Duration::from_secs(2),
+    let (database, _) = crate::routes::health::probe(
         sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
     )
     .await;
-    match ping {
-        Ok(Ok(_)) => status(true, "ready"),
-        Ok(Err(error)) => {
+    match database {
+        Ok(()) => status(true, "ready"),
+        Err(error) => {
             tracing::warn!(%error, "not ready: the database");
             status(false, "not ready: database")
         }
-        Err(_) => status(false, "not ready: database timed out"),
     }
 }
 
 async fn render_metrics(state: web::Data<State>) -> HttpResponse {
-    match crate::routes::health::read_side(&state.pool, &state.kafka).await {
-        Ok((statuses, relay)) => state.metrics.observe_read_side(&statuses, relay.as_ref()),
-        Err(error) => tracing::warn!(%error, "metrics: the read side's status could not be read"),
-    }
+    crate::routes::health::observe_read_side(&state.metrics, &state.pool, &state.kafka).await;
     match state.metrics.render() {
         Ok(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -176,12 +176,12 @@ impl<S: EventSource> ProjectionRunner<S> {
         tracing::info!(projection = self.projection.name(), "projection consuming");
         loop {
             // Waiting for the next event is the one place a stop cuts in: nothing is held then.
-            let shutdown = self.shutdown.clone();
+            let (shutdown, source) = (&self.shutdown, &mut self.source);
             let next = async {
                 tokio::select! {
                     biased;
                     _ = shutdown.stopping() => None,
-                    delivery = self.source.next() => Some(delivery),
+                    delivery = source.next() => Some(delivery),
                 }
             };
             let waited = match self.stall_after {

@@ -39,6 +39,36 @@ impl Shutdown {
         *self.asked.borrow()
     }
 
+    /// Asks for the stop, then waits at most `within` for `tasks` to end; the ones still running
+    /// then are aborted (`None`). Each task's outcome, in order, when all ended in time.
+    pub async fn stop_within<T>(
+        &self,
+        tasks: Vec<tokio::task::JoinHandle<T>>,
+        within: std::time::Duration,
+    ) -> Option<Vec<Result<T, tokio::task::JoinError>>> {
+        self.stop();
+        let aborts: Vec<_> = tasks
+            .iter()
+            .map(tokio::task::JoinHandle::abort_handle)
+            .collect();
+        let all = async {
+            let mut ended = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                ended.push(task.await);
+            }
+            ended
+        };
+        match tokio::time::timeout(within, all).await {
+            Ok(ended) => Some(ended),
+            Err(_) => {
+                for task in aborts {
+                    task.abort();
+                }
+                None
+            }
+        }
+    }
+
     /// Resolves once the stop is asked for (at once if it already was). Cancel-safe: use it in
     /// `tokio::select!` beside the work's own wait.
     pub async fn stopping(&self) {
@@ -104,5 +134,35 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), shutdown.clone().stopping())
             .await
             .expect("a stop already asked for resolves at once");
+    }
+
+    #[tokio::test]
+    async fn stop_within_waits_for_those_that_stop_and_cuts_those_that_do_not() {
+        let shutdown = Shutdown::new();
+        let held = shutdown.clone();
+        let polite = tokio::spawn(async move {
+            held.stopping().await;
+            7
+        });
+        let ended = shutdown
+            .stop_within(vec![polite], Duration::from_secs(1))
+            .await
+            .expect("it stops when asked");
+        assert_eq!(
+            ended.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [7]
+        );
+
+        let deaf = tokio::spawn(std::future::pending::<()>());
+        let probe = deaf.abort_handle();
+        assert!(
+            Shutdown::new()
+                .stop_within(vec![deaf], Duration::from_millis(50))
+                .await
+                .is_none(),
+            "a task that ignores the stop is cut"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(probe.is_finished(), "and aborted");
     }
 }

@@ -69,11 +69,7 @@ pub enum Transport {
 
 impl Service {
     pub fn new(db: &str, transport: Transport) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let suffix = &db[db.len() - 12..];
         let transport = match transport {
             Transport::Embedded => vec![

@@ -90,10 +90,23 @@ pub async fn ready(
 const CHECK_WITHIN: Duration = Duration::from_secs(2);
 
 /// A check's outcome (the cause when it failed) and how long it took, in milliseconds.
-type Probe = (Result<(), String>, f64);
+pub(crate) type Probe = (Result<(), String>, f64);
 
 /// Runs `check` within [`CHECK_WITHIN`], timing it.
-async fn probe<F, T, E>(check: F) -> Probe
+/// Sets the read side's gauges (projection lag, relay) from the database. A failure leaves them
+/// at their last values and is logged; the rest of the metrics are still served.
+pub(crate) async fn observe_read_side(
+    registry: &crate::metrics::Metrics,
+    pool: &PgPool,
+    kafka: &streaming::KafkaSettings,
+) {
+    match read_side(pool, kafka).await {
+        Ok((statuses, relay)) => registry.observe_read_side(&statuses, relay.as_ref()),
+        Err(error) => tracing::warn!(%error, "metrics: the read side's status could not be read"),
+    }
+}
+
+pub(crate) async fn probe<F, T, E>(check: F) -> Probe
 where
     F: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
@@ -177,12 +190,7 @@ pub async fn metrics(
         let states: Vec<&'static str> = kapa.breakers().iter().map(|b| b.state.as_str()).collect();
         metrics.observe_breakers(&states);
     }
-    // A failure leaves the read side's gauges at their last values and is logged; the rest is
-    // still served.
-    match read_side(&pool, &kafka).await {
-        Ok((statuses, relay)) => metrics.observe_read_side(&statuses, relay.as_ref()),
-        Err(error) => tracing::warn!(%error, "metrics: the read side's status could not be read"),
-    }
+    observe_read_side(&metrics, &pool, &kafka).await;
     match crate::quality::breached_tenants(&pool).await {
         Ok(n) => metrics.observe_quality(n),
         Err(error) => {
