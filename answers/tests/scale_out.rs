@@ -254,6 +254,10 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_or_doubles_no_e
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
+                    // A steady stream (about 40 questions a second from the four clients), not
+                    // as many as the machine takes: the read models must catch up within the
+                    // check's 60 s whatever the machine's speed.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     let address = balancer.pick().await;
                     let question = format!("Client {c}, question {n}");
                     let sent = send_question(&client, &address, &token, question).await;
@@ -309,7 +313,7 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_or_doubles_no_e
     );
     assert!(failed.is_empty(), "failed requests: {failed:?}");
     assert!(
-        accepted.len() > 40,
+        accepted.len() > 100,
         "the load ran: {} accepted",
         accepted.len()
     );
